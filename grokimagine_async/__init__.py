@@ -1,0 +1,78 @@
+"""Asyncio client for the Grok Imagine video API.
+
+::
+
+    from grokimagine_async import AsyncClient
+
+    async with AsyncClient() as client:      # token from GROKIMAGINE_API_KEY
+        task = await client.generate(prompt="a fox in the snow")
+        print(task.videos)
+"""
+
+from ._client import DEFAULT_TIMEOUT, AsyncClient
+from ._config import CREDITS_PER_VIDEO, USD_PER_CREDIT, RateLimit, Tier
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    GrokImagineError,
+    MalformedResponseError,
+    NotFoundError,
+    RateLimitError,
+    RequestValidationError,
+    ServerError,
+    SubmitUncertainError,
+    TaskError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
+from ._models import (
+    DOCUMENTED_MODES,
+    DOCUMENTED_RATIOS,
+    FailureKind,
+    GenerateRequest,
+    Task,
+    TaskState,
+    Unchecked,
+)
+from ._ratelimit import RateLimitStatus
+from ._version import __version__
+
+__all__ = [
+    "CREDITS_PER_VIDEO",
+    "DEFAULT_TIMEOUT",
+    "DOCUMENTED_MODES",
+    "DOCUMENTED_RATIOS",
+    "USD_PER_CREDIT",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "FailureKind",
+    "GenerateRequest",
+    "GrokImagineError",
+    "MalformedResponseError",
+    "NotFoundError",
+    "RateLimit",
+    "RateLimitError",
+    "RateLimitStatus",
+    "RequestValidationError",
+    "ServerError",
+    "SubmitUncertainError",
+    "Task",
+    "TaskError",
+    "TaskFailedError",
+    "TaskState",
+    "TaskTimeoutError",
+    "Tier",
+    "Unchecked",
+    "__version__",
+]

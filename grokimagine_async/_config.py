@@ -1,0 +1,134 @@
+"""Plans, rate figures and the settings read from the environment."""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+from dataclasses import dataclass
+
+import httpx
+
+from ._exceptions import ConfigurationError
+
+__all__ = ["DEFAULT_BASE_URL", "RateLimit", "Tier", "resolve_api_key", "resolve_base_url"]
+
+DEFAULT_BASE_URL = "https://grokimagineapi.com"
+ENV_API_KEY = "GROKIMAGINE_API_KEY"
+ENV_BASE_URL = "GROKIMAGINE_BASE_URL"
+ENV_TIER = "GROKIMAGINE_TIER"
+
+#: What one video costs, per the provider's page.
+CREDITS_PER_VIDEO = 40
+#: What one credit costs in US dollars (40 credits are about 0.40 USD).
+USD_PER_CREDIT = 0.01
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A request budget: at most ``requests`` in any ``period`` seconds.
+
+    Pass one as ``AsyncClient(rate_limit=...)`` for a custom contract, or to
+    compress time in tests (``RateLimit(requests=30, period=2.0)``).
+    """
+
+    requests: int
+    period: float = 60.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.requests, bool) or not isinstance(self.requests, int):
+            raise ConfigurationError(
+                f"rate_limit.requests must be a whole number, got {self.requests!r}"
+            )
+        if self.requests < 1:
+            raise ConfigurationError(f"rate_limit.requests must be at least 1, got {self.requests}")
+        if not (isinstance(self.period, (int, float)) and math.isfinite(self.period)):
+            raise ConfigurationError(f"rate_limit.period must be seconds, got {self.period!r}")
+        if self.period <= 0:
+            raise ConfigurationError(f"rate_limit.period must be above 0, got {self.period}")
+
+    @property
+    def per_second(self) -> float:
+        """The steady rate this budget allows."""
+        return self.requests / self.period
+
+
+class Tier(str, enum.Enum):
+    """The provider's plans and their per-token request limits."""
+
+    FREE = "free"
+    PRO = "pro"
+    ENTERPRISE = "enterprise"
+
+    @property
+    def rate_limit(self) -> RateLimit:
+        """This plan's documented limit: requests per minute per token."""
+        return _TIER_LIMITS[self]
+
+    @classmethod
+    def parse(cls, value: Tier | str, *, source: str = "tier") -> Tier:
+        """``Tier.PRO``, ``"pro"`` or ``"Pro"``; anything else is a
+        ``ConfigurationError`` that lists the plans."""
+        if isinstance(value, Tier):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            names = ", ".join(t.value for t in cls)
+            raise ConfigurationError(
+                f"{source}: unknown plan {value!r}. Use one of {names}, or pass "
+                "rate_limit=RateLimit(requests=..., period=...) for a custom contract."
+            ) from None
+
+
+_TIER_LIMITS = {
+    Tier.FREE: RateLimit(100, 60.0),
+    Tier.PRO: RateLimit(1_000, 60.0),
+    Tier.ENTERPRISE: RateLimit(5_000, 60.0),
+}
+
+
+def resolve_api_key(api_key: str | None) -> str:
+    """The token given, else ``GROKIMAGINE_API_KEY``; a clear error if neither."""
+    key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+    if key is None or not key.strip():
+        raise ConfigurationError(
+            "No API token. Pass AsyncClient(api_key=...) or set the "
+            f"{ENV_API_KEY} environment variable to the token from your Grok Imagine "
+            "dashboard."
+        )
+    key = key.strip()
+    if any(c.isspace() for c in key) or not key.isprintable():
+        raise ConfigurationError(
+            "api_key holds spaces or control characters: copy the token again, without "
+            "a 'Bearer ' prefix or line breaks."
+        )
+    return key
+
+
+def resolve_base_url(base_url: str | httpx.URL | None) -> httpx.URL:
+    """The base URL given, else ``GROKIMAGINE_BASE_URL``, else the provider's."""
+    raw = base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+    source = "base_url" if base_url is not None else ENV_BASE_URL
+    try:
+        url = httpx.URL(str(raw).strip())
+    except httpx.InvalidURL as exc:
+        raise ConfigurationError(f"{source}: {raw!r} is not a URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError(
+            f"{source}: {raw!r} must be an http(s) URL with a host, "
+            f"such as {DEFAULT_BASE_URL} or http://127.0.0.1:8000 for the simulator"
+        )
+    if url.query or url.fragment:
+        raise ConfigurationError(f"{source}: {raw!r} must not have a query or fragment")
+    return url.copy_with(path=url.path.rstrip("/") or "")
+
+
+def resolve_tier(tier: Tier | str | None) -> Tier | None:
+    """The plan given, else ``GROKIMAGINE_TIER``, else None (not said)."""
+    if tier is not None:
+        return Tier.parse(tier)
+    env = os.environ.get(ENV_TIER)
+    if env is None or not env.strip():
+        return None
+    return Tier.parse(env, source=ENV_TIER)

@@ -1,0 +1,252 @@
+"""The exception tree.
+
+Catch at the level you care about::
+
+    GrokImagineError
+    ├── ConfigurationError            bad client settings (no token, bad tier, ...)
+    ├── RequestValidationError        a request rejected before anything was sent
+    ├── APIError                      something went wrong talking to the API
+    │   ├── APIConnectionError        the request did not get an answer
+    │   │   └── APITimeoutError
+    │   ├── MalformedResponseError    an answer that is not the documented JSON
+    │   ├── APIStatusError            the API answered with an error code
+    │   │   ├── BadRequestError           400
+    │   │   ├── AuthenticationError       401
+    │   │   ├── NotFoundError             404
+    │   │   ├── RateLimitError            429
+    │   │   └── ServerError               5xx
+    │   └── SubmitUncertainError      a paid submission may or may not have created a task
+    └── TaskError
+        ├── TaskFailedError           the task ended in failure (carries the task)
+        └── TaskTimeoutError          the task was not done by the deadline (carries its id)
+
+No exception message, ``repr`` or attribute carries the API token.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._models import GenerateRequest, Task, TaskState
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "GrokImagineError",
+    "MalformedResponseError",
+    "NotFoundError",
+    "RateLimitError",
+    "RequestValidationError",
+    "ServerError",
+    "SubmitUncertainError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskTimeoutError",
+]
+
+
+class GrokImagineError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ConfigurationError(GrokImagineError, ValueError):
+    """The client was set up wrongly: no token, an unknown tier, a bad URL."""
+
+
+class RequestValidationError(GrokImagineError, ValueError):
+    """A request was refused before it was sent, so nothing was spent.
+
+    ``field`` names the offending field (``"prompt"``, ``"mode"``, ...) and
+    ``fix`` says what to do about it.
+    """
+
+    def __init__(self, field: str, problem: str, fix: str) -> None:
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{field}: {problem}. {fix}")
+
+
+class APIError(GrokImagineError):
+    """Something went wrong while talking to the API.
+
+    ``method`` and ``url`` name the request (the URL never holds the token).
+    """
+
+    def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.method = method
+        self.url = url
+
+
+class APIConnectionError(APIError):
+    """No usable answer arrived: DNS, refused or dropped connection, broken stream.
+
+    ``request_sent`` is False only when the connection was provably never
+    made, so the server cannot have seen the request.
+    """
+
+    def __init__(
+        self, message: str, *, method: str = "", url: str = "", request_sent: bool = True
+    ) -> None:
+        super().__init__(message, method=method, url=url)
+        self.request_sent = request_sent
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out (connecting, waiting for a pool slot, or reading)."""
+
+
+class MalformedResponseError(APIError):
+    """The answer was not the documented JSON: HTML from a proxy, an empty or
+    truncated body, or JSON of the wrong shape.
+
+    ``status_code`` is the HTTP status and ``excerpt`` the first characters of
+    the body, for the log.
+    """
+
+    def __init__(
+        self, message: str, *, status_code: int, excerpt: str, method: str = "", url: str = ""
+    ) -> None:
+        super().__init__(message, method=method, url=url)
+        self.status_code = status_code
+        self.excerpt = excerpt
+
+
+class APIStatusError(APIError):
+    """The API answered with an error, in the HTTP status or in the body's ``code``.
+
+    ``status_code`` is the effective code (the body's ``code`` when an HTTP 200
+    carried an error), ``http_status`` the HTTP status line's, and ``code``,
+    ``error`` and ``api_message`` the body's fields when it had them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        http_status: int | None = None,
+        code: int | None = None,
+        error: str | None = None,
+        api_message: str | None = None,
+        retry_after: float | None = None,
+        method: str = "",
+        url: str = "",
+    ) -> None:
+        super().__init__(message, method=method, url=url)
+        self.status_code = status_code
+        self.http_status = status_code if http_status is None else http_status
+        self.code = code
+        self.error = error
+        self.api_message = api_message
+        self.retry_after = retry_after
+
+
+class BadRequestError(APIStatusError):
+    """400: the API refused the request as invalid. Sending it again won't help."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the token is missing, wrong or revoked."""
+
+
+class NotFoundError(APIStatusError):
+    """404: no such task (or endpoint)."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests for the token's plan.
+
+    ``retry_after`` is how many seconds the server asked us to wait, if it said.
+    """
+
+
+class ServerError(APIStatusError):
+    """5xx: the API or a proxy in front of it failed."""
+
+
+class SubmitUncertainError(APIError):
+    """A submission failed after it may have reached the server.
+
+    The task may exist, and be paid for, without the client knowing its id.
+    The client does not resend such a request unless told to
+    (``AsyncClient(retry_uncertain_submits=True)``). ``request`` is what was
+    sent; ``__cause__`` is the underlying error.
+    """
+
+    def __init__(self, message: str, *, request: GenerateRequest, cause: Exception) -> None:
+        super().__init__(message, method="POST")
+        self.request = request
+        self.cause = cause
+
+
+class TaskError(GrokImagineError):
+    """A task did not end in success."""
+
+    task_id: str
+
+
+class TaskFailedError(TaskError):
+    """The task ended in failure. ``task`` holds it, with ``failure_kind``
+    and ``error_message``."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.task_id = task.task_id
+        kind = task.failure_kind.value if task.failure_kind is not None else "unknown"
+        hint = (
+            "a new submission may succeed"
+            if task.resubmit_may_succeed
+            else "resubmitting it unchanged will fail again"
+        )
+        super().__init__(
+            f"task {task.task_id} failed ({kind}): {task.error_message or task.status!r}; {hint}"
+        )
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """The deadline passed before the task finished. The task goes on on the
+    server: ``task_id`` lets you look it up later; ``last_task`` (may be None)
+    is the last state seen."""
+
+    def __init__(self, task_id: str, timeout: float, last_task: Task | None) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        self.last_task = last_task
+        state: TaskState | str = last_task.state if last_task is not None else "unknown"
+        super().__init__(
+            f"task {task_id} was not finished after {timeout:g}s (last state: {state}); "
+            "it may still complete: look it up again with get_task()"
+        )
+
+
+def _excerpt(text: str | bytes, limit: int = 200) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    404: NotFoundError,
+    429: RateLimitError,
+}
+
+
+def status_error_class(status: int) -> type[APIStatusError]:
+    """The exception class for an HTTP (or body) status code."""
+    if status in STATUS_CLASSES:
+        return STATUS_CLASSES[status]
+    if status >= 500:
+        return ServerError
+    return APIStatusError

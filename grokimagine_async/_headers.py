@@ -1,0 +1,94 @@
+"""Reading the rate-limit headers, whatever format the server writes them in."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+__all__ = ["RateFeedback", "parse_remaining", "parse_reset", "parse_retry_after"]
+
+# Below 1e9 a reset can only be a count of seconds: 1e9 epoch seconds is 2001.
+_EPOCH_SECONDS_FLOOR = 1e9
+_EPOCH_MILLIS_FLOOR = 1e12
+
+
+def parse_reset(value: str | None, now: float) -> float | None:
+    """Seconds from ``now`` (epoch seconds) until ``X-RateLimit-Reset``.
+
+    The header is read as epoch milliseconds above 1e12, epoch seconds above
+    1e9, and otherwise as seconds until the reset. A reset in the past gives
+    0; an unreadable value gives None.
+    """
+    number = _number(value)
+    if number is None or number < 0:
+        return None
+    if number > _EPOCH_MILLIS_FLOOR:
+        return max(0.0, number / 1000.0 - now)
+    if number > _EPOCH_SECONDS_FLOOR:
+        return max(0.0, number - now)
+    return number
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait per ``Retry-After``: a number of seconds or an HTTP date."""
+    if value is None:
+        return None
+    number = _number(value)
+    if number is not None:
+        return number if number >= 0 else None
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:  # pragma: no cover - older Pythons return None
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def parse_remaining(value: str | None) -> int | None:
+    """``X-RateLimit-Remaining`` as a whole number, or None if unreadable."""
+    number = _number(value)
+    if number is None or number < 0:
+        return None
+    return int(number)
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+@dataclass(frozen=True)
+class RateFeedback:
+    """What one answer said about the token's budget.
+
+    ``reset_after`` and ``retry_after`` are seconds from when the answer
+    arrived; any field may be None when the server did not say.
+    """
+
+    status_code: int
+    remaining: int | None = None
+    reset_after: float | None = None
+    retry_after: float | None = None
+
+    @property
+    def rate_limited(self) -> bool:
+        """True for a 429."""
+        return self.status_code == 429
+
+    @classmethod
+    def from_headers(cls, status_code: int, headers: Mapping[str, str], now: float) -> RateFeedback:
+        """Read the headers of an answer that arrived at ``now`` (epoch seconds)."""
+        return cls(
+            status_code=status_code,
+            remaining=parse_remaining(headers.get("x-ratelimit-remaining")),
+            reset_after=parse_reset(headers.get("x-ratelimit-reset"), now),
+            retry_after=parse_retry_after(headers.get("retry-after"), now),
+        )

@@ -1,0 +1,348 @@
+"""The wire: one place where requests are sent, read, classified and retried.
+
+Every request passes the token's rate limiter here, once per attempt. What is
+retried depends on what a resend could cost:
+
+* reads (``GET``) are retried on connection errors, timeouts, 408, 429, 5xx and
+  unreadable bodies;
+* a submission (``POST /v1/generate``) creates a paid task and the API has no
+  idempotency key, so it is resent only when the task provably was not
+  created: a 429, or a connection that was never made. Any other failure
+  after the request may have reached the server raises
+  :class:`SubmitUncertainError`, unless the caller allowed resending those.
+
+Waits between attempts back off exponentially with jitter and honour
+``Retry-After`` and ``X-RateLimit-Reset``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    MalformedResponseError,
+    RateLimitError,
+    _excerpt,
+    status_error_class,
+)
+from ._headers import RateFeedback
+from ._ratelimit import Limiter
+
+__all__ = ["RequestKind", "RetryPolicy", "Uncertain", "Wire"]
+
+logger = logging.getLogger("grokimagine_async")
+
+
+class RequestKind(enum.Enum):
+    """Whether resending a request is free (a read) or may cost (a submission)."""
+
+    READ = "read"
+    SUBMIT = "submit"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many times to retry, and how long to wait between attempts."""
+
+    max_retries: int = 3
+    #: First backoff in seconds; doubles each attempt, up to ``max_backoff``.
+    initial_backoff: float = 0.5
+    max_backoff: float = 8.0
+    #: A server that asks for a longer wait than this is not waited for: the error is raised.
+    max_retry_after: float = 120.0
+    #: Resend a submission even when it may already have created a paid task.
+    retry_uncertain_submits: bool = False
+
+    def backoff(self, attempt: int) -> float:
+        """The wait before retry number ``attempt`` (1-based), with jitter."""
+        base = min(self.max_backoff, self.initial_backoff * 2.0 ** (attempt - 1))
+        return base * (0.75 + random.random() * 0.25)
+
+
+_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_SALVAGE_TASK_ID = re.compile(r'"task_id"\s*:\s*"([^"\\]{1,200})"')
+
+
+class Uncertain(Exception):
+    """A submission failed after it may have reached the server."""
+
+    def __init__(self, cause: APIError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@dataclass
+class _Attempt:
+    """The outcome of one attempt that did not succeed."""
+
+    error: APIError
+    retryable: bool
+    #: The server asked for at least this wait.
+    wait_at_least: float | None = None
+
+
+class Wire:
+    """Sends API requests through the limiter, with the retry rules above."""
+
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        base_url: httpx.URL,
+        api_key: str,
+        timeout: httpx.Timeout,
+        retry: RetryPolicy,
+        limiter: Callable[[], Limiter],
+        user_agent: str,
+    ) -> None:
+        self._http = http
+        self._base_url = base_url
+        self._api_key = api_key
+        self._timeout = timeout
+        self.retry = retry
+        self._limiter = limiter
+        self._user_agent = user_agent
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        kind: RequestKind,
+        params: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Send a request and return the answer's ``data`` object.
+
+        Raises an :class:`APIError` subclass. For ``RequestKind.SUBMIT``, a
+        failure after which the task may exist raises an internal
+        ``Uncertain`` carrying the cause, which the caller turns into
+        :class:`SubmitUncertainError` with the request attached.
+        """
+        url = self._base_url.copy_with(path=self._base_url.path.rstrip("/") + path)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(method, url, kind, params, json_body)
+            except _AttemptFailed as failed:
+                outcome = failed.outcome
+            retries_left = attempt <= self.retry.max_retries
+            if kind is RequestKind.SUBMIT and not _provably_not_created(outcome.error):
+                if not _may_have_created_task(outcome.error):
+                    raise outcome.error
+                if not (self.retry.retry_uncertain_submits and retries_left):
+                    raise Uncertain(outcome.error) from outcome.error
+            elif not (outcome.retryable and retries_left):
+                raise outcome.error
+            delay = self.retry.backoff(attempt)
+            if outcome.wait_at_least is not None:
+                if outcome.wait_at_least > self.retry.max_retry_after:
+                    raise outcome.error
+                delay = max(delay, outcome.wait_at_least)
+            logger.info(
+                "retrying %s %s in %.2fs (attempt %d of %d) after: %s",
+                method,
+                url.path,
+                delay,
+                attempt + 1,
+                self.retry.max_retries + 1,
+                outcome.error,
+            )
+            await anyio.sleep(delay)
+
+    async def _attempt(
+        self,
+        method: str,
+        url: httpx.URL,
+        kind: RequestKind,
+        params: Mapping[str, str] | None,
+        json_body: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        request = self._http.build_request(
+            method,
+            url,
+            params=params,
+            json=json_body,
+            headers={
+                "Authorization": f"Bearer {self._api_key}",
+                "Accept": "application/json",
+                "User-Agent": self._user_agent,
+            },
+            timeout=self._timeout,
+        )
+        shown = str(request.url)
+        async with self._limiter().slot() as slot:
+            started = time.monotonic()
+            try:
+                response = await self._http.send(request)
+            except httpx.TransportError as exc:
+                # The server never counted a request whose connection was never made,
+                # but a dropped answer was probably counted.
+                error = _transport_error(exc, method, shown)
+                slot.record(RateFeedback(status_code=0))
+                logger.debug("%s %s -> %s", method, shown, error)
+                raise _AttemptFailed(_Attempt(error, retryable=True)) from exc
+            feedback = RateFeedback.from_headers(
+                response.status_code, response.headers, time.time()
+            )
+            slot.record(feedback)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        logger.debug("%s %s -> %d (%.0f ms)", method, shown, response.status_code, elapsed_ms)
+        return _read_answer(response, method, shown, kind, feedback)
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, outcome: _Attempt) -> None:
+        super().__init__(str(outcome.error))
+        self.outcome = outcome
+
+
+def _transport_error(exc: httpx.TransportError, method: str, url: str) -> APIConnectionError:
+    # Only these fail before a byte of the request left: the server cannot have seen it.
+    never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(
+            f"{method} {url} timed out ({type(exc).__name__}): {detail}",
+            method=method,
+            url=url,
+            request_sent=not never_sent,
+        )
+    return APIConnectionError(
+        f"{method} {url} failed ({type(exc).__name__}): {detail}",
+        method=method,
+        url=url,
+        request_sent=not never_sent,
+    )
+
+
+def _provably_not_created(error: APIError) -> bool:
+    if isinstance(error, APIConnectionError):
+        return not error.request_sent
+    return isinstance(error, RateLimitError)
+
+
+def _may_have_created_task(error: APIError) -> bool:
+    if isinstance(error, APIConnectionError):
+        return error.request_sent
+    if isinstance(error, APIStatusError):
+        # A 4xx answer is the server's word that it refused the request.
+        return error.status_code >= 500 or error.status_code == 408
+    return True
+
+
+def _read_answer(
+    response: httpx.Response, method: str, url: str, kind: RequestKind, feedback: RateFeedback
+) -> dict[str, Any]:
+    status = response.status_code
+    body = _decode_json(response)
+    code = status if status >= 400 else _body_error_code(body) if isinstance(body, dict) else None
+    if code is not None:
+        raise _AttemptFailed(_status_failure(response, body, code, method, url, feedback))
+    if not (200 <= status < 300):
+        error = MalformedResponseError(
+            f"{method} {url}: unexpected HTTP {status}",
+            status_code=status,
+            excerpt=_excerpt(response.content),
+            method=method,
+            url=url,
+        )
+        raise _AttemptFailed(_Attempt(error, retryable=kind is RequestKind.READ))
+    data = body.get("data") if isinstance(body, dict) else None
+    if isinstance(data, dict):
+        return data
+    if kind is RequestKind.SUBMIT and body is None:
+        salvaged = _SALVAGE_TASK_ID.search(response.text)
+        if salvaged:
+            logger.warning(
+                "%s %s: the answer was cut short, but it names task %s; keeping it",
+                method,
+                url,
+                salvaged.group(1),
+            )
+            return {"task_id": salvaged.group(1)}
+    what = "not JSON" if body is None else "JSON without a 'data' object"
+    error = MalformedResponseError(
+        f"{method} {url}: HTTP {status} answer is {what}: {_excerpt(response.content, 120)!r}",
+        status_code=status,
+        excerpt=_excerpt(response.content),
+        method=method,
+        url=url,
+    )
+    raise _AttemptFailed(_Attempt(error, retryable=kind is RequestKind.READ))
+
+
+def _decode_json(response: httpx.Response) -> Any:
+    """The body as JSON, or None when it is empty, truncated, HTML or binary."""
+    try:
+        return json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _body_error_code(body: dict[str, Any]) -> int | None:
+    code = body.get("code")
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, str) and code.strip().isdigit():
+        code = int(code)
+    if isinstance(code, int) and not 200 <= code < 300:
+        return code
+    return None
+
+
+def _status_failure(
+    response: httpx.Response,
+    body: Any,
+    code: int,
+    method: str,
+    url: str,
+    feedback: RateFeedback,
+) -> _Attempt:
+    fields = body if isinstance(body, dict) else {}
+    api_message = fields.get("message") if isinstance(fields.get("message"), str) else None
+    error_name = fields.get("error") if isinstance(fields.get("error"), str) else None
+    body_code = _body_error_code(fields) if fields else None
+    if api_message or error_name:
+        said = f"{error_name + ': ' if error_name else ''}{api_message or ''}".rstrip(": ")
+    else:
+        said = f"{_excerpt(response.content, 120)!r}" if response.content else "(empty body)"
+    where = f"HTTP {response.status_code}" + (
+        f" carrying code {code}" if code != response.status_code else ""
+    )
+    wait = feedback.retry_after
+    if wait is None and code == 429:
+        wait = feedback.reset_after
+    cls = status_error_class(code)
+    error = cls(
+        f"{method} {url}: {where}: {said}",
+        status_code=code,
+        http_status=response.status_code,
+        code=body_code if body_code is not None else code,
+        error=error_name,
+        api_message=api_message,
+        retry_after=wait,
+        method=method,
+        url=url,
+    )
+    retryable = code in _RETRYABLE_STATUS or code >= 500
+    if isinstance(error, RateLimitError):
+        # A 429 created no task, so even a submission is safe to resend.
+        return _Attempt(error, retryable=True, wait_at_least=wait)
+    return _Attempt(error, retryable=retryable, wait_at_least=feedback.retry_after)
