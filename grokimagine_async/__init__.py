@@ -18,6 +18,7 @@ from ._exceptions import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    ClientClosedError,
     ConfigurationError,
     GrokImagineError,
     MalformedResponseError,
@@ -28,6 +29,7 @@ from ._exceptions import (
     SubmitUncertainError,
     TaskError,
     TaskFailedError,
+    TaskPollError,
     TaskTimeoutError,
 )
 from ._models import (
@@ -55,6 +57,7 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "ClientClosedError",
     "ConfigurationError",
     "FailureKind",
     "GenerateRequest",
@@ -70,6 +73,7 @@ __all__ = [
     "Task",
     "TaskError",
     "TaskFailedError",
+    "TaskPollError",
     "TaskState",
     "TaskTimeoutError",
     "Tier",

@@ -13,17 +13,25 @@ from pydantic import ValidationError
 
 from ._config import RateLimit, Tier, resolve_api_key, resolve_base_url, resolve_tier
 from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    ClientClosedError,
     ConfigurationError,
     MalformedResponseError,
+    NotFoundError,
+    RateLimitError,
     RequestValidationError,
+    ServerError,
     SubmitUncertainError,
     TaskFailedError,
+    TaskPollError,
     TaskTimeoutError,
     _excerpt,
 )
 from ._http import RequestKind, RetryPolicy, Uncertain, Wire
+from ._limiter import SlidingWindowLimiter
 from ._models import GenerateRequest, Task, TaskState
-from ._ratelimit import Limiter, PacedLimiter, RateLimitStatus, shared_limiter
+from ._ratelimit import Limiter, RateLimitStatus, shared_limiter
 from ._version import __version__
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncClient"]
@@ -37,6 +45,10 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0, pool=None)
 DEFAULT_POOL = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=4.0)
 DEFAULT_WAIT_TIMEOUT = 600.0
 DEFAULT_POLL_INTERVAL = 5.0
+#: A task just created may not be visible to status calls yet.
+NOT_FOUND_GRACE = 30.0
+#: Errors after which a later poll may well succeed.
+_TRANSIENT = (APIConnectionError, MalformedResponseError, ServerError, RateLimitError)
 
 
 class AsyncClient:
@@ -56,10 +68,13 @@ class AsyncClient:
         api_key: the API token; defaults to ``GROKIMAGINE_API_KEY``.
         base_url: defaults to ``GROKIMAGINE_BASE_URL``, else the provider's.
         tier: the plan (``"free"``, ``"pro"``, ``"enterprise"``); defaults to
-            ``GROKIMAGINE_TIER``. Unset means the Free plan's figures.
+            ``GROKIMAGINE_TIER``. Unset means: start at the Free plan's figures
+            and move up to the plan the server's rate-limit headers prove.
         rate_limit: a budget that overrides the tier's, for custom contracts
             and compressed-time tests.
-        timeout: seconds (or an ``httpx.Timeout``) for each request.
+        timeout: seconds (or an ``httpx.Timeout``) for each request; by
+            default 30 s to read and 10 s to connect, or your
+            ``http_client``'s own timeout if you pass one.
         max_retries: retries after the first attempt of each request.
         backoff: seconds before the first retry; doubles each retry, up to 8 s,
             with jitter. A server's ``Retry-After`` overrides it.
@@ -79,7 +94,7 @@ class AsyncClient:
         base_url: str | httpx.URL | None = None,
         tier: Tier | str | None = None,
         rate_limit: RateLimit | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        timeout: float | httpx.Timeout | None = None,
         max_retries: int = 3,
         backoff: float = 0.5,
         retry_uncertain_submits: bool = False,
@@ -94,6 +109,8 @@ class AsyncClient:
                 "rate_limit must be a RateLimit, such as RateLimit(requests=100, period=60)"
             )
         self._rate_limit = rate_limit or (self._tier or Tier.FREE).rate_limit
+        # A plan nobody stated may turn out bigger: the headers can prove it.
+        self._explicit_rate = rate_limit is not None or self._tier is not None
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigurationError(
                 f"max_retries must be a whole number >= 0, got {max_retries!r}"
@@ -105,13 +122,18 @@ class AsyncClient:
                 f"poll_interval must be above 0 seconds, got {poll_interval!r}"
             )
         self._poll_interval = float(poll_interval)
+        http_timeout: httpx.Timeout | httpx._client.UseClientDefault
         if isinstance(timeout, httpx.Timeout):
             http_timeout = timeout
-        else:
+        elif timeout is not None:
             http_timeout = httpx.Timeout(timeout, pool=None)
+        elif http_client is not None:
+            http_timeout = httpx.USE_CLIENT_DEFAULT
+        else:
+            http_timeout = DEFAULT_TIMEOUT
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
-            limits=DEFAULT_POOL, timeout=http_timeout, follow_redirects=False
+            limits=DEFAULT_POOL, timeout=DEFAULT_TIMEOUT, follow_redirects=False
         )
         self._limiter: Limiter | None = None
         self._limiter_key = key
@@ -138,7 +160,9 @@ class AsyncClient:
 
     @property
     def rate_limit(self) -> RateLimit:
-        """The budget the client keeps to."""
+        """The budget the client keeps to now (an unstated plan may have moved up)."""
+        if self._limiter is not None:
+            return self._limiter.rate
         return self._rate_limit
 
     def __repr__(self) -> str:
@@ -146,17 +170,31 @@ class AsyncClient:
         return f"<AsyncClient base_url={str(self._base_url)!r} tier={tier} api_key=<hidden>>"
 
     def _get_limiter(self) -> Limiter:
+        if self._closed:
+            raise ClientClosedError(
+                "this AsyncClient is closed; make a new one (or keep using it inside "
+                "its 'async with' block)"
+            )
         if self._limiter is None:
             rate = self._rate_limit
+            upgrades = () if self._explicit_rate else tuple(t.rate_limit for t in Tier)
             self._limiter = shared_limiter(
-                str(self._base_url), self._limiter_key, lambda: PacedLimiter(rate)
+                str(self._base_url),
+                self._limiter_key,
+                rate,
+                explicit=self._explicit_rate,
+                factory=lambda: SlidingWindowLimiter(rate, upgrades=upgrades),
             )
         return self._limiter
 
     def rate_limit_status(self) -> RateLimitStatus:
-        """The token's budget as the client sees it: limit, requests left,
-        seconds until reset, and how many requests wait or are in flight."""
-        return self._get_limiter().status()
+        """The token's budget as the client sees it: the limit, requests that
+        may go now, seconds until the budget is whole again, and how many
+        requests wait or are in flight (shared by every client of the token)."""
+        if self._limiter is None:
+            rate = self.rate_limit
+            return RateLimitStatus(rate.requests, rate.period, rate.requests, 0.0, 0, 0)
+        return self._limiter.status()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -200,8 +238,9 @@ class AsyncClient:
         req = GenerateRequest.build(request, prompt=prompt, mode=mode, ratio=ratio, images=images)
         return await self.submit_request(req)
 
-    async def submit_request(self, request: GenerateRequest) -> str:
+    async def submit_request(self, request: GenerateRequest | Mapping[str, Any]) -> str:
         """:meth:`submit` for a request that is already built."""
+        request = GenerateRequest.build(request)
         try:
             data = await self._wire.request(
                 "POST", "/v1/generate", kind=RequestKind.SUBMIT, json_body=request.to_payload()
@@ -243,10 +282,10 @@ class AsyncClient:
         data.setdefault("task_id", task_id)
         try:
             return Task.model_validate(data)
-        except ValidationError as exc:
+        except (ValidationError, ValueError, TypeError, OverflowError) as exc:
+            detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
             raise MalformedResponseError(
-                "GET /v1/status: the task does not have the documented shape: "
-                f"{exc.errors()[0]['msg']}",
+                f"GET /v1/status: the task does not have the documented shape: {detail}",
                 status_code=200,
                 excerpt=_excerpt(repr(data)),
                 method="GET",
@@ -261,36 +300,60 @@ class AsyncClient:
     ) -> Task:
         """Poll a task until it is completed and return it.
 
+        Passing errors (connection trouble, 5xx, 429, a garbled answer, a
+        404 in the first 30 seconds) don't end the wait: polling goes on
+        until the deadline, which no poll overruns.
+
         Raises:
             TaskFailedError: the task failed; ``.task`` says why.
             TaskTimeoutError: not finished after ``timeout`` seconds; it carries
                 the task id and the last state seen, and the task goes on.
+            TaskPollError: polling failed for good (a revoked token, say);
+                it carries the task id and the error.
         """
         task_id = _check_task_id(task_id)
-        interval = self._poll_interval if poll_interval is None else float(poll_interval)
-        if not interval > 0:
+        interval = self._poll_interval if poll_interval is None else poll_interval
+        if not (isinstance(interval, (int, float)) and interval > 0):
             raise RequestValidationError(
-                "poll_interval", f"must be above 0 seconds, got {poll_interval!r}", "Pass e.g. 5."
+                "poll_interval", f"must be above 0 seconds, got {poll_interval!r}", "Pass e.g. 5"
             )
         if timeout is not None and not timeout > 0:
             raise RequestValidationError(
-                "timeout", f"must be above 0 seconds, got {timeout!r}", "Pass e.g. 600, or None."
+                "timeout", f"must be above 0 seconds, got {timeout!r}", "Pass e.g. 600, or None"
             )
-        deadline = None if timeout is None else anyio.current_time() + timeout
+        started = anyio.current_time()
+        deadline = None if timeout is None else started + timeout
         last: Task | None = None
-        delay = interval
+        last_error: APIError | None = None
+        delay = float(interval)
         while True:
-            last = await self.get_task(task_id)
-            if last.state is TaskState.COMPLETED:
-                return last
-            if last.state is TaskState.FAILED:
-                raise TaskFailedError(last)
+            left = None if deadline is None else deadline - anyio.current_time()
+            if left is not None and left <= 0:
+                raise TaskTimeoutError(task_id, timeout or 0.0, last) from last_error
+            with anyio.move_on_after(left) as scope:
+                try:
+                    last = await self.get_task(task_id)
+                    last_error = None
+                except _TRANSIENT as exc:
+                    last_error = exc
+                except NotFoundError as exc:
+                    if anyio.current_time() - started > NOT_FOUND_GRACE:
+                        raise TaskPollError(task_id, exc, last) from exc
+                    last_error = exc
+                except APIError as exc:
+                    raise TaskPollError(task_id, exc, last) from exc
+            if scope.cancelled_caught:
+                raise TaskTimeoutError(task_id, timeout or 0.0, last) from last_error
+            if last is not None and last_error is None:
+                if last.state is TaskState.COMPLETED:
+                    return last
+                if last.state is TaskState.FAILED:
+                    raise TaskFailedError(last)
+            elif last_error is not None:
+                logger.info("polling task %s: %s; still waiting", task_id, last_error)
             sleep_for = delay
             if deadline is not None:
-                left = deadline - anyio.current_time()
-                if left <= 0:
-                    raise TaskTimeoutError(task_id, timeout or 0.0, last)
-                sleep_for = min(delay, left)
+                sleep_for = max(0.0, min(delay, deadline - anyio.current_time()))
             await anyio.sleep(sleep_for)
             # Long generations need fewer polls; the cap keeps a finished video from waiting long.
             delay = min(interval * 3, delay * 1.25)
@@ -305,6 +368,7 @@ class AsyncClient:
         ratio: str | None = None,
         images: str | Sequence[str] | None = None,
         timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        poll_interval: float | None = None,
     ) -> Task:
         """Submit one video and wait for it: :meth:`submit` then :meth:`wait`.
 
@@ -312,7 +376,7 @@ class AsyncClient:
         paid task is never lost.
         """
         task_id = await self.submit(request, prompt=prompt, mode=mode, ratio=ratio, images=images)
-        return await self.wait(task_id, timeout=timeout)
+        return await self.wait(task_id, timeout=timeout, poll_interval=poll_interval)
 
 
 def _check_task_id(task_id: object) -> str:

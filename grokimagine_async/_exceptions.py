@@ -16,16 +16,18 @@ Catch at the level you care about::
     │   │   ├── RateLimitError            429
     │   │   └── ServerError               5xx
     │   └── SubmitUncertainError      a paid submission may or may not have created a task
-    └── TaskError
+    ├── ClientClosedError         the client was used after aclose()
+    └── TaskError                     every one carries the task_id
         ├── TaskFailedError           the task ended in failure (carries the task)
-        └── TaskTimeoutError          the task was not done by the deadline (carries its id)
+        ├── TaskTimeoutError          the task was not done by the deadline
+        └── TaskPollError             polling the task hit an error that waiting won't cure
 
 No exception message, ``repr`` or attribute carries the API token.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._models import GenerateRequest, Task, TaskState
@@ -37,6 +39,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ClientClosedError",
     "ConfigurationError",
     "GrokImagineError",
     "MalformedResponseError",
@@ -47,12 +50,31 @@ __all__ = [
     "SubmitUncertainError",
     "TaskError",
     "TaskFailedError",
+    "TaskPollError",
     "TaskTimeoutError",
 ]
 
 
 class GrokImagineError(Exception):
     """Base class of every error this library raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take keyword arguments, which default pickling can't replay;
+        # rebuild from the attributes instead, so errors cross process pools intact.
+        return (_rebuild, (type(self), self.args, self.__dict__.copy()))
+
+
+def _rebuild(
+    cls: type[GrokImagineError], args: tuple[Any, ...], state: dict[str, Any]
+) -> GrokImagineError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+class ClientClosedError(GrokImagineError, RuntimeError):
+    """The client was used after ``aclose()`` (or after its ``async with`` block)."""
 
 
 class ConfigurationError(GrokImagineError, ValueError):
@@ -125,7 +147,9 @@ class APIStatusError(APIError):
 
     ``status_code`` is the effective code (the body's ``code`` when an HTTP 200
     carried an error), ``http_status`` the HTTP status line's, and ``code``,
-    ``error`` and ``api_message`` the body's fields when it had them.
+    ``error`` and ``api_message`` the body's fields when it had them (else
+    None). ``excerpt`` is the start of the body, for bodies that were not the
+    documented JSON (a proxy's HTML page, say).
     """
 
     def __init__(
@@ -138,6 +162,7 @@ class APIStatusError(APIError):
         error: str | None = None,
         api_message: str | None = None,
         retry_after: float | None = None,
+        excerpt: str = "",
         method: str = "",
         url: str = "",
     ) -> None:
@@ -148,6 +173,7 @@ class APIStatusError(APIError):
         self.error = error
         self.api_message = api_message
         self.retry_after = retry_after
+        self.excerpt = excerpt
 
 
 class BadRequestError(APIStatusError):
@@ -189,7 +215,10 @@ class SubmitUncertainError(APIError):
 
 
 class TaskError(GrokImagineError):
-    """A task did not end in success."""
+    """A task did not end in success, or could not be followed to its end.
+
+    ``task_id`` is always there: the task may still be paid for and running.
+    """
 
     task_id: str
 
@@ -247,6 +276,18 @@ def status_error_class(status: int) -> type[APIStatusError]:
     """The exception class for an HTTP (or body) status code."""
     if status in STATUS_CLASSES:
         return STATUS_CLASSES[status]
-    if status >= 500:
+    if 500 <= status <= 599:
         return ServerError
     return APIStatusError
+
+
+class TaskPollError(TaskError):
+    """Polling a task failed in a way that waiting longer won't cure (a revoked
+    token, say). ``task_id`` and ``last_task`` (may be None) say where it
+    stood; ``__cause__`` is the error."""
+
+    def __init__(self, task_id: str, cause: Exception, last_task: Task | None) -> None:
+        self.task_id = task_id
+        self.cause = cause
+        self.last_task = last_task
+        super().__init__(f"could not follow task {task_id}: {cause}")

@@ -1,15 +1,16 @@
 """The wire: one place where requests are sent, read, classified and retried.
 
-Every request passes the token's rate limiter here, once per attempt. What is
-retried depends on what a resend could cost:
+Every attempt passes the token's rate limiter here. What is retried depends
+on what a resend could cost:
 
 * reads (``GET``) are retried on connection errors, timeouts, 408, 429, 5xx and
   unreadable bodies;
 * a submission (``POST /v1/generate``) creates a paid task and the API has no
   idempotency key, so it is resent only when the task provably was not
-  created: a 429, or a connection that was never made. Any other failure
-  after the request may have reached the server raises
-  :class:`SubmitUncertainError`, unless the caller allowed resending those.
+  created: a 429, or a connection that was never made. Once an attempt may
+  have reached the server, every way the call can end short of a task id is
+  :class:`Uncertain`, which the client raises as ``SubmitUncertainError``,
+  unless the caller allowed resending those.
 
 Waits between attempts back off exponentially with jitter and honour
 ``Retry-After`` and ``X-RateLimit-Reset``.
@@ -47,6 +48,8 @@ __all__ = ["RequestKind", "RetryPolicy", "Uncertain", "Wire"]
 
 logger = logging.getLogger("grokimagine_async")
 
+TimeoutSetting = httpx.Timeout | httpx._client.UseClientDefault
+
 
 class RequestKind(enum.Enum):
     """Whether resending a request is free (a read) or may cost (a submission)."""
@@ -79,7 +82,7 @@ _SALVAGE_TASK_ID = re.compile(r'"task_id"\s*:\s*"([^"\\]{1,200})"')
 
 
 class Uncertain(Exception):
-    """A submission failed after it may have reached the server."""
+    """A submission ended without a task id after it may have reached the server."""
 
     def __init__(self, cause: APIError) -> None:
         super().__init__(str(cause))
@@ -87,8 +90,8 @@ class Uncertain(Exception):
 
 
 @dataclass
-class _Attempt:
-    """The outcome of one attempt that did not succeed."""
+class _Failure(Exception):
+    """One attempt that did not succeed, and whether another may."""
 
     error: APIError
     retryable: bool
@@ -105,7 +108,7 @@ class Wire:
         http: httpx.AsyncClient,
         base_url: httpx.URL,
         api_key: str,
-        timeout: httpx.Timeout,
+        timeout: TimeoutSetting,
         retry: RetryPolicy,
         limiter: Callable[[], Limiter],
         user_agent: str,
@@ -129,32 +132,35 @@ class Wire:
     ) -> dict[str, Any]:
         """Send a request and return the answer's ``data`` object.
 
-        Raises an :class:`APIError` subclass. For ``RequestKind.SUBMIT``, a
-        failure after which the task may exist raises an internal
-        ``Uncertain`` carrying the cause, which the caller turns into
-        :class:`SubmitUncertainError` with the request attached.
+        Raises an :class:`APIError` subclass, or for ``RequestKind.SUBMIT``
+        :class:`Uncertain` once an attempt may have created the task.
         """
         url = self._base_url.copy_with(path=self._base_url.path.rstrip("/") + path)
+        submit = kind is RequestKind.SUBMIT
+        may_have_created = False
         attempt = 0
         while True:
             attempt += 1
             try:
                 return await self._attempt(method, url, kind, params, json_body)
-            except _AttemptFailed as failed:
-                outcome = failed.outcome
-            retries_left = attempt <= self.retry.max_retries
-            if kind is RequestKind.SUBMIT and not _provably_not_created(outcome.error):
-                if not _may_have_created_task(outcome.error):
+            except _Failure as failure:
+                outcome = failure
+            if submit and not _provably_not_created(outcome.error):
+                if not _may_have_created_task(outcome.error) and not may_have_created:
                     raise outcome.error
-                if not (self.retry.retry_uncertain_submits and retries_left):
-                    raise Uncertain(outcome.error) from outcome.error
-            elif not (outcome.retryable and retries_left):
-                raise outcome.error
+                may_have_created = True
+                outcome.retryable = self.retry.retry_uncertain_submits
+            retries_left = attempt <= self.retry.max_retries
             delay = self.retry.backoff(attempt)
             if outcome.wait_at_least is not None:
                 if outcome.wait_at_least > self.retry.max_retry_after:
-                    raise outcome.error
+                    retries_left = False
                 delay = max(delay, outcome.wait_at_least)
+            if not (outcome.retryable and retries_left):
+                # A later attempt's clean refusal does not undo an earlier one's doubt.
+                if may_have_created:
+                    raise Uncertain(outcome.error) from outcome.error
+                raise outcome.error
             logger.info(
                 "retrying %s %s in %.2fs (attempt %d of %d) after: %s",
                 method,
@@ -191,13 +197,13 @@ class Wire:
             started = time.monotonic()
             try:
                 response = await self._http.send(request)
-            except httpx.TransportError as exc:
-                # The server never counted a request whose connection was never made,
-                # but a dropped answer was probably counted.
+            except httpx.HTTPError as exc:
                 error = _transport_error(exc, method, shown)
-                slot.record(RateFeedback(status_code=0))
+                # A connection never made was never counted; anything else may have been.
+                never_sent = isinstance(error, APIConnectionError) and not error.request_sent
+                slot.record(None, sent=not never_sent)
                 logger.debug("%s %s -> %s", method, shown, error)
-                raise _AttemptFailed(_Attempt(error, retryable=True)) from exc
+                raise _Failure(error, retryable=True) from exc
             feedback = RateFeedback.from_headers(
                 response.status_code, response.headers, time.time()
             )
@@ -207,25 +213,23 @@ class Wire:
         return _read_answer(response, method, shown, kind, feedback)
 
 
-class _AttemptFailed(Exception):
-    def __init__(self, outcome: _Attempt) -> None:
-        super().__init__(str(outcome.error))
-        self.outcome = outcome
-
-
-def _transport_error(exc: httpx.TransportError, method: str, url: str) -> APIConnectionError:
+def _transport_error(exc: httpx.HTTPError, method: str, url: str) -> APIError:
+    if isinstance(exc, httpx.DecodingError):
+        # The answer arrived, but its body could not be decoded.
+        return MalformedResponseError(
+            f"{method} {url}: the answer's body could not be decoded: {exc}",
+            status_code=0,
+            excerpt="",
+            method=method,
+            url=url,
+        )
     # Only these fail before a byte of the request left: the server cannot have seen it.
     never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
     detail = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(
-            f"{method} {url} timed out ({type(exc).__name__}): {detail}",
-            method=method,
-            url=url,
-            request_sent=not never_sent,
-        )
-    return APIConnectionError(
-        f"{method} {url} failed ({type(exc).__name__}): {detail}",
+    cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
+    what = "timed out" if cls is APITimeoutError else "failed"
+    return cls(
+        f"{method} {url} {what} ({type(exc).__name__}): {detail}",
         method=method,
         url=url,
         request_sent=not never_sent,
@@ -242,7 +246,7 @@ def _may_have_created_task(error: APIError) -> bool:
     if isinstance(error, APIConnectionError):
         return error.request_sent
     if isinstance(error, APIStatusError):
-        # A 4xx answer is the server's word that it refused the request.
+        # A 3xx or 4xx answer is the server's word that it did not take the request.
         return error.status_code >= 500 or error.status_code == 408
     return True
 
@@ -252,20 +256,35 @@ def _read_answer(
 ) -> dict[str, Any]:
     status = response.status_code
     body = _decode_json(response)
-    code = status if status >= 400 else _body_error_code(body) if isinstance(body, dict) else None
-    if code is not None:
-        raise _AttemptFailed(_status_failure(response, body, code, method, url, feedback))
-    if not (200 <= status < 300):
-        error = MalformedResponseError(
-            f"{method} {url}: unexpected HTTP {status}",
+    fields: dict[str, Any] = body if isinstance(body, dict) else {}
+    data = fields.get("data")
+    # A task id that came back is kept whatever else the body says.
+    if kind is RequestKind.SUBMIT and 200 <= status < 300 and _names_task(data):
+        assert isinstance(data, dict)
+        if _body_error_code(fields) is not None:
+            logger.warning(
+                "%s %s: the answer carries error code %s but also task %s; keeping it",
+                method,
+                url,
+                fields.get("code"),
+                data.get("task_id"),
+            )
+        return data
+    if 300 <= status < 400:
+        location = response.headers.get("location", "?")
+        error = APIStatusError(
+            f"{method} {url}: HTTP {status} redirect to {location}: point base_url at the "
+            "final address (https://, no trailing path); nothing was created",
             status_code=status,
             excerpt=_excerpt(response.content),
             method=method,
             url=url,
         )
-        raise _AttemptFailed(_Attempt(error, retryable=kind is RequestKind.READ))
-    data = body.get("data") if isinstance(body, dict) else None
-    if isinstance(data, dict):
+        raise _Failure(error, retryable=False)
+    code = status if status >= 400 else _body_error_code(fields)
+    if code is not None:
+        raise _status_failure(response, fields, code, method, url, feedback)
+    if 200 <= status < 300 and isinstance(data, dict):
         return data
     if kind is RequestKind.SUBMIT and body is None:
         salvaged = _SALVAGE_TASK_ID.search(response.text)
@@ -278,47 +297,56 @@ def _read_answer(
             )
             return {"task_id": salvaged.group(1)}
     what = "not JSON" if body is None else "JSON without a 'data' object"
-    error = MalformedResponseError(
+    malformed = MalformedResponseError(
         f"{method} {url}: HTTP {status} answer is {what}: {_excerpt(response.content, 120)!r}",
         status_code=status,
         excerpt=_excerpt(response.content),
         method=method,
         url=url,
     )
-    raise _AttemptFailed(_Attempt(error, retryable=kind is RequestKind.READ))
+    raise _Failure(malformed, retryable=kind is RequestKind.READ)
+
+
+def _names_task(data: object) -> bool:
+    if not isinstance(data, dict):
+        return False
+    task_id = data.get("task_id")
+    return isinstance(task_id, (str, int)) and not isinstance(task_id, bool) and task_id != ""
 
 
 def _decode_json(response: httpx.Response) -> Any:
     """The body as JSON, or None when it is empty, truncated, HTML or binary."""
     try:
         return json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 
-def _body_error_code(body: dict[str, Any]) -> int | None:
+def _body_error_code(body: Mapping[str, Any]) -> int | None:
+    """The body's ``code`` when it is an HTTP error status (400-599)."""
     code = body.get("code")
     if isinstance(code, bool):
         return None
     if isinstance(code, str) and code.strip().isdigit():
         code = int(code)
-    if isinstance(code, int) and not 200 <= code < 300:
+    if isinstance(code, int) and 400 <= code <= 599:
         return code
     return None
 
 
 def _status_failure(
     response: httpx.Response,
-    body: Any,
+    fields: Mapping[str, Any],
     code: int,
     method: str,
     url: str,
     feedback: RateFeedback,
-) -> _Attempt:
-    fields = body if isinstance(body, dict) else {}
+) -> _Failure:
     api_message = fields.get("message") if isinstance(fields.get("message"), str) else None
     error_name = fields.get("error") if isinstance(fields.get("error"), str) else None
-    body_code = _body_error_code(fields) if fields else None
+    body_code = fields.get("code")
+    if isinstance(body_code, str) and body_code.strip().isdigit():
+        body_code = int(body_code)
     if api_message or error_name:
         said = f"{error_name + ': ' if error_name else ''}{api_message or ''}".rstrip(": ")
     else:
@@ -329,20 +357,16 @@ def _status_failure(
     wait = feedback.retry_after
     if wait is None and code == 429:
         wait = feedback.reset_after
-    cls = status_error_class(code)
-    error = cls(
+    error = status_error_class(code)(
         f"{method} {url}: {where}: {said}",
         status_code=code,
         http_status=response.status_code,
-        code=body_code if body_code is not None else code,
+        code=body_code if isinstance(body_code, int) and not isinstance(body_code, bool) else None,
         error=error_name,
         api_message=api_message,
         retry_after=wait,
+        excerpt="" if fields else _excerpt(response.content),
         method=method,
         url=url,
     )
-    retryable = code in _RETRYABLE_STATUS or code >= 500
-    if isinstance(error, RateLimitError):
-        # A 429 created no task, so even a submission is safe to resend.
-        return _Attempt(error, retryable=True, wait_at_least=wait)
-    return _Attempt(error, retryable=retryable, wait_at_least=feedback.retry_after)
+    return _Failure(error, retryable=code in _RETRYABLE_STATUS or code >= 500, wait_at_least=wait)

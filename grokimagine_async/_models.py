@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from ._exceptions import RequestValidationError
 
@@ -53,19 +54,26 @@ class Unchecked(str):
     __slots__ = ()
 
 
+def _invalid(problem: str, fix: str) -> PydanticCustomError:
+    """A validation error that keeps what is wrong and what to do apart."""
+    return PydanticCustomError(
+        "grokimagine_invalid", "{problem}. {fix}", {"problem": problem, "fix": fix}
+    )
+
+
 def _check_choice(field: str, value: object, documented: tuple[str, ...]) -> str:
     if isinstance(value, Unchecked):
         if not value.strip():
-            raise ValueError(f"{field} must not be empty")
-        return str(value)
+            raise _invalid("is empty", f"Pass one of {', '.join(documented)}")
+        return value
     if not isinstance(value, str):
-        raise ValueError(f"{field} must be a string such as {documented[0]!r}, got {value!r}")
+        raise _invalid(f"must be text, got {value!r}", f"Pass one of {', '.join(documented)}")
     normalised = value.strip().lower()
     if normalised not in documented:
-        raise ValueError(
-            f"{value!r} is not a documented {field} (documented: {', '.join(documented)}). "
+        raise _invalid(
+            f"{value!r} is not a documented {field} (documented: {', '.join(documented)})",
             f"Fix the spelling, or if the provider has added it, pass "
-            f"{field}=Unchecked({value!r}) to send it unchecked"
+            f"{field}=Unchecked({value!r}) to send it unchecked",
         )
     return normalised
 
@@ -89,13 +97,21 @@ class GenerateRequest(BaseModel):
     #: URLs of reference images; left out of the body when empty.
     images: tuple[str, ...] = ()
 
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _as_request_error(exc) from None
+
     @field_validator("prompt", mode="before")
     @classmethod
     def _check_prompt(cls, value: object) -> object:
         if not isinstance(value, str):
-            raise ValueError(f"prompt must be text, got {type(value).__name__}")
+            raise _invalid(
+                f"must be text, got {type(value).__name__}", "Pass the prompt as a string"
+            )
         if not value.strip():
-            raise ValueError("prompt is empty: describe the video to generate")
+            raise _invalid("is empty", "Describe the video to generate")
         return value
 
     @field_validator("mode", mode="before")
@@ -116,13 +132,16 @@ class GenerateRequest(BaseModel):
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"images must be a list of image URLs, got {type(value).__name__}")
+            raise _invalid(
+                f"must be a list of image URLs, got {type(value).__name__}",
+                "Pass images=['https://.../image.png']",
+            )
         urls: list[str] = []
         for i, item in enumerate(value):
             if not isinstance(item, str) or not _HTTP_URL.match(item.strip()):
-                raise ValueError(
-                    f"images[{i}] = {item!r} is not an http(s) URL: upload the image "
-                    "somewhere the API can fetch it and pass that URL"
+                raise _invalid(
+                    f"images[{i}] = {item!r} is not an http(s) URL",
+                    "Upload the image somewhere the API can fetch it and pass that URL",
                 )
             urls.append(item.strip())
         return tuple(urls)
@@ -145,8 +164,9 @@ class GenerateRequest(BaseModel):
             return request
         data: dict[str, Any] = {}
         if isinstance(request, GenerateRequest):
-            data.update(request.model_dump(exclude_unset=True))
-            data["mode"], data["ratio"] = request.mode, request.ratio
+            # Already checked: keep values that went through as Unchecked.
+            data.update(request.model_dump())
+            data["mode"], data["ratio"] = Unchecked(request.mode), Unchecked(request.ratio)
         elif isinstance(request, Mapping):
             data.update(request)
         elif request is not None:
@@ -156,10 +176,12 @@ class GenerateRequest(BaseModel):
                 "Pass GenerateRequest(prompt=...) or a dict such as {'prompt': '...'}.",
             )
         data.update({k: v for k, v in fields.items() if v is not None})
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise _as_request_error(exc) from None
+        for key in data:
+            if not isinstance(key, str):
+                raise RequestValidationError(
+                    repr(key), "is not a field name", "Use string keys: prompt, mode, ratio, images"
+                )
+        return cls(**data)
 
 
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
@@ -171,18 +193,19 @@ def _as_request_error(exc: ValidationError) -> RequestValidationError:
     kind = err["type"]
     if kind == "missing":
         return RequestValidationError(
-            field, "is required", f"Pass {field}=... (for example prompt='a fox in the snow')."
+            field, "is required", f"Pass {field}=..., for example prompt='a fox in the snow'"
         )
     if kind == "extra_forbidden":
         known = ", ".join(GenerateRequest.model_fields)
         return RequestValidationError(
             field, "is not a request field", f"Use only {known}; check the spelling."
         )
-    message = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
-    problem, _, fix = message.partition(": ")
-    if not fix:
-        problem, _, fix = message.partition(". ")
-    return RequestValidationError(field, problem.rstrip("."), (fix or "See the docs.").rstrip("."))
+    ctx = err.get("ctx") or {}
+    if kind == "grokimagine_invalid":
+        return RequestValidationError(field, str(ctx["problem"]), str(ctx["fix"]))
+    return RequestValidationError(
+        field, str(err.get("msg", "is invalid")), "See the GenerateRequest documentation"
+    )
 
 
 class TaskState(str, enum.Enum):
@@ -220,13 +243,14 @@ class FailureKind(str, enum.Enum):
     UPSTREAM_BUILD = "upstream_build"
     #: A passing network error upstream: a new submission may succeed.
     TRANSIENT_NETWORK = "transient_network"
-    #: Not one of the documented failures.
+    #: Not one of the documented failures: read ``error_message``.
     UNKNOWN = "unknown"
 
     @property
     def resubmit_may_succeed(self) -> bool:
-        """Whether sending the same request again (and paying again) could work."""
-        return self not in (FailureKind.CONTENT_REFUSED, FailureKind.UNSUPPORTED_FILE)
+        """Whether sending the same request again (and paying again) is known to
+        have a chance; False where it is known not to, or not known at all."""
+        return self in (FailureKind.UPSTREAM_BUILD, FailureKind.TRANSIENT_NETWORK)
 
     def __str__(self) -> str:
         return self.value
@@ -234,10 +258,13 @@ class FailureKind(str, enum.Enum):
 
 _FAILURE_PATTERNS: tuple[tuple[re.Pattern[str], FailureKind], ...] = (
     (
-        re.compile(r"inappropriate|content|moderat|policy|nsfw|safety", re.I),
+        re.compile(r"inappropriate|moderat|content policy|nsfw|prohibited|not allowed", re.I),
         FailureKind.CONTENT_REFUSED,
     ),
-    (re.compile(r"file type|not supported|unsupported|format", re.I), FailureKind.UNSUPPORTED_FILE),
+    (
+        re.compile(r"file type|unsupported (file|image|format)|not supported", re.I),
+        FailureKind.UNSUPPORTED_FILE,
+    ),
     (re.compile(r"build failed", re.I), FailureKind.UPSTREAM_BUILD),
     (re.compile(r"network|try again|timed? ?out|temporar", re.I), FailureKind.TRANSIENT_NETWORK),
 )
@@ -301,7 +328,7 @@ class Task(BaseModel):
     def _credits(cls, value: object) -> int | None:
         try:
             return None if value is None else int(float(value))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
 
     @field_validator("created_at", mode="before")

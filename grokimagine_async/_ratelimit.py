@@ -1,27 +1,29 @@
-"""The client-side rate limiter: the interface every request goes through.
+"""The rate limiter's interface, and the process-wide registry of limiters.
 
 Every request takes a slot from its token's limiter just before it is sent,
 and reports what the answer said about the budget when it arrives. The
-limiter decides when the next request may go. A backend (the in-process one
-here, or one shared by many processes) only has to implement :class:`Limiter`.
+limiter decides when the next request may go. A backend (the in-process
+:class:`~grokimagine_async._limiter.SlidingWindowLimiter`, or one shared by
+many processes) only has to implement :class:`Limiter`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import weakref
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
-
-from aiolimiter import AsyncLimiter
 
 from ._config import RateLimit
 from ._headers import RateFeedback
 
-__all__ = ["Limiter", "PacedLimiter", "RateLimitStatus", "Slot", "shared_limiter"]
+__all__ = ["Limiter", "RateLimitStatus", "Slot", "shared_limiter"]
+
+logger = logging.getLogger("grokimagine_async")
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class RateLimitStatus:
     period: float
     #: Requests that may be sent right now without waiting.
     remaining: int
-    #: Seconds until the full budget is free again (0 if it is).
+    #: Seconds until the whole budget is free again, counting no requests still in flight.
     resets_in: float
     #: Requests waiting for a slot.
     waiting: int
@@ -44,80 +46,73 @@ class RateLimitStatus:
 class Slot(Protocol):
     """One request's hold on the budget."""
 
-    def record(self, feedback: RateFeedback) -> None:
-        """Report what the answer said about the budget."""
+    def record(self, feedback: RateFeedback | None, *, sent: bool = True) -> None:
+        """Report how the request ended: what its answer said (None if no
+        answer came), or ``sent=False`` when it provably never left."""
 
 
 class Limiter(Protocol):
     """What the client needs of a rate limiter."""
 
-    def slot(self) -> AbstractAsyncContextManager[Slot]:
-        """Wait for permission to send one request; held until the answer.
+    @property
+    def rate(self) -> RateLimit:
+        """The figures in force now."""
 
-        Cancelling the wait gives the place back.
+    def slot(self) -> AbstractAsyncContextManager[Slot]:
+        """Wait for permission to send one request.
+
+        The slot is held until it is recorded; leaving the block without
+        recording counts as a request the server may have seen. Cancelling
+        the wait gives the place back.
         """
 
     def status(self) -> RateLimitStatus:
         """The budget as the limiter sees it now."""
 
-
-class _NullSlot:
-    def record(self, feedback: RateFeedback) -> None:
-        pass
+    def set_rate(self, rate: RateLimit) -> None:
+        """Keep to new figures from now on."""
 
 
-class PacedLimiter:
-    """Spaces requests evenly at the plan's rate (``aiolimiter`` underneath)."""
-
-    def __init__(self, rate: RateLimit) -> None:
-        self.rate = rate
-        self._pacer = AsyncLimiter(1, rate.period / rate.requests)
-        self._waiting = 0
-        self._in_flight = 0
-
-    @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[Slot]:
-        self._waiting += 1
-        try:
-            await self._pacer.acquire()
-        finally:
-            self._waiting -= 1
-        self._in_flight += 1
-        try:
-            yield _NullSlot()
-        finally:
-            self._in_flight -= 1
-
-    def slot(self) -> AbstractAsyncContextManager[Slot]:
-        return self._slot()
-
-    def status(self) -> RateLimitStatus:
-        free = 1 if self._pacer.has_capacity() else 0
-        return RateLimitStatus(
-            limit=self.rate.requests,
-            period=self.rate.period,
-            remaining=free,
-            resets_in=0.0 if free else self.rate.period / self.rate.requests,
-            waiting=self._waiting,
-            in_flight=self._in_flight,
-        )
+@dataclass
+class _Entry:
+    limiter: Limiter
+    explicit: bool
 
 
-_registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Limiter]] = (
+_registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], _Entry]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def shared_limiter(base_url: str, api_key: str, factory: Callable[[], Limiter]) -> Limiter:
-    """The process's limiter for one (base URL, token), made on first use.
+def shared_limiter(
+    base_url: str,
+    api_key: str,
+    rate: RateLimit,
+    *,
+    explicit: bool,
+    factory: Callable[[], Limiter],
+) -> Limiter:
+    """The running loop's limiter for one (base URL, token), made on first use.
 
-    Limiters belong to an event loop, so each running loop has its own
-    registry. The token is keyed by its hash, never stored.
+    Figures a client states (a tier or a ``RateLimit``) win over figures
+    guessed for an unstated plan; when two clients state different figures
+    for one token, the stricter rate wins. The token is kept only as a hash.
     """
-    loop = asyncio.get_running_loop()
-    per_loop = _registry.setdefault(loop, {})
+    per_loop = _registry.setdefault(asyncio.get_running_loop(), {})
     key = (base_url, hashlib.sha256(api_key.encode()).hexdigest())
-    limiter = per_loop.get(key)
-    if limiter is None:
-        limiter = per_loop[key] = factory()
-    return limiter
+    entry = per_loop.get(key)
+    if entry is None:
+        entry = per_loop[key] = _Entry(factory(), explicit)
+    elif explicit:
+        current = entry.limiter.rate
+        if not entry.explicit or rate.per_second < current.per_second:
+            if entry.explicit:
+                logger.warning(
+                    "two clients state different limits for one token; keeping the stricter, "
+                    "%d requests per %gs",
+                    rate.requests,
+                    rate.period,
+                )
+            entry.limiter.set_rate(rate)
+        entry.explicit = True
+    return entry.limiter

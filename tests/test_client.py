@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
+import anyio
 import httpx
 import pytest
 
@@ -19,21 +21,25 @@ from grokimagine_async import (
     AsyncClient,
     AuthenticationError,
     BadRequestError,
+    ClientClosedError,
     ConfigurationError,
     GrokImagineError,
     MalformedResponseError,
     NotFoundError,
+    RateLimit,
     RateLimitError,
     RequestValidationError,
     ServerError,
     SubmitUncertainError,
+    Task,
     TaskFailedError,
+    TaskPollError,
     TaskState,
     TaskTimeoutError,
     Tier,
 )
 
-from .helpers import TOKEN, Recorder, api_error, make_client, ok
+from .helpers import SIM_URL, TOKEN, Recorder, api_error, make_client, ok
 
 pytestmark = pytest.mark.anyio
 
@@ -475,3 +481,150 @@ async def test_token_appears_in_no_log_line_repr_or_exception(
     assert any("/v1/status" in t for t in texts)
     for text in texts:
         assert TOKEN not in text
+
+
+# --- found in review -------------------------------------------------------------------
+
+
+async def test_wait_rides_out_passing_errors_and_a_young_404() -> None:
+    api = Recorder(
+        api_error(404, "NOT_FOUND", "Task not found"),
+        httpx.Response(502, text="<html>bad gateway</html>"),
+        httpx.ReadError("reset"),
+        ok({**TASK, "status": "completed", "response": ["https://cdn/v.mp4"]}),
+    )
+    async with make_client(api, poll_interval=0.01, max_retries=0) as client:
+        task = await client.wait("task_1", timeout=10)
+    assert task.state is TaskState.COMPLETED
+    assert len(api.requests) == 4
+
+
+async def test_wait_gives_up_on_errors_waiting_wont_cure_but_keeps_the_id() -> None:
+    api = Recorder(ok({"task_id": "task_8"}), api_error(401, "UNAUTHORIZED", "token revoked"))
+    async with make_client(api, poll_interval=0.01) as client:
+        with pytest.raises(TaskPollError) as info:
+            await client.generate(prompt="p")
+    assert info.value.task_id == "task_8"
+    assert isinstance(info.value.__cause__, AuthenticationError)
+
+
+async def test_no_poll_overruns_the_wait_deadline() -> None:
+    api = Recorder(api_error(429, "RATE_LIMITED", "x", **{"Retry-After": "30"}))
+    async with make_client(api, poll_interval=0.01) as client:
+        with anyio.fail_after(10):
+            with pytest.raises(TaskTimeoutError) as info:
+                await client.wait("task_1", timeout=0.2)
+    assert info.value.task_id == "task_1"
+
+
+async def test_undecodable_body_on_submit_is_uncertain_not_a_raw_httpx_error() -> None:
+    def broken(request: httpx.Request) -> httpx.Response:
+        headers = {"content-encoding": "gzip"}
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(b"not gzip"))
+
+    api = Recorder(broken)
+    async with make_client(api) as client:
+        with pytest.raises(SubmitUncertainError):
+            await client.submit(prompt="p")
+    assert len(api.requests) == 1
+
+
+async def test_a_closed_client_says_so() -> None:
+    api = Recorder(ok(TASK))
+    client = make_client(api)
+    await client.aclose()
+    with pytest.raises(ClientClosedError):
+        await client.get_task("task_1")
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        api_error(400, "INVALID_REQUEST", "x"),
+        httpx.ConnectError("refused"),
+        api_error(429, "RATE_LIMITED", "x"),
+    ],
+)
+async def test_once_a_submit_may_have_created_a_task_the_doubt_is_never_dropped(
+    later: httpx.Response | Exception,
+) -> None:
+    api = Recorder(httpx.ReadTimeout("timed out"), later)
+    async with make_client(api, retry_uncertain_submits=True, max_retries=1) as client:
+        with pytest.raises(SubmitUncertainError):
+            await client.submit(prompt="p")
+    assert len(api.requests) == 2
+
+
+async def test_a_submit_refused_with_a_long_retry_after_on_5xx_is_uncertain() -> None:
+    api = Recorder(api_error(503, "BUSY", "x", **{"Retry-After": "3600"}))
+    async with make_client(api) as client:
+        with pytest.raises(SubmitUncertainError):
+            await client.submit(prompt="p")
+
+
+async def test_a_task_id_is_kept_whatever_code_the_body_carries() -> None:
+    api = Recorder(httpx.Response(200, json={"code": 0, "data": {"task_id": "task_9"}}))
+    async with make_client(api) as client:
+        assert await client.submit(prompt="p") == "task_9"
+
+
+async def test_a_code_outside_http_range_is_not_an_error_when_data_is_there() -> None:
+    api = Recorder(httpx.Response(200, json={"code": 40001, "data": TASK}))
+    async with make_client(api) as client:
+        assert (await client.get_task("task_1")).task_id == "task_1"
+
+
+async def test_a_redirect_is_not_retried_and_names_where_it_points() -> None:
+    api = Recorder(httpx.Response(301, headers={"location": "https://api.test/v1/generate"}))
+    async with make_client(api) as client:
+        with pytest.raises(APIStatusError, match=r"https://api\.test") as info:
+            await client.submit(prompt="p")
+    assert not isinstance(info.value, SubmitUncertainError)
+    assert len(api.requests) == 1
+
+
+async def test_your_http_clients_timeout_is_used_unless_you_give_one() -> None:
+    api = Recorder(ok(TASK))
+    http = httpx.AsyncClient(transport=httpx.MockTransport(api), timeout=300)
+    async with AsyncClient(TOKEN, base_url=SIM_URL, http_client=http) as client:
+        await client.get_task("task_1")
+    async with AsyncClient(TOKEN, base_url=SIM_URL, http_client=http, timeout=7) as client:
+        await client.get_task("task_1")
+    assert api.requests[0].extensions["timeout"]["read"] == 300
+    assert api.requests[1].extensions["timeout"]["read"] == 7
+    await http.aclose()
+
+
+def test_errors_survive_pickling() -> None:
+    task = Task.model_validate({"task_id": "t", "status": "failed", "error_message": "x"})
+    errors: list[GrokImagineError] = [
+        BadRequestError("m", status_code=400, code=400, error="E", api_message="a"),
+        MalformedResponseError("m", status_code=200, excerpt="<html>"),
+        TaskTimeoutError("t", 5.0, None),
+        TaskFailedError(task),
+        RequestValidationError("mode", "bad", "fix it"),
+    ]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert vars(copy).keys() == vars(error).keys()
+
+
+async def test_clients_of_one_token_share_a_limiter_and_the_stricter_stated_rate_wins() -> None:
+    api = Recorder(ok(TASK))
+    guessed = make_client(api, rate_limit=None)
+    stated = make_client(api, rate_limit=RateLimit(50, 1.0))
+    stricter = make_client(api, rate_limit=RateLimit(20, 1.0))
+    looser = make_client(api, rate_limit=RateLimit(500, 1.0))
+    for client in (guessed, stated, stricter, looser):
+        await client.get_task("task_1")
+    assert guessed.rate_limit_status().limit == 20
+    assert looser.rate_limit == RateLimit(20, 1.0)
+    for client in (guessed, stated, stricter, looser):
+        await client.aclose()
+
+
+def test_rate_limit_status_works_outside_an_event_loop() -> None:
+    status = AsyncClient(TOKEN, tier="pro").rate_limit_status()
+    assert (status.limit, status.remaining, status.waiting) == (1000, 1000, 0)

@@ -38,13 +38,13 @@ def test_mode_and_ratio_are_normalised_case_insensitively() -> None:
     ("fields", "field", "needle"),
     [
         ({}, "prompt", "prompt='a fox"),
-        ({"prompt": ""}, "prompt", "describe the video"),
-        ({"prompt": "   "}, "prompt", "describe the video"),
+        ({"prompt": ""}, "prompt", "Describe the video"),
+        ({"prompt": "   "}, "prompt", "Describe the video"),
         ({"prompt": 42}, "prompt", "text"),
         ({"prompt": "p", "mode": "wild"}, "mode", "Unchecked('wild')"),
         ({"prompt": "p", "ratio": "16:9"}, "ratio", "Unchecked('16:9')"),
         ({"prompt": "p", "images": ["ftp://x/y.png"]}, "images", "http(s) URL"),
-        ({"prompt": "p", "images": ["not a url"]}, "images", "upload the image"),
+        ({"prompt": "p", "images": ["not a url"]}, "images", "Upload the image"),
         ({"prompt": "p", "images": 3}, "images", "list of image URLs"),
         ({"prompt": "p", "promt": "x"}, "promt", "check the spelling"),
     ],
@@ -137,7 +137,8 @@ def test_error_message_means_failed_whatever_the_status() -> None:
         ("Inappropriate content, please try another prompt.", FailureKind.CONTENT_REFUSED, False),
         ("grok imagine build failed", FailureKind.UPSTREAM_BUILD, True),
         ("Network error, please try again later.", FailureKind.TRANSIENT_NETWORK, True),
-        ("the moon is in the wrong phase", FailureKind.UNKNOWN, True),
+        ("the moon is in the wrong phase", FailureKind.UNKNOWN, False),
+        ("Upstream timeout fetching content", FailureKind.TRANSIENT_NETWORK, True),
     ],
 )
 def test_failure_kinds(message: str, kind: FailureKind, resubmit: bool) -> None:
@@ -172,3 +173,28 @@ def test_naive_and_epoch_timestamps_become_aware_utc() -> None:
     assert naive.created_at == epoch_ms.created_at
     assert naive.created_at is not None
     assert naive.created_at.tzinfo == timezone.utc
+
+
+def test_building_the_model_directly_raises_our_error() -> None:
+    with pytest.raises(RequestValidationError) as info:
+        GenerateRequest(prompt="", mode="wild")
+    assert info.value.field == "prompt"
+
+
+def test_problem_and_fix_are_kept_apart() -> None:
+    with pytest.raises(RequestValidationError) as info:
+        build(prompt="p", ratio="16:9")
+    assert info.value.problem == "'16:9' is not a documented ratio (documented: 1:1, 2:3, 3:2)"
+    assert info.value.fix.startswith("Fix the spelling")
+
+
+def test_unchecked_values_survive_a_rebuild() -> None:
+    req = build(prompt="a", ratio=Unchecked("16:9"))
+    assert GenerateRequest.build(req, prompt="b").ratio == "16:9"
+
+
+def test_infinite_credits_do_not_crash() -> None:
+    assert (
+        Task.model_validate({"task_id": "t", "consumed_credits": float("inf")}).consumed_credits
+        is None
+    )
