@@ -1,0 +1,108 @@
+"""Run the simulator from the shell: ``python -m grokimagine_async.simulator --help``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any, get_args
+
+from ._config import TIER_LIMITS, RateModel, ResetFormat, SimulatorConfig
+from ._simulator import Simulator
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m grokimagine_async.simulator",
+        description=(
+            "Serve a simulated Grok Imagine video API (POST /v1/generate, "
+            "GET /v1/status) for testing clients. Any bearer token is accepted "
+            "unless --api-key is given."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    parser.add_argument(
+        "--tier",
+        choices=sorted(TIER_LIMITS),
+        help="set the limit of a plan: free=100, pro=1000, enterprise=5000 per minute",
+    )
+    parser.add_argument("--limit", type=int, help="requests per period per token")
+    parser.add_argument("--period", type=float, help="rate period in seconds (default 60)")
+    parser.add_argument("--rate-model", choices=get_args(RateModel), help="how requests count")
+    parser.add_argument(
+        "--reset-format", choices=get_args(ResetFormat), help="format of X-RateLimit-Reset"
+    )
+    parser.add_argument(
+        "--retry-after",
+        choices=["seconds", "http-date", "none"],
+        help="format of Retry-After on 429s, or none to leave it out",
+    )
+    parser.add_argument(
+        "--count-rejected", action="store_true", help="count 429'd requests against the limit"
+    )
+    parser.add_argument(
+        "--generation-time",
+        nargs=2,
+        type=float,
+        metavar=("MIN", "MAX"),
+        help="seconds from creation to the end of a task, drawn uniformly",
+    )
+    parser.add_argument("--failure-rate", type=float, help="share of tasks that fail (0..1)")
+    parser.add_argument(
+        "--background-share",
+        type=float,
+        help="share of each token's limit an invisible second client spends (0..1)",
+    )
+    parser.add_argument("--video-ttl", type=float, help="seconds video URLs stay valid")
+    parser.add_argument(
+        "--api-key", action="append", dest="api_keys", help="accept only this token (repeatable)"
+    )
+    parser.add_argument(
+        "--errors-as-http-200",
+        action="store_true",
+        help="answer errors with HTTP 200 and the error code in the body",
+    )
+    parser.add_argument("--seed", type=int, help="seed for reproducible ids, timings, failures")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulatorConfig, str, int, int | None]:
+    """The config, host, port and seed a command line asks for."""
+    args = build_parser().parse_args(argv)
+    fields: dict[str, Any] = {}
+    if args.tier is not None:
+        fields["tier"] = args.tier
+    for name in (
+        "limit",
+        "period",
+        "rate_model",
+        "reset_format",
+        "failure_rate",
+        "background_share",
+        "video_ttl",
+        "api_keys",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    if args.generation_time is not None:
+        fields["generation_time"] = tuple(args.generation_time)
+    if args.retry_after is not None:
+        fields["retry_after"] = None if args.retry_after == "none" else args.retry_after
+    if args.count_rejected:
+        fields["count_rejected"] = True
+    if args.errors_as_http_200:
+        fields["errors_as_http_200"] = True
+    config = SimulatorConfig().replace(**fields)
+    return config, args.host, args.port, args.seed
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the command line and serve until interrupted."""
+    config, host, port, seed = parse_args(argv)
+    Simulator(config, seed=seed).run(host, port)
+
+
+if __name__ == "__main__":
+    main()
