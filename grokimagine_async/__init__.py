@@ -32,6 +32,8 @@ from ._exceptions import (
     TaskPollError,
     TaskTimeoutError,
 )
+from ._headers import RateFeedback
+from ._limiter import SlidingWindowLimiter
 from ._models import (
     DOCUMENTED_MODES,
     DOCUMENTED_RATIOS,
@@ -41,7 +43,7 @@ from ._models import (
     TaskState,
     Unchecked,
 )
-from ._ratelimit import RateLimitStatus
+from ._ratelimit import Limiter, RateLimitStatus, Slot
 from ._version import __version__
 
 __all__ = [
@@ -62,13 +64,17 @@ __all__ = [
     "FailureKind",
     "GenerateRequest",
     "GrokImagineError",
+    "Limiter",
     "MalformedResponseError",
     "NotFoundError",
+    "RateFeedback",
     "RateLimit",
     "RateLimitError",
     "RateLimitStatus",
     "RequestValidationError",
     "ServerError",
+    "SlidingWindowLimiter",
+    "Slot",
     "SubmitUncertainError",
     "Task",
     "TaskError",

@@ -85,6 +85,9 @@ class AsyncClient:
         http_client: your own ``httpx.AsyncClient`` (proxies, transports,
             event hooks). The client never closes it, and never sets the token
             on it: the token goes only on requests to ``base_url``.
+        limiter: a rate limiter of your own (one shared by many processes,
+            say) in place of the process-wide one for this token; ``tier`` and
+            ``rate_limit`` are then its business. See :class:`Limiter`.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class AsyncClient:
         retry_uncertain_submits: bool = False,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         http_client: httpx.AsyncClient | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         key = resolve_api_key(api_key)
         self._base_url = resolve_base_url(base_url)
@@ -135,7 +139,7 @@ class AsyncClient:
         self._http = http_client or httpx.AsyncClient(
             limits=DEFAULT_POOL, timeout=DEFAULT_TIMEOUT, follow_redirects=False
         )
-        self._limiter: Limiter | None = None
+        self._limiter: Limiter | None = limiter
         self._limiter_key = key
         self._wire = Wire(
             http=self._http,

@@ -22,19 +22,23 @@ latency. A sole user of a token therefore never sees a 429.
 
 The price is one round trip per request per period: at 2 ms round trips a
 60-second window is used to 99.99%, a 2-second test window to 99.9%. A fresh
-limiter lets the whole budget go at once.
+limiter sends one request, and lets the rest of the budget go at once when
+its answer has said whether someone else is spending the token too.
 
 Corrections from the server
 ---------------------------
 * ``X-RateLimit-Remaining``: the server's count in the window at the moment it
-  counted this request was ``limit - remaining``. At most all of our own
-  requests still held (answered ones and those in flight) are part of it;
-  anything beyond is someone else spending the same token. That share is
-  reserved, and the reservation fades out linearly over a period (by then
-  those requests have left any sliding window) unless later answers renew it.
-  Corrections only ever tighten: nothing the server says lets the limiter
-  send more than its plan.
-* A plan that is not known (``auto_upgrade``) starts at the Free figures and
+  counted this request was ``limit - remaining``. Our own requests sent before
+  it account, as a rule, for part of that; the rest is someone else spending
+  the same token. The median of the last few such estimates (a request that
+  overtook another on the way skews one), plus a margin, is reserved: held
+  for a period after the last answer that showed it, then fading over
+  another. Corrections only ever tighten: nothing the server says lets the
+  limiter send more than its plan.
+* The freshest ``Remaining`` is also a cap: less the requests of ours sent
+  after the one it answered, plus ours that have since left the window. It
+  stops a burst into a window that someone else has nearly filled.
+* A plan that is not known (``upgrades``) starts at the Free figures and
   moves up to the largest plan that the headers prove: a ``Remaining`` above
   what the current limit allows.
 * A 429 that happens anyway closes the gate for every waiter until
@@ -78,22 +82,41 @@ class WindowBudget:
             (r for r in upgrades if r.requests > rate.requests), key=lambda r: r.requests
         )
         self.in_flight = 0
-        # When each answered request's slot frees, in order.
-        self._held: deque[float] = deque()
+        # Answered requests as (when the slot frees, send order), in order.
+        self._held: deque[tuple[float, int]] = deque()
+        # Send order of every request of ours the server may still count: in flight or held.
+        self._window: list[int] = []
+        self._next_seq = 0
         # Someone else's share of the window: _reserved slots, fading linearly
         # to none between _fade_start and _fade_end.
         self._reserved = 0.0
         self._fade_start = initial_time
         self._fade_end = initial_time
         self._gate_until = -math.inf
+        # The last few estimates of someone else's use, from Remaining.
+        self._others: deque[int] = deque(maxlen=5)
         self.rate_limited = 0
+        # How many answered requests have left the window so far.
+        self._expired = 0
+        # The freshest Remaining: (remaining, its request's ticket, _expired then, valid until).
+        self._cap: tuple[int, int, int, float] | None = None
+        # Until one answer has told us what the server sees, send one request at a
+        # time: someone else may already be spending the token.
+        self._probing = True
 
     # -- reading --------------------------------------------------------------------
 
     def _expire(self, now: float) -> None:
         held = self._held
-        while held and held[0] <= now:
-            held.popleft()
+        while held and held[0][0] <= now:
+            _, seq = held.popleft()
+            self._forget(seq)
+            self._expired += 1
+
+    def _forget(self, seq: int) -> None:
+        i = bisect.bisect_left(self._window, seq)
+        if i < len(self._window) and self._window[i] == seq:
+            del self._window[i]
 
     def reserved(self, now: float) -> int:
         """Slots set aside for someone else's use of the token."""
@@ -113,16 +136,32 @@ class WindowBudget:
         """Requests that may go right now."""
         if now < self._gate_until:
             return 0
-        return max(0, self.limit - self.used(now))
+        free = max(0, self.limit - self.used(now))
+        if self._probing:
+            return min(free, 1 - self.in_flight)
+        return min(free, self._server_allows(now))
+
+    def _server_allows(self, now: float) -> int:
+        """What the freshest Remaining leaves: less ours sent since, plus ours gone."""
+        if self._cap is None:
+            return self.limit
+        remaining, ticket, expired, until = self._cap
+        if now >= until:
+            self._cap = None
+            return self.limit
+        sent_since = self._next_seq - ticket - 1
+        return max(0, remaining - sent_since + (self._expired - expired))
 
     def next_change(self, now: float) -> float | None:
         """The earliest time after ``now`` at which :meth:`free` may grow."""
         self._expire(now)
         times: list[float] = []
         if self._held:
-            times.append(self._held[0])
+            times.append(self._held[0][0])
         if now < self._gate_until:
             times.append(self._gate_until)
+        if self._cap is not None:
+            times.append(self._cap[3])
         n = self.reserved(now)
         if n > 0:
             if now < self._fade_start:
@@ -142,7 +181,7 @@ class WindowBudget:
         self._expire(now)
         ends = [now]
         if self._held:
-            ends.append(self._held[-1])
+            ends.append(self._held[-1][0])
         if self.reserved(now):
             ends.append(self._fade_end)
         ends.append(self._gate_until)
@@ -156,39 +195,63 @@ class WindowBudget:
         self.period = rate.period
         self._upgrades = []
 
-    def take(self, now: float) -> bool:
-        """Take a slot if one is free."""
-        if self.free(now) > 0:
-            self.in_flight += 1
-            return True
-        return False
+    def take(self, now: float) -> int | None:
+        """Take a slot if one is free: its ticket (the send order), else None."""
+        if self.free(now) <= 0:
+            return None
+        self.in_flight += 1
+        seq = self._next_seq
+        self._next_seq += 1
+        self._window.append(seq)
+        return seq
 
-    def give_back(self) -> None:
+    def give_back(self, ticket: int) -> None:
         """Return a slot whose request was never sent."""
         self.in_flight -= 1
+        self._forget(ticket)
 
-    def answered(self, now: float, feedback: RateFeedback | None, sent_at: float) -> None:
+    def answered(
+        self, now: float, feedback: RateFeedback | None, ticket: int, sent_at: float
+    ) -> None:
         """A request that was (or may have been) counted by the server has ended.
 
-        ``feedback`` is what its answer said, None when no answer came.
+        ``feedback`` is what its answer said, None when no answer came;
+        ``ticket`` is what :meth:`take` gave, ``sent_at`` when.
         """
         self.in_flight -= 1
         self._expire(now)
-        self._held.append(now + self.period)
+        self._held.append((now + self.period, ticket))
         if feedback is None:
             return
+        self._probing = False
         if feedback.rate_limited:
             self._on_rate_limited(now, feedback)
         elif feedback.remaining is not None:
-            self._upgrade(now, feedback.remaining, sent_at)
-            self._on_remaining(now, feedback.remaining, feedback.reset_after)
+            self._upgrade(feedback.remaining, sent_at)
+            self._on_remaining(now, feedback.remaining, ticket)
+            if self._cap is None or ticket > self._cap[1]:
+                self._cap = (feedback.remaining, ticket, self._expired, now + self.period)
 
-    def _on_remaining(self, now: float, remaining: int, reset_after: float | None) -> None:
-        ours_at_most = self.in_flight + len(self._held)
-        others = (self.limit - remaining) - ours_at_most
-        if others > self.reserved(now):
-            fade = self.period if reset_after is None else max(0.0, min(self.period, reset_after))
-            self._reserve(now, now + fade, others)
+    def _on_remaining(self, now: float, remaining: int, ticket: int) -> None:
+        # Ours sent before this one were, as a rule, counted before it. A request
+        # that overtook another on the way makes one estimate too high or too low,
+        # so the median of the last few is taken.
+        ours_before = bisect.bisect_left(self._window, ticket)
+        self._others.append(self.limit - remaining - ours_before - 1)
+        # Even if every request of ours the server may still count had been counted
+        # before this one, what is left over is someone else's: proof that they exist.
+        proven = self.limit - remaining - len(self._window)
+        if proven <= 0:
+            return
+        others = max(proven, sorted(self._others)[(len(self._others) - 1) // 2])
+        # Someone else's use wobbles from one request to the next, and the window is
+        # run full: keep a margin over the estimate rather than collect 429s.
+        others = min(self.limit, others + 1 + others // 10)
+        # Renewed while the answers keep showing it. Held whole for a period: a fixed
+        # window shows the full share only near its end, and the share starts again
+        # in the next. Then it fades over another period, as a sliding window sheds it.
+        if others >= self.reserved(now):
+            self._reserve(now + self.period, now + 2 * self.period, others)
 
     def _on_rate_limited(self, now: float, feedback: RateFeedback) -> None:
         self.rate_limited += 1
@@ -198,9 +261,11 @@ class WindowBudget:
         if wait is None:
             wait = self.period / 4
         self._gate_until = max(self._gate_until, now + min(wait, self.period * 2))
-        # Whatever we thought was free was not: hold it back, then let it out slowly.
-        unseen = self.limit - self.in_flight - len(self._held)
+        # The server's window was full. When the gate opens, what our own slots don't
+        # cover is not known to be free: let it out over a period, not in one burst.
         start = self._gate_until
+        still_held = sum(1 for expiry, _ in self._held if expiry > start)
+        unseen = self.limit - self.in_flight - still_held
         if unseen > 0 and unseen >= self.reserved(start):
             self._reserve(start, start + self.period, unseen)
 
@@ -209,11 +274,11 @@ class WindowBudget:
         self._fade_start = start
         self._fade_end = max(end, start + 1e-6)
 
-    def _upgrade(self, now: float, remaining: int, sent_at: float) -> None:
+    def _upgrade(self, remaining: int, sent_at: float) -> None:
         if not self._upgrades:
             return
         # Ours answered before this request was sent were counted before it.
-        before = bisect.bisect_left(self._held, sent_at + self.period)
+        before = sum(1 for expiry, _ in self._held if expiry < sent_at + self.period)
         proven = remaining + 1 + before
         best = None
         for plan in self._upgrades:
@@ -225,10 +290,11 @@ class WindowBudget:
 
 
 class _Slot:
-    __slots__ = ("_done", "_limiter", "sent_at")
+    __slots__ = ("_done", "_limiter", "sent_at", "ticket")
 
-    def __init__(self, limiter: SlidingWindowLimiter, sent_at: float) -> None:
+    def __init__(self, limiter: SlidingWindowLimiter, ticket: int, sent_at: float) -> None:
         self._limiter = limiter
+        self.ticket = ticket
         self.sent_at = sent_at
         self._done = False
 
@@ -255,7 +321,7 @@ class SlidingWindowLimiter:
     ) -> None:
         self._clock = clock
         self._budget = WindowBudget(rate, upgrades=upgrades, initial_time=self._now())
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[tuple[int, float]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
 
@@ -299,30 +365,33 @@ class SlidingWindowLimiter:
 
     async def acquire(self) -> _Slot:
         """Wait for a slot. The caller must ``record`` on it exactly once."""
-        if not self._waiters and self._budget.take(self._now()):
-            return _Slot(self, self._now())
+        now = self._now()
+        if not self._waiters:
+            ticket = self._budget.take(now)
+            if ticket is not None:
+                return _Slot(self, ticket, now)
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
+        waiter: asyncio.Future[tuple[int, float]] = loop.create_future()
         self._waiters.append(waiter)
         self._wake()
         try:
-            await waiter
+            ticket, granted_at = await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 # Granted in the same instant we were cancelled: pass it on.
-                self._budget.give_back()
+                self._budget.give_back(waiter.result()[0])
                 self._wake()
             else:
                 with suppress(ValueError):
                     self._waiters.remove(waiter)
             raise
-        return _Slot(self, self._now())
+        return _Slot(self, ticket, granted_at)
 
     def _finish(self, slot: _Slot, feedback: RateFeedback | None, sent: bool) -> None:
         if sent:
-            self._budget.answered(self._now(), feedback, slot.sent_at)
+            self._budget.answered(self._now(), feedback, slot.ticket, slot.sent_at)
         else:
-            self._budget.give_back()
+            self._budget.give_back(slot.ticket)
         self._wake()
 
     def _wake(self) -> None:
@@ -333,10 +402,11 @@ class SlidingWindowLimiter:
             if waiter.done():
                 self._waiters.popleft()
                 continue
-            if not self._budget.take(now):
+            ticket = self._budget.take(now)
+            if ticket is None:
                 break
             self._waiters.popleft()
-            waiter.set_result(None)
+            waiter.set_result((ticket, now))
         self._schedule()
 
     def _schedule(self) -> None:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import format_datetime
 
+import anyio
+import anyio.lowlevel
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grokimagine_async import RateLimit
-from grokimagine_async._headers import RateFeedback
-from grokimagine_async._limiter import WindowBudget
+from grokimagine_async import RateLimit, RateLimitStatus
+from grokimagine_async._headers import RateFeedback, parse_remaining, parse_reset, parse_retry_after
+from grokimagine_async._limiter import SlidingWindowLimiter, WindowBudget
 
 PERIOD = 2.0
 
@@ -27,16 +34,17 @@ class Req:
 
 def run(budget: WindowBudget, reqs: list[Req]) -> list[tuple[float, float]]:
     """Serve requests first come first served; return (sent, counted) times."""
-    answers: list[tuple[float, int, float, RateFeedback | None]] = []
+    answers: list[tuple[float, int, int, float, RateFeedback | None]] = []
     out: list[tuple[float, float]] = []
     t = 0.0
     for i, req in enumerate(sorted(reqs, key=lambda r: r.arrival)):
         t = max(t, req.arrival)
         for _ in range(100_000):
             while answers and answers[0][0] <= t:
-                at, _, sent, fb = heapq.heappop(answers)
-                budget.answered(at, fb, sent)
-            if budget.take(t):
+                at, _, answered_ticket, sent, fb = heapq.heappop(answers)
+                budget.answered(at, fb, answered_ticket, sent)
+            ticket = budget.take(t)
+            if ticket is not None:
                 break
             candidates = [x for x in (budget.next_change(t),) if x is not None]
             if answers:
@@ -45,7 +53,7 @@ def run(budget: WindowBudget, reqs: list[Req]) -> list[tuple[float, float]]:
             t = max(t, min(candidates))
         else:  # pragma: no cover
             raise AssertionError("no progress")
-        heapq.heappush(answers, (t + req.latency, i, t, req.feedback))
+        heapq.heappush(answers, (t + req.latency, i, ticket, t, req.feedback))
         out.append((t, t + req.latency * req.count_at))
     return out
 
@@ -92,52 +100,95 @@ def test_no_window_holds_more_than_the_limit(limit: int, reqs: list[Req]) -> Non
 
 @settings(max_examples=100, deadline=None)
 @given(limit=st.integers(1, 30), n=st.integers(1, 30))
-def test_a_fresh_budget_lets_a_full_burst_go_at_once(limit: int, n: int) -> None:
+def test_a_fresh_budget_lets_a_full_burst_go_after_one_answer(limit: int, n: int) -> None:
     budget = WindowBudget(RateLimit(limit, PERIOD))
-    served = run(budget, [Req(0.0, 0.01, 1.0, None) for _ in range(n)])
-    assert sum(1 for sent, _ in served if sent == 0.0) == min(n, limit)
+    served = run(budget, [Req(0.0, 0.01, 1.0, RateFeedback(200)) for _ in range(n)])
+    assert served[0][0] == 0.0
+    assert sum(1 for sent, _ in served if sent <= 0.01) == min(n, limit)
 
 
 def test_steady_state_uses_the_budget() -> None:
     limit, latency = 30, 0.005
     budget = WindowBudget(RateLimit(limit, PERIOD))
-    served = run(budget, [Req(0.0, latency, 0.5, None) for _ in range(limit * 20)])
+    served = run(budget, [Req(0.0, latency, 0.5, RateFeedback(200)) for _ in range(limit * 20)])
     last = served[-1][0]
-    # 20 windows' worth, each costing one round trip beyond its period.
-    assert last <= 19 * (PERIOD + latency) + 1e-6
+    # 20 windows' worth, each costing one round trip beyond its period, after the probe's.
+    assert last <= 19 * (PERIOD + latency) + latency + 1e-6
 
 
 def test_remaining_reveals_a_second_spender_and_the_reservation_fades() -> None:
     budget = WindowBudget(RateLimit(100, PERIOD))
-    assert budget.take(0.0)
-    budget.answered(0.01, RateFeedback(200, remaining=69), sent_at=0.0)
-    # Someone else used 30 of the window: 100 - 1 (ours) - 30 left.
-    assert budget.free(0.01) == 69
-    assert budget.free(0.01 + PERIOD / 2) == 84
-    assert budget.free(0.02 + PERIOD) == 100
+    ticket = budget.take(0.0)
+    assert ticket is not None
+    budget.answered(0.01, RateFeedback(200, remaining=69), ticket, 0.0)
+    # Someone else used 30 of the window: set aside with a margin of 1 + 10%,
+    # whole for a period, then fading over another.
+    assert budget.reserved(0.01) == 34
+    assert budget.free(0.01) == 100 - 1 - 34
+    assert budget.free(0.01 + PERIOD / 2) == 100 - 1 - 34
+    assert budget.free(0.01 + 1.5 * PERIOD) == 100 - 17
+    assert budget.free(0.02 + 2 * PERIOD) == 100
+
+
+def test_the_freshest_remaining_caps_a_burst() -> None:
+    budget = answered_once(WindowBudget(RateLimit(10, PERIOD)))
+    t1, t2, t3 = (budget.take(0.0) for _ in range(3))
+    assert t1 is not None
+    assert t2 is not None
+    assert t3 is not None
+    budget.answered(0.01, RateFeedback(200, remaining=9), t1, 0.0)
+    budget.answered(0.01, RateFeedback(200, remaining=8), t2, 0.0)
+    later = [budget.take(0.01) for _ in range(3)]
+    assert None not in later
+    # Our own count leaves 4, but the server said 4 were left when it counted t3,
+    # and three more of ours have gone out since.
+    budget.answered(0.02, RateFeedback(200, remaining=4), t3, 0.0)
+    assert budget.reserved(0.02) == 0
+    assert budget.free(0.02) == 1
+    assert budget.free(0.01 + PERIOD) == 1 + 2  # t1 and t2 have left the window
+
+
+def answered_once(budget: WindowBudget) -> WindowBudget:
+    """Past the first request's probe, long ago."""
+    ticket = budget.take(-100.0)
+    assert ticket is not None
+    budget.answered(-100.0, RateFeedback(200), ticket, -100.0)
+    return budget
 
 
 def test_remaining_never_loosens_the_limit() -> None:
-    budget = WindowBudget(RateLimit(10, PERIOD))
-    for _ in range(5):
-        assert budget.take(0.0)
-    budget.answered(0.01, RateFeedback(200, remaining=500), sent_at=0.0)
+    budget = answered_once(WindowBudget(RateLimit(10, PERIOD)))
+    tickets = [budget.take(0.0) for _ in range(5)]
+    assert tickets[0] is not None
+    budget.answered(0.01, RateFeedback(200, remaining=500), tickets[0], 0.0)
     assert budget.free(0.01) == 5
 
 
 def test_remaining_discounts_our_own_requests_in_flight() -> None:
-    budget = WindowBudget(RateLimit(10, PERIOD))
-    for _ in range(10):
-        assert budget.take(0.0)
-    # Answered first but counted last: the other nine were counted before it.
-    budget.answered(0.01, RateFeedback(200, remaining=0), sent_at=0.0)
+    budget = answered_once(WindowBudget(RateLimit(10, PERIOD)))
+    tickets = [budget.take(0.0) for _ in range(10)]
+    assert tickets[-1] is not None
+    # Sent last and answered first: the nine sent before it were counted before it.
+    budget.answered(0.01, RateFeedback(200, remaining=0), tickets[-1], 0.0)
     assert budget.reserved(0.01) == 0
+
+
+def test_someone_elses_use_is_the_median_of_recent_estimates() -> None:
+    budget = answered_once(WindowBudget(RateLimit(100, PERIOD)))
+    tickets = [budget.take(0.0) for _ in range(3)]
+    # Remaining says 20 others before each of ours, but the second was overtaken
+    # by the third on the way, so alone it would suggest 21.
+    for ticket, remaining in zip(tickets, [79, 77, 78], strict=True):
+        assert ticket is not None
+        budget.answered(0.01, RateFeedback(200, remaining=remaining), ticket, 0.0)
+    assert budget.reserved(0.01) == 20 + 1 + 2
 
 
 def test_a_429_closes_the_gate_and_reopens_gently() -> None:
     budget = WindowBudget(RateLimit(100, PERIOD))
-    assert budget.take(0.0)
-    budget.answered(0.01, RateFeedback(429, retry_after=1.0), sent_at=0.0)
+    ticket = budget.take(0.0)
+    assert ticket is not None
+    budget.answered(0.01, RateFeedback(429, retry_after=1.0), ticket, 0.0)
     assert budget.free(0.5) == 0
     assert budget.free(1.0) == 0
     # The gate is open, but what was left comes back over a period, not at once.
@@ -153,6 +204,170 @@ def test_a_429_closes_the_gate_and_reopens_gently() -> None:
 def test_an_unknown_plan_moves_up_to_what_the_headers_prove(remaining: int, limit: int) -> None:
     plans = [RateLimit(1000, 60.0), RateLimit(5000, 60.0)]
     budget = WindowBudget(RateLimit(100, 60.0), upgrades=plans)
-    assert budget.take(0.0)
-    budget.answered(0.01, RateFeedback(200, remaining=remaining), sent_at=0.0)
+    ticket = budget.take(0.0)
+    assert ticket is not None
+    budget.answered(0.01, RateFeedback(200, remaining=remaining), ticket, 0.0)
     assert budget.limit == limit
+
+
+# --- the async limiter: waiting, cancellation, status ------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.lowlevel.checkpoint()
+
+
+@pytest.mark.anyio
+async def test_a_fresh_limiter_sends_one_request_until_an_answer_comes() -> None:
+    limiter = SlidingWindowLimiter(RateLimit(10, 60.0))
+    probe = await limiter.acquire()
+    assert limiter.status().remaining == 0
+    probe.record(RateFeedback(200, remaining=9))
+    assert limiter.status().remaining == 9
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_waiter_gives_its_place_back_and_leaves_nothing() -> None:
+    limiter = SlidingWindowLimiter(RateLimit(1, 60.0))
+    held = await limiter.acquire()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(limiter.acquire)
+        await wait_until(lambda: limiter.status().waiting == 1)
+        tg.cancel_scope.cancel()
+    assert limiter.status().waiting == 0
+    held.record(None, sent=False)
+    assert limiter.status().remaining == 1
+    assert limiter.status().in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_a_slot_granted_to_a_waiter_cancelled_in_the_same_instant_passes_on() -> None:
+    limiter = SlidingWindowLimiter(RateLimit(1, 60.0))
+    held = await limiter.acquire()
+    first = asyncio.ensure_future(limiter.acquire())
+    second = asyncio.ensure_future(limiter.acquire())
+    await wait_until(lambda: limiter.status().waiting == 2)
+    held.record(None, sent=False)  # grants the slot to `first` ...
+    first.cancel()  # ... which is cancelled before it can run
+    with anyio.fail_after(5):
+        slot = await second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert limiter.status().in_flight == 1
+    slot.record(None, sent=False)
+
+
+@pytest.mark.anyio
+async def test_waiters_are_served_in_order_as_slots_free() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(RateLimit(3, 1.0), clock=clock)
+    (await limiter.acquire()).record(RateFeedback(200))  # the first answer ends probing
+    a, b = await limiter.acquire(), await limiter.acquire()
+    order: list[int] = []
+
+    async def take(n: int) -> None:
+        (await limiter.acquire()).record(None, sent=False)
+        order.append(n)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(3):
+            tg.start_soon(take, n)
+            await wait_until(lambda n=n: limiter.status().waiting == n + 1)  # type: ignore[misc]
+        a.record(RateFeedback(200))
+        b.record(None, sent=False)
+        await wait_until(lambda: len(order) == 3)
+    assert order == [0, 1, 2]
+
+
+@pytest.mark.anyio
+async def test_status_tells_limit_remaining_reset_and_queue() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(RateLimit(3, 2.0), clock=clock)
+    slot = await limiter.acquire()
+    # One request in flight and no answer yet: the rest waits for what it says.
+    assert limiter.status() == RateLimitStatus(3, 2.0, 0, 0.0, 0, 1)
+    clock.now = 0.5
+    slot.record(RateFeedback(200, remaining=2))
+    status = limiter.status()
+    assert (status.remaining, status.in_flight, status.resets_in) == (2, 0, 2.0)
+    clock.now = 2.5
+    assert limiter.status().remaining == 3
+
+
+@pytest.mark.anyio
+async def test_a_429_holds_every_waiter_until_the_reset() -> None:
+    limiter = SlidingWindowLimiter(RateLimit(50, 1.0))
+    slot = await limiter.acquire()
+    slot.record(RateFeedback(429, retry_after=0.3))
+    assert limiter.status().remaining == 0
+    started = anyio.current_time()
+    (await limiter.acquire()).record(RateFeedback(200))
+    assert anyio.current_time() - started >= 0.29
+
+
+# --- the header parser ----------------------------------------------------------------
+
+NOW = 1_764_000_000.0
+
+
+@given(st.floats(0, 1e6))
+def test_reset_as_seconds_until(delta: float) -> None:
+    assert parse_reset(repr(delta), NOW) == pytest.approx(delta)
+
+
+@given(st.floats(-1e5, 1e6))
+def test_reset_as_epoch_seconds(delta: float) -> None:
+    assert parse_reset(str(NOW + delta), NOW) == pytest.approx(max(0.0, delta), abs=1e-3)
+
+
+@given(st.integers(-100_000_000, 1_000_000_000))
+def test_reset_as_epoch_milliseconds(delta_ms: int) -> None:
+    value = str(int(NOW * 1000) + delta_ms)
+    assert parse_reset(value, NOW) == pytest.approx(max(0.0, delta_ms / 1000), abs=1e-3)
+
+
+@given(st.text(max_size=20))
+def test_unreadable_headers_are_none_never_an_exception(text: str) -> None:
+    for value in (parse_reset(text, NOW), parse_retry_after(text, NOW)):
+        assert value is None or value >= 0
+    remaining = parse_remaining(text)
+    assert remaining is None or remaining >= 0
+
+
+@given(st.integers(0, 86_400))
+def test_retry_after_as_an_http_date(seconds: int) -> None:
+    when = datetime.fromtimestamp(NOW + seconds, tz=timezone.utc)
+    assert parse_retry_after(format_datetime(when, usegmt=True), NOW) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"x-ratelimit-remaining": "7", "x-ratelimit-reset": "3"}, (7, 3.0, None)),
+        ({"X-RateLimit-Remaining": "0", "Retry-After": "2"}, (0, None, 2.0)),
+        ({"x-ratelimit-remaining": "-1", "x-ratelimit-reset": "soon"}, (None, None, None)),
+        ({}, (None, None, None)),
+    ],
+)
+def test_feedback_from_headers(headers: dict[str, str], expected: tuple[object, ...]) -> None:
+    fb = RateFeedback.from_headers(200, httpx.Headers(headers), NOW)
+    assert (fb.remaining, fb.reset_after, fb.retry_after) == expected
+
+
+def test_overtaking_among_our_own_requests_reserves_nothing() -> None:
+    budget = answered_once(WindowBudget(RateLimit(100, PERIOD)))
+    tickets = [budget.take(0.0) for _ in range(10)]
+    assert tickets[0] is not None
+    # The first sent was counted fifth: four sent after it overtook it on the way.
+    budget.answered(0.01, RateFeedback(200, remaining=95), tickets[0], 0.0)
+    assert budget.reserved(0.01) == 0
