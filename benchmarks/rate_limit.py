@@ -99,7 +99,13 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def simulator(model: str, background: float, limit: int, period: float) -> AsyncIterator[str]:
+async def simulator(
+    model: str,
+    background: float,
+    limit: int,
+    period: float,
+    generation: tuple[float, float] = (3600.0, 3600.0),
+) -> AsyncIterator[str]:
     port = free_port()
     cmd = [
         sys.executable,
@@ -116,8 +122,8 @@ async def simulator(model: str, background: float, limit: int, period: float) ->
         "--background-share",
         str(background),
         "--generation-time",
-        "3600",
-        "3600",
+        str(generation[0]),
+        str(generation[1]),
         "--seed",
         "1",
     ]

@@ -9,7 +9,17 @@
         print(task.videos)
 """
 
-from ._client import DEFAULT_TIMEOUT, AsyncClient
+from ._bulk import (
+    AsyncClient,
+    BudgetExceededError,
+    GenerationPipeline,
+    Outcome,
+    OutcomeStatus,
+    SubmitOutcome,
+    TaskWatch,
+    WatchTimeoutError,
+)
+from ._client import DEFAULT_TIMEOUT
 from ._config import CREDITS_PER_VIDEO, USD_PER_CREDIT, RateLimit, Tier
 from ._exceptions import (
     APIConnectionError,
@@ -59,14 +69,18 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "ClientClosedError",
     "ConfigurationError",
     "FailureKind",
     "GenerateRequest",
+    "GenerationPipeline",
     "GrokImagineError",
     "Limiter",
     "MalformedResponseError",
     "NotFoundError",
+    "Outcome",
+    "OutcomeStatus",
     "RateFeedback",
     "RateLimit",
     "RateLimitError",
@@ -75,6 +89,7 @@ __all__ = [
     "ServerError",
     "SlidingWindowLimiter",
     "Slot",
+    "SubmitOutcome",
     "SubmitUncertainError",
     "Task",
     "TaskError",
@@ -82,7 +97,9 @@ __all__ = [
     "TaskPollError",
     "TaskState",
     "TaskTimeoutError",
+    "TaskWatch",
     "Tier",
     "Unchecked",
+    "WatchTimeoutError",
     "__version__",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import httpx
 from pydantic import ValidationError
+from typing_extensions import Self
 
 from ._config import RateLimit, Tier, resolve_api_key, resolve_base_url, resolve_tier
 from ._exceptions import (
@@ -34,7 +35,7 @@ from ._models import GenerateRequest, Task, TaskState
 from ._ratelimit import Limiter, RateLimitStatus, shared_limiter
 from ._version import __version__
 
-__all__ = ["DEFAULT_TIMEOUT", "AsyncClient"]
+__all__ = ["DEFAULT_TIMEOUT", "BaseClient"]
 
 logger = logging.getLogger("grokimagine_async")
 
@@ -48,46 +49,14 @@ DEFAULT_POLL_INTERVAL = 5.0
 #: A task just created may not be visible to status calls yet.
 NOT_FOUND_GRACE = 30.0
 #: Errors after which a later poll may well succeed.
-_TRANSIENT = (APIConnectionError, MalformedResponseError, ServerError, RateLimitError)
+TRANSIENT_POLL_ERRORS = (APIConnectionError, MalformedResponseError, ServerError, RateLimitError)
 
 
-class AsyncClient:
-    """An asyncio client for the Grok Imagine video API.
+class BaseClient:
+    """The typed API calls over the wire: submit, get_task, wait, generate.
 
-    ::
-
-        async with AsyncClient() as client:          # token from GROKIMAGINE_API_KEY
-            task = await client.generate(prompt="a fox in the snow")
-            print(task.videos)
-
-    One client is cheap to share across thousands of concurrent tasks: it owns
-    one connection pool, and every request of every client using the same
-    token and base URL goes through one rate limiter.
-
-    Args:
-        api_key: the API token; defaults to ``GROKIMAGINE_API_KEY``.
-        base_url: defaults to ``GROKIMAGINE_BASE_URL``, else the provider's.
-        tier: the plan (``"free"``, ``"pro"``, ``"enterprise"``); defaults to
-            ``GROKIMAGINE_TIER``. Unset means: start at the Free plan's figures
-            and move up to the plan the server's rate-limit headers prove.
-        rate_limit: a budget that overrides the tier's, for custom contracts
-            and compressed-time tests.
-        timeout: seconds (or an ``httpx.Timeout``) for each request; by
-            default 30 s to read and 10 s to connect, or your
-            ``http_client``'s own timeout if you pass one.
-        max_retries: retries after the first attempt of each request.
-        backoff: seconds before the first retry; doubles each retry, up to 8 s,
-            with jitter. A server's ``Retry-After`` overrides it.
-        retry_uncertain_submits: also resend a submission that may already
-            have created a paid task (off by default: see
-            :class:`SubmitUncertainError`).
-        poll_interval: seconds between status polls in :meth:`wait`.
-        http_client: your own ``httpx.AsyncClient`` (proxies, transports,
-            event hooks). The client never closes it, and never sets the token
-            on it: the token goes only on requests to ``base_url``.
-        limiter: a rate limiter of your own (one shared by many processes,
-            say) in place of the process-wide one for this token; ``tier`` and
-            ``rate_limit`` are then its business. See :class:`Limiter`.
+    Use :class:`AsyncClient`, which adds the bulk calls; its documentation
+    lists the arguments.
     """
 
     def __init__(
@@ -171,7 +140,9 @@ class AsyncClient:
 
     def __repr__(self) -> str:
         tier = self._tier.value if self._tier else "unset"
-        return f"<AsyncClient base_url={str(self._base_url)!r} tier={tier} api_key=<hidden>>"
+        return (
+            f"<{type(self).__name__} base_url={str(self._base_url)!r} tier={tier} api_key=<hidden>>"
+        )
 
     def _get_limiter(self) -> Limiter:
         if self._closed:
@@ -200,7 +171,7 @@ class AsyncClient:
             return RateLimitStatus(rate.requests, rate.period, rate.requests, 0.0, 0, 0)
         return self._limiter.status()
 
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -338,7 +309,7 @@ class AsyncClient:
                 try:
                     last = await self.get_task(task_id)
                     last_error = None
-                except _TRANSIENT as exc:
+                except TRANSIENT_POLL_ERRORS as exc:
                     last_error = exc
                 except NotFoundError as exc:
                     if anyio.current_time() - started > NOT_FOUND_GRACE:

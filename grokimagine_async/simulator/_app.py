@@ -238,6 +238,16 @@ class SimulatorApp:
             if request.method != "GET":
                 return self._error(405)
             return _Reply(200, _json_body(self._stats_locked().to_dict()))
+        if path == "/_sim/tasks":
+            # When each task was created and finishes, on the simulator's clock (on
+            # Linux, time.monotonic is one clock for every process on the machine).
+            if request.method != "GET":
+                return self._error(405)
+            tasks = [
+                {"task_id": t.task_id, "created_at": t.created_at, "finished_at": t.finished_at}
+                for t in self.store.snapshot().values()
+            ]
+            return _Reply(200, _json_body({"tasks": tasks}))
         if path == "/_sim/reset":
             if request.method != "POST":
                 return self._error(405)

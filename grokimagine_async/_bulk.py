@@ -1,0 +1,647 @@
+"""Bulk generation: many prompts in, videos out, as fast as the plan allows.
+
+:meth:`AsyncClient.submit_many` submits, :meth:`AsyncClient.watch` follows
+tasks to the end, and :meth:`AsyncClient.generate_many` does both at once,
+with a journal that makes a stopped batch resumable without paying twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import AsyncIterable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from typing_extensions import Self
+
+from ._client import BaseClient
+from ._config import CREDITS_PER_VIDEO
+from ._exceptions import (
+    APIConnectionError,
+    GrokImagineError,
+    RequestValidationError,
+    SubmitUncertainError,
+    TaskFailedError,
+    TaskPollError,
+    TaskTimeoutError,
+)
+from ._journal import Journal
+from ._models import GenerateRequest, Task, TaskState
+from ._poller import Poller, PollResult
+
+__all__ = [
+    "AsyncClient",
+    "BudgetExceededError",
+    "GenerationPipeline",
+    "Outcome",
+    "OutcomeStatus",
+    "SubmitOutcome",
+    "TaskWatch",
+    "WatchTimeoutError",
+]
+
+RequestLike = GenerateRequest | Mapping[str, Any]
+
+
+class BudgetExceededError(GrokImagineError):
+    """Not submitted: it would have taken the batch's spend past ``max_credits``."""
+
+
+class WatchTimeoutError(GrokImagineError, TimeoutError):
+    """The watch's deadline passed with tasks unfinished. None is lost:
+    ``unfinished`` maps each of their ids to the last state seen (None if
+    never seen). They go on on the server; watch them again to follow them."""
+
+    def __init__(self, unfinished: dict[str, Task | None], timeout: float) -> None:
+        self.unfinished = unfinished
+        self.timeout = timeout
+        super().__init__(
+            f"{len(unfinished)} task(s) unfinished after {timeout:g}s; they go on on the "
+            "server: watch their ids again (WatchTimeoutError.unfinished)"
+        )
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """What became of one request of :meth:`AsyncClient.submit_many`."""
+
+    index: int
+    #: The request as checked; None if it could not be read as one.
+    request: GenerateRequest | None
+    task_id: str | None = None
+    #: Why there is no task id: a ``RequestValidationError``, an API error, or a
+    #: ``SubmitUncertainError`` (a task may exist without its id).
+    error: GrokImagineError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.task_id is not None
+
+
+class OutcomeStatus(str, enum.Enum):
+    """How one request of a pipeline settled."""
+
+    COMPLETED = "completed"  #: the video is ready: ``task.videos``
+    FAILED = "failed"  #: the task failed: ``task.failure_kind`` says why
+    ERROR = "error"  #: refused before or at submission, or lost to a polling error
+    UNCERTAIN = "uncertain"  #: the POST may have created a task whose id never came back
+    SKIPPED = "skipped"  #: not submitted: ``max_credits`` would have been passed
+    TIMED_OUT = "timed_out"  #: submitted, not finished by the deadline; resumable
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request of :meth:`AsyncClient.generate_many`, settled."""
+
+    index: int
+    request: GenerateRequest | None
+    status: OutcomeStatus
+    task_id: str | None = None
+    task: Task | None = None
+    error: GrokImagineError | None = None
+    #: True when this outcome was read from the journal of an earlier run.
+    from_journal: bool = False
+
+    @property
+    def videos(self) -> tuple[str, ...]:
+        return self.task.videos if self.task is not None else ()
+
+
+async def _collect(requests: Iterable[Any] | AsyncIterable[Any]) -> list[Any]:
+    if isinstance(requests, AsyncIterable):
+        return [item async for item in requests]
+    if isinstance(requests, (str, bytes, Mapping, GenerateRequest)):
+        raise RequestValidationError(
+            "requests",
+            f"expected many requests, got one {type(requests).__name__}",
+            "Pass a list (or any iterable) of requests, e.g. [{'prompt': '...'}]",
+        )
+    return list(requests)
+
+
+def _build(item: Any) -> GenerateRequest | RequestValidationError:
+    try:
+        return GenerateRequest.build(item)
+    except RequestValidationError as exc:
+        return exc
+
+
+class AsyncClient(BaseClient):
+    """An asyncio client for the Grok Imagine video API.
+
+    ::
+
+        async with AsyncClient() as client:          # token from GROKIMAGINE_API_KEY
+            task = await client.generate(prompt="a fox in the snow")
+            print(task.videos)
+
+            async with client.generate_many(prompts, journal="batch.db") as results:
+                async for outcome in results:
+                    print(outcome.status, outcome.videos)
+
+    One client is cheap to share across thousands of concurrent tasks: it owns
+    one connection pool, and every request of every client using the same
+    token and base URL goes through one rate limiter.
+
+    Args:
+        api_key: the API token; defaults to ``GROKIMAGINE_API_KEY``.
+        base_url: defaults to ``GROKIMAGINE_BASE_URL``, else the provider's.
+        tier: the plan (``"free"``, ``"pro"``, ``"enterprise"``); defaults to
+            ``GROKIMAGINE_TIER``. Unset means: start at the Free plan's figures
+            and move up to the plan the server's rate-limit headers prove.
+        rate_limit: a budget that overrides the tier's, for custom contracts
+            and compressed-time tests.
+        timeout: seconds (or an ``httpx.Timeout``) for each request; by
+            default 30 s to read and 10 s to connect, or your
+            ``http_client``'s own timeout if you pass one.
+        max_retries: retries after the first attempt of each request.
+        backoff: seconds before the first retry; doubles each retry, up to 8 s,
+            with jitter. A server's ``Retry-After`` overrides it.
+        retry_uncertain_submits: also resend a submission that may already
+            have created a paid task (off by default: see
+            :class:`SubmitUncertainError`).
+        poll_interval: seconds between status polls in :meth:`wait`.
+        http_client: your own ``httpx.AsyncClient`` (proxies, transports,
+            event hooks). The client never closes it, and never sets the token
+            on it: the token goes only on requests to ``base_url``.
+        limiter: a rate limiter of your own (one shared by many processes,
+            say) in place of the process-wide one for this token; ``tier`` and
+            ``rate_limit`` are then its business. See :class:`Limiter`.
+    """
+
+    def _default_concurrency(self) -> int:
+        return max(4, math.ceil(self.rate_limit.per_second * 0.5))
+
+    async def submit_many(
+        self,
+        requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+        *,
+        concurrency: int | None = None,
+    ) -> list[SubmitOutcome]:
+        """Submit every request through the shared limiter.
+
+        Returns one outcome per request, in input order: its task id, or the
+        error (validation, API error, or ``SubmitUncertainError``). One
+        failure cancels nothing else. Accepts any iterable or async iterable
+        of :class:`GenerateRequest` or plain dicts.
+        """
+        items = await _collect(requests)
+        limit = anyio.CapacityLimiter(concurrency or self._default_concurrency())
+        outcomes: list[SubmitOutcome | None] = [None] * len(items)
+
+        async def one(index: int, item: Any) -> None:
+            request = _build(item)
+            if isinstance(request, RequestValidationError):
+                outcomes[index] = SubmitOutcome(index, None, error=request)
+                return
+            async with limit:
+                try:
+                    task_id = await self.submit_request(request)
+                except GrokImagineError as exc:
+                    outcomes[index] = SubmitOutcome(index, request, error=exc)
+                else:
+                    outcomes[index] = SubmitOutcome(index, request, task_id=task_id)
+
+        async with anyio.create_task_group() as tg:
+            for index, item in enumerate(items):
+                tg.start_soon(one, index, item)
+        return [o for o in outcomes if o is not None]
+
+    def watch(
+        self,
+        task_ids: Iterable[str] = (),
+        *,
+        timeout: float | None = None,
+        poll_interval: float | None = None,
+    ) -> TaskWatch:
+        """Follow tasks until each is completed or failed; an async iterator.
+
+        Yields each task once, as it reaches a terminal state, in the order
+        they finish (a failed task is yielded, not raised). ``watch.add(id)``
+        adds more while it runs. Polling happens only while you wait for the
+        next task: breaking out of the loop or cancelling leaves nothing
+        running. One scheduler times every poll (see the docs on polling).
+
+        At ``timeout`` seconds the iteration raises :class:`WatchTimeoutError`
+        whose ``unfinished`` holds every task id not yet yielded, with its
+        last state. A task whose polling fails for good (401, or a 404 after
+        30 s) raises :class:`TaskPollError` carrying its id; the watch can go
+        on after it.
+        """
+        return TaskWatch(self, task_ids, timeout=timeout, poll_interval=poll_interval)
+
+    def generate_many(
+        self,
+        requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+        *,
+        journal: str | Path | None = None,
+        max_credits: int | None = None,
+        credits_per_video: int = CREDITS_PER_VIDEO,
+        concurrency: int | None = None,
+        timeout: float | None = None,
+        resubmit_uncertain: bool = False,
+        poll_interval: float | None = None,
+    ) -> GenerationPipeline:
+        """Submit and watch at once; yields an :class:`Outcome` per request as
+        soon as it is settled.
+
+        Use it as ``async with client.generate_many(...) as results: async for
+        outcome in results:`` so that work goes on while your loop body runs;
+        a bare ``async for`` works too, but then submitting and polling pause
+        while your loop body runs.
+
+        Args:
+            journal: a file path: every request and task id is written before
+                and after its POST, so running the same call again after a
+                crash or Ctrl-C resumes: settled requests are yielded from the
+                journal (``from_journal``), tasks in flight are watched again,
+                and nothing that got a task id is submitted twice.
+            max_credits: stop submitting before the spend (``credits_per_video``
+                a video, earlier runs of the journal included) would pass it;
+                the rest settle as ``SKIPPED``.
+            concurrency: submissions in flight at once.
+            timeout: seconds for the whole batch; tasks unfinished then settle
+                as ``TIMED_OUT`` (the journal still holds them: rerun to go on).
+            resubmit_uncertain: on resume, resend a request whose POST was under
+                way at the crash (it may have created a task: you may pay
+                twice). Off, such a request settles as ``UNCERTAIN``.
+        """
+        if max_credits is not None and max_credits < 0:
+            raise RequestValidationError(
+                "max_credits", f"must be 0 or more, got {max_credits}", "Pass e.g. 4000"
+            )
+        return GenerationPipeline(
+            self,
+            requests,
+            journal=journal,
+            max_credits=max_credits,
+            credits_per_video=credits_per_video,
+            concurrency=concurrency or self._default_concurrency(),
+            timeout=timeout,
+            resubmit_uncertain=resubmit_uncertain,
+            poll_interval=poll_interval,
+        )
+
+
+class TaskWatch:
+    """The async iterator :meth:`AsyncClient.watch` returns."""
+
+    def __init__(
+        self,
+        client: BaseClient,
+        task_ids: Iterable[str],
+        *,
+        timeout: float | None,
+        poll_interval: float | None,
+    ) -> None:
+        self._ready: deque[PollResult] = deque()
+        self._poller = Poller(
+            get_task=client.get_task,
+            budget=client.rate_limit_status,
+            on_result=self._ready.append,
+            prior=poll_interval or client._poll_interval,
+        )
+        self._timeout = timeout
+        self._deadline: float | None = None
+        for task_id in task_ids:
+            self.add(task_id)
+
+    def add(self, task_id: str) -> None:
+        """Watch one more task."""
+        if not isinstance(task_id, str) or not task_id:
+            raise RequestValidationError(
+                "task_id", f"must be a non-empty string, got {task_id!r}", "Pass a task id"
+            )
+        self._poller.add(task_id)
+
+    @property
+    def unfinished(self) -> dict[str, Task | None]:
+        """Ids not yet yielded, with the last state seen of each."""
+        return self._poller.pending()
+
+    def __aiter__(self) -> TaskWatch:
+        return self
+
+    async def __anext__(self) -> Task:
+        if self._deadline is None and self._timeout is not None:
+            self._deadline = anyio.current_time() + self._timeout
+        while not self._ready:
+            if not len(self._poller):
+                raise StopAsyncIteration
+            if self._deadline is not None and anyio.current_time() >= self._deadline:
+                raise WatchTimeoutError(self._poller.pending(), self._timeout or 0.0)
+            await self._poller.run(stop=lambda: bool(self._ready), deadline=self._deadline)
+        result = self._ready.popleft()
+        if result.error is not None:
+            raise TaskPollError(result.task_id, result.error, result.task)
+        assert result.task is not None
+        return result.task
+
+
+@dataclass(eq=False)
+class _Item:
+    index: int
+    request: GenerateRequest | None
+    invalid: RequestValidationError | None = None
+    since: float = 0.0
+
+
+@dataclass
+class GenerationPipeline:
+    """The async iterator :meth:`AsyncClient.generate_many` returns."""
+
+    client: BaseClient
+    requests: Iterable[RequestLike] | AsyncIterable[RequestLike]
+    journal: str | Path | None
+    max_credits: int | None
+    credits_per_video: int
+    concurrency: int
+    timeout: float | None
+    resubmit_uncertain: bool
+    poll_interval: float | None
+    _ready: deque[Outcome] = field(init=False, default_factory=deque)
+    _queue: deque[_Item] = field(init=False, default_factory=deque)
+    _by_task: dict[str, _Item] = field(init=False, default_factory=dict)
+    _journal: Journal | None = field(init=False, default=None)
+    _poller: Poller | None = field(init=False, default=None)
+    _started: bool = field(init=False, default=False)
+    _submitting: int = field(init=False, default=0)
+    _spent: int = field(init=False, default=0)
+    _deadline: float | None = field(init=False, default=None)
+    _arrived: anyio.Event = field(init=False, default_factory=anyio.Event)
+    _background: TaskGroup | None = field(init=False, default=None)
+    _finished: bool = field(init=False, default=False)
+
+    # -- setting up ---------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self._started = True
+        items = []
+        for index, raw in enumerate(await _collect(self.requests)):
+            built = _build(raw)
+            if isinstance(built, GenerateRequest):
+                items.append(_Item(index, built))
+            else:
+                items.append(_Item(index, None, invalid=built))
+        self._poller = Poller(
+            get_task=self.client.get_task,
+            budget=self.client.rate_limit_status,
+            on_result=self._on_poll,
+            prior=self.poll_interval or self.client._poll_interval,
+        )
+        if self.timeout is not None:
+            self._deadline = anyio.current_time() + self.timeout
+        if self.journal is not None:
+            payloads = [
+                it.request.to_payload() if it.request else {"invalid": str(it.invalid)}
+                for it in items
+            ]
+            self._journal = Journal(self.journal, payloads)
+            entries = self._journal.entries()
+        else:
+            entries = []
+        for item in items:
+            if item.invalid is not None:
+                self._settle(item, OutcomeStatus.ERROR, error=item.invalid)
+                continue
+            entry = entries[item.index] if entries else None
+            if entry is None or entry.state == Journal.NEW:
+                self._queue.append(item)
+            elif entry.state == Journal.DONE:
+                self._spent += self.credits_per_video if entry.task_id else 0
+                self._ready.append(self._from_journal(item, entry.outcome, entry))
+            elif entry.state == Journal.SUBMITTED and entry.task_id:
+                self._spent += self.credits_per_video
+                item.since = anyio.current_time()
+                self._by_task[entry.task_id] = item
+                self._poller.add(entry.task_id)
+            elif self.resubmit_uncertain:
+                self._queue.append(item)
+            else:
+                self._spent += self.credits_per_video
+                error = SubmitUncertainError(
+                    "a run of this batch was sending this request when it stopped: it may "
+                    "have created a task (and spent credits) whose id never came back. "
+                    "Pass resubmit_uncertain=True to send it again",
+                    request=item.request,  # type: ignore[arg-type]
+                    cause=GrokImagineError(entry.error or "interrupted"),
+                )
+                self._settle(item, OutcomeStatus.UNCERTAIN, error=error, write=False)
+
+    def _from_journal(self, item: _Item, outcome: str | None, entry: Any) -> Outcome:
+        status = OutcomeStatus(outcome or "error")
+        task = Task.model_validate(entry.task) if entry.task else None
+        error = GrokImagineError(entry.error) if entry.error else None
+        if status is OutcomeStatus.FAILED and task is not None:
+            error = TaskFailedError(task)
+        return Outcome(item.index, item.request, status, entry.task_id, task, error, True)
+
+    # -- settling ---------------------------------------------------------------------------
+
+    def _settle(
+        self,
+        item: _Item,
+        status: OutcomeStatus,
+        *,
+        task_id: str | None = None,
+        task: Task | None = None,
+        error: GrokImagineError | None = None,
+        write: bool = True,
+    ) -> None:
+        if write and self._journal is not None and status is not OutcomeStatus.TIMED_OUT:
+            if status is OutcomeStatus.SKIPPED or (
+                isinstance(error, APIConnectionError) and not error.request_sent
+            ):
+                self._journal.unsent(item.index)
+            elif status is OutcomeStatus.UNCERTAIN:
+                self._journal.sending(item.index)
+            else:
+                self._journal.done(
+                    item.index,
+                    status.value,
+                    task=task.model_dump(mode="json", by_alias=True) if task else None,
+                    error=str(error) if error else None,
+                )
+        self._ready.append(Outcome(item.index, item.request, status, task_id, task, error))
+        self._arrived.set()
+
+    def _on_poll(self, result: PollResult) -> None:
+        item = self._by_task.pop(result.task_id)
+        if result.error is not None:
+            error = TaskPollError(result.task_id, result.error, result.task)
+            self._settle(item, OutcomeStatus.ERROR, task_id=result.task_id, error=error)
+        elif result.task is not None and result.task.state is TaskState.COMPLETED:
+            self._settle(item, OutcomeStatus.COMPLETED, task_id=result.task_id, task=result.task)
+        else:
+            assert result.task is not None
+            self._settle(
+                item,
+                OutcomeStatus.FAILED,
+                task_id=result.task_id,
+                task=result.task,
+                error=TaskFailedError(result.task),
+            )
+
+    # -- running ----------------------------------------------------------------------------
+
+    def _more_coming(self) -> bool:
+        return bool(self._queue) or self._submitting > 0
+
+    def _done(self) -> bool:
+        assert self._poller is not None
+        return not self._queue and not self._submitting and not len(self._poller)
+
+    async def _run(self, stop: Any) -> None:
+        """Submit and poll until ``stop()``; returns with nothing in flight."""
+        assert self._poller is not None
+        poller = self._poller
+        slots = anyio.CapacityLimiter(self.concurrency)
+
+        async def submit(item: _Item, token: object) -> None:
+            try:
+                await self._submit(item)
+            finally:
+                self._submitting -= 1
+                slots.release_on_behalf_of(token)
+                poller.wake()
+
+        # While submissions are queued they get most of the budget: polls can wait a
+        # little, and every submission out early shortens the batch's tail.
+        poller.max_in_flight = max(2, self.concurrency // 5) if self._queue else 64
+
+        async def feed(tg: TaskGroup) -> None:
+            try:
+                await fill(tg)
+            finally:
+                if not self._queue:
+                    poller.max_in_flight = 64
+                    poller.wake()
+
+        async def fill(tg: TaskGroup) -> None:
+            while self._queue and not stop() and not self._past_deadline():
+                token = object()
+                await slots.acquire_on_behalf_of(token)
+                if stop() or not self._queue or self._past_deadline():
+                    slots.release_on_behalf_of(token)
+                    break
+                self._submitting += 1
+                tg.start_soon(submit, self._queue.popleft(), token)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(feed, tg)
+            await poller.run(stop=stop, deadline=self._deadline, more_coming=self._more_coming)
+        if self._past_deadline():
+            self._expire()
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and anyio.current_time() >= self._deadline
+
+    def _expire(self) -> None:
+        assert self._poller is not None
+        pending = self._poller.pending()
+        for task_id, last in pending.items():
+            item = self._by_task.pop(task_id)
+            error = TaskTimeoutError(task_id, self.timeout or 0.0, last)
+            self._settle(item, OutcomeStatus.TIMED_OUT, task_id=task_id, task=last, error=error)
+        self._poller = Poller(
+            get_task=self.client.get_task,
+            budget=self.client.rate_limit_status,
+            on_result=self._on_poll,
+        )
+        while self._queue:
+            item = self._queue.popleft()
+            error = TaskTimeoutError("(not submitted)", self.timeout or 0.0, None)
+            self._settle(item, OutcomeStatus.SKIPPED, error=error)
+
+    async def _submit(self, item: _Item) -> None:
+        assert item.request is not None
+        assert self._poller is not None
+        cost = self.credits_per_video
+        if self.max_credits is not None and self._spent + cost > self.max_credits:
+            error = BudgetExceededError(
+                f"not submitted: it would take the batch's spend to {self._spent + cost} "
+                f"credits, past max_credits={self.max_credits}"
+            )
+            self._settle(item, OutcomeStatus.SKIPPED, error=error)
+            return
+        self._spent += cost
+        if self._journal is not None:
+            self._journal.sending(item.index)
+        since = anyio.current_time()
+        try:
+            task_id = await self.client.submit_request(item.request)
+        except SubmitUncertainError as exc:
+            self._settle(item, OutcomeStatus.UNCERTAIN, error=exc)
+            return
+        except GrokImagineError as exc:
+            if not (isinstance(exc, APIConnectionError) and exc.request_sent):
+                self._spent -= cost
+            self._settle(item, OutcomeStatus.ERROR, error=exc)
+            return
+        if self._journal is not None:
+            self._journal.submitted(item.index, task_id)
+        item.since = since
+        self._by_task[task_id] = item
+        self._poller.add(task_id, since)
+
+    # -- iterating --------------------------------------------------------------------------
+
+    def __aiter__(self) -> GenerationPipeline:
+        return self
+
+    async def __anext__(self) -> Outcome:
+        if not self._started:
+            await self._start()
+        while not self._ready:
+            if self._done() or self._finished:
+                self._close()
+                raise StopAsyncIteration
+            if self._background is not None:
+                self._arrived = anyio.Event()
+                if not self._ready:
+                    await self._arrived.wait()
+            else:
+                await self._run(stop=lambda: bool(self._ready))
+        return self._ready.popleft()
+
+    async def __aenter__(self) -> Self:
+        await self._start()
+        self._background = anyio.create_task_group()
+        await self._background.__aenter__()
+        self._background.start_soon(self._run_all)
+        return self
+
+    async def _run_all(self) -> None:
+        try:
+            while not self._done():
+                await self._run(stop=lambda: False)
+        finally:
+            self._finished = True
+            self._arrived.set()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._background is not None
+        self._background.cancel_scope.cancel()
+        try:
+            return await self._background.__aexit__(exc_type, exc, tb)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None

@@ -1,0 +1,344 @@
+"""One scheduler for every watched task: polls spend the same budget as
+submissions, so each poll should count.
+
+How a task's polls are timed
+----------------------------
+* The scheduler learns how long generations take from the tasks it has seen
+  finish. A finish time is known only to lie between the last poll that found
+  the task running and the poll that found it done, so only tightly bracketed
+  finishes are learnt from.
+* A few tasks at a time are probed, each at gaps of 40% of its age, which
+  brackets their finish closely enough, until a dozen generations have been
+  timed. Only probes are learnt from: polls timed by the model would only
+  teach it its own guesses.
+* After that a task is polled first when 95% of generations are done, then at
+  99%, then with growing gaps. When the budget is the bottleneck this is about
+  1.1 polls a task.
+* Budget that would otherwise go unused (the rate limiter has free slots,
+  nobody waiting for them, and more than the polls already due within a
+  period will need) goes on earlier polls of tasks old enough to be done, in
+  turn, so when the budget is plentiful a finished video waits little.
+
+Memory: a watched task costs a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._client import NOT_FOUND_GRACE, TRANSIENT_POLL_ERRORS
+from ._exceptions import APIError, NotFoundError
+from ._models import Task, TaskState
+from ._ratelimit import RateLimitStatus
+
+__all__ = ["DurationModel", "PollResult", "Poller"]
+
+#: Probing goes on until this many generations have been timed. Only probes are
+#: learnt from: polls timed by the model itself would teach it its own guesses.
+PROBE_SAMPLES = 12
+
+
+class DurationModel:
+    """What the scheduler has learnt of how long generations take."""
+
+    def __init__(self, prior: float, *, min_samples: int = 3, keep: int = 256) -> None:
+        self.prior = prior
+        self.min_samples = min_samples
+        self._samples: deque[float] = deque(maxlen=keep)
+        self._sorted: list[float] | None = None
+
+    def learn(self, duration: float) -> None:
+        """One generation's length (seconds from submission to done)."""
+        self._samples.append(duration)
+        self._sorted = None
+
+    @property
+    def samples(self) -> int:
+        """How many generations it has learnt from."""
+        return len(self._samples)
+
+    @property
+    def ready(self) -> bool:
+        """Whether enough generations have been seen to predict from."""
+        return len(self._samples) >= self.min_samples
+
+    def quantile(self, q: float) -> float:
+        """The time by which a share ``q`` of generations are done."""
+        if not self._samples:
+            return self.prior
+        if self._sorted is None:
+            self._sorted = sorted(self._samples)
+        values = self._sorted
+        return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+
+
+@dataclass(eq=False)
+class _Watched:
+    __slots__ = ("done", "due", "in_flight", "last", "last_poll", "polls", "since", "task_id")
+    task_id: str
+    since: float
+    due: float
+    polls: int
+    last_poll: float
+    in_flight: bool
+    done: bool
+    last: Task | None
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """A watched task that has settled: its final ``task``, or the ``error``
+    that makes further polling pointless."""
+
+    task_id: str
+    task: Task | None
+    error: APIError | None = None
+    polls: int = 0
+
+
+@dataclass
+class Poller:
+    """Polls many tasks through one client, timing each poll (see the module doc).
+
+    ``get_task`` is the client's status call and ``budget`` its
+    ``rate_limit_status``. Results go to ``on_result`` as tasks settle.
+    """
+
+    get_task: Callable[[str], Awaitable[Task]]
+    budget: Callable[[], RateLimitStatus]
+    on_result: Callable[[PollResult], None]
+    #: A first guess at a generation's length, and the shortest gap between two
+    #: polls of one task is a fifth of it.
+    prior: float = 5.0
+    max_in_flight: int = 64
+    _model: DurationModel = field(init=False)
+    _tasks: dict[str, _Watched] = field(init=False, default_factory=dict)
+    _heap: list[tuple[float, int, _Watched]] = field(init=False, default_factory=list)
+    _rotation: deque[_Watched] = field(init=False, default_factory=deque)
+    _counter: itertools.count[int] = field(init=False, default_factory=itertools.count)
+    _in_flight: int = field(init=False, default=0)
+    _wakeup: anyio.Event = field(init=False, default_factory=anyio.Event)
+    _probing: set[str] = field(init=False, default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._model = DurationModel(self.prior)
+
+    @property
+    def min_gap(self) -> float:
+        return self.prior / 5
+
+    @property
+    def model(self) -> DurationModel:
+        return self._model
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def pending(self) -> dict[str, Task | None]:
+        """Tasks not yet settled, with the last state seen of each."""
+        return {t.task_id: t.last for t in self._tasks.values()}
+
+    def add(self, task_id: str, since: float | None = None) -> None:
+        """Watch a task submitted at ``since`` (``anyio.current_time()``; now if None)."""
+        if task_id in self._tasks:
+            return
+        now = anyio.current_time()
+        watched = _Watched(
+            task_id, now if since is None else since, 0.0, 0, -math.inf, False, False, None
+        )
+        self._tasks[task_id] = watched
+        self._rotation.append(watched)
+        self._schedule(watched, now)
+        self._wakeup.set()
+
+    def _probe_limit(self) -> int:
+        status = self.budget()
+        return max(4, min(8, status.limit // 20))
+
+    def _schedule(self, w: _Watched, now: float) -> None:
+        age = now - w.since
+        model = self._model
+        learning = model.samples < PROBE_SAMPLES
+        if w.task_id in self._probing or (
+            learning and w.polls == 0 and len(self._probing) < self._probe_limit()
+        ):
+            self._probing.add(w.task_id)
+            due = max(w.since + model.prior, now + max(self.min_gap, age / 2.5))
+        elif not model.ready:
+            # Rescheduled when the model is ready; this is only a fallback.
+            due = max(now + self.min_gap, w.since + 10 * model.prior)
+        else:
+            due = math.inf
+            for q in (0.95, 0.99):
+                at = w.since + model.quantile(q)
+                if at > now + self.min_gap / 2 and (w.polls == 0 or at > w.last_poll):
+                    due = at
+                    break
+            if due == math.inf:
+                gap = max(self.min_gap, model.quantile(0.5) * 0.25 * 1.5 ** max(0, w.polls - 2))
+                due = now + min(gap, max(self.min_gap, model.quantile(0.5)))
+        w.due = due
+        if due < math.inf:
+            heapq.heappush(self._heap, (due, next(self._counter), w))
+
+    def _recruit_probe(self, now: float) -> None:
+        """Another unpolled task takes a finished probe's place."""
+        for w in self._tasks.values():
+            if w.polls == 0 and not w.in_flight and w.task_id not in self._probing:
+                self._probing.add(w.task_id)
+                self._schedule(w, now)
+                return
+
+    def _reschedule_all(self, now: float) -> None:
+        self._heap = []
+        for w in self._tasks.values():
+            if not w.in_flight:
+                self._schedule(w, now)
+
+    def wake(self) -> None:
+        """Look at the schedule again now (more budget, a caller waiting, ...)."""
+        self._wakeup.set()
+
+    async def run(
+        self,
+        stop: Callable[[], bool],
+        deadline: float | None = None,
+        more_coming: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Poll until ``stop()`` is true, the deadline passes, or nothing is
+        left to watch (and ``more_coming()`` says no more will be added);
+        returns once every poll it started has come back, so nothing is left
+        running."""
+        async with anyio.create_task_group() as tg:
+            while not stop() and (self._tasks or more_coming()):
+                now = anyio.current_time()
+                if deadline is not None and now >= deadline:
+                    break
+                self._start_due(tg, now)
+                self._start_spare(tg, now)
+                wait = self._next_wake(now, deadline)
+                self._wakeup = anyio.Event()
+                if stop():
+                    break
+                with anyio.move_on_after(wait):
+                    await self._wakeup.wait()
+
+    def _next_wake(self, now: float, deadline: float | None) -> float:
+        times = [now + 60.0]
+        while self._heap and (self._heap[0][2].due != self._heap[0][0] or self._heap[0][2].done):
+            heapq.heappop(self._heap)
+        if self._heap:
+            times.append(self._heap[0][0])
+        if self._spare_possible():
+            times.append(now + self.min_gap / 2)
+        if deadline is not None:
+            times.append(deadline)
+        return max(0.0, min(times) - now)
+
+    def _start_due(self, tg: TaskGroup, now: float) -> None:
+        heap = self._heap
+        while heap and self._in_flight < self.max_in_flight and heap[0][0] <= now:
+            due, _, w = heapq.heappop(heap)
+            if w.done or w.in_flight or w.due != due:
+                continue
+            self._launch(tg, w, now)
+
+    def _spare_possible(self) -> bool:
+        return any(not w.in_flight and not w.done for w in itertools.islice(self._rotation, 4))
+
+    def _start_spare(self, tg: TaskGroup, now: float) -> None:
+        if not self._rotation:
+            return
+        status = self.budget()
+        if status.waiting:
+            return
+        # A slot taken now stays taken for a period: keep what the polls already
+        # due within it will need.
+        horizon = now + status.period
+        due_soon = sum(1 for due, _, w in self._heap if due <= horizon and w.due == due)
+        spare = status.remaining - due_soon - 1
+        old_enough = self._model.quantile(0.05)
+        looked = 0
+        while spare > 0 and self._in_flight < self.max_in_flight and looked < 16:
+            looked += 1
+            w = self._rotation[0]
+            if w.done:
+                # Settled tasks leave the rotation when they reach its head.
+                self._rotation.popleft()
+                continue
+            self._rotation.rotate(-1)
+            if w.in_flight or now - w.last_poll < self.min_gap or now - w.since < old_enough:
+                continue
+            self._launch(tg, w, now)
+            spare -= 1
+
+    def _launch(self, tg: TaskGroup, w: _Watched, now: float) -> None:
+        w.in_flight = True
+        w.due = math.inf
+        self._in_flight += 1
+        tg.start_soon(self._poll, w)
+
+    async def _poll(self, w: _Watched) -> None:
+        sent = anyio.current_time()
+        error: APIError | None = None
+        task: Task | None = None
+        try:
+            task = await self.get_task(w.task_id)
+        except TRANSIENT_POLL_ERRORS as exc:
+            error = exc
+        except NotFoundError as exc:
+            if sent - w.since > NOT_FOUND_GRACE:
+                self._settle(w, PollResult(w.task_id, w.last, exc, w.polls + 1))
+                return
+            error = exc
+        except APIError as exc:
+            self._settle(w, PollResult(w.task_id, w.last, exc, w.polls + 1))
+            return
+        finally:
+            self._in_flight -= 1
+            w.in_flight = False
+            self._wakeup.set()
+        now = anyio.current_time()
+        previous = w.last_poll
+        w.polls += 1
+        w.last_poll = sent
+        if error is None and task is not None:
+            w.last = task
+            if task.state.is_terminal:
+                if task.state is TaskState.COMPLETED:
+                    self._learn(w, previous, now)
+                self._settle(w, PollResult(w.task_id, task, None, w.polls))
+                return
+        self._schedule(w, now)
+
+    def _learn(self, w: _Watched, previous: float, now: float) -> None:
+        model = self._model
+        if w.task_id not in self._probing:
+            return
+        start = max(previous, w.since)
+        was_ready = model.ready
+        if previous > -math.inf and now - start <= 0.45 * (now - w.since):
+            model.learn((start + now) / 2 - w.since)
+        elif not model.ready and now - w.since < model.prior:
+            # Done at its first poll: generations are shorter than guessed.
+            model.prior = max(self.min_gap, now - w.since)
+        if model.ready and not was_ready:
+            self._reschedule_all(now)
+
+    def _settle(self, w: _Watched, result: PollResult) -> None:
+        w.done = True
+        del self._tasks[w.task_id]
+        if w.task_id in self._probing:
+            self._probing.discard(w.task_id)
+            if self._model.samples < PROBE_SAMPLES:
+                self._recruit_probe(anyio.current_time())
+        self.on_result(result)
+        self._wakeup.set()

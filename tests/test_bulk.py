@@ -1,0 +1,228 @@
+"""submit_many, watch and generate_many against the simulator over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from grokimagine_async import (
+    AsyncClient,
+    BudgetExceededError,
+    GenerateRequest,
+    OutcomeStatus,
+    RateLimit,
+    RequestValidationError,
+    SubmitUncertainError,
+    TaskState,
+    WatchTimeoutError,
+)
+from grokimagine_async.simulator import Fault, Simulator
+
+from .helpers import TOKEN
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def running(**sim_kwargs: Any) -> AsyncIterator[tuple[Simulator, AsyncClient]]:
+    sim_kwargs.setdefault("generation_time", (0.2, 0.8))
+    sim_kwargs.setdefault("seed", 1)
+    sim = Simulator(limit=200, period=1.0, **sim_kwargs)
+    async with (
+        sim.serve() as url,
+        AsyncClient(
+            TOKEN, base_url=url, rate_limit=RateLimit(200, 1.0), poll_interval=0.2, backoff=0.01
+        ) as client,
+    ):
+        with anyio.fail_after(30):
+            yield sim, client
+
+
+def prompts(n: int) -> list[dict[str, str]]:
+    return [{"prompt": f"video {i}"} for i in range(n)]
+
+
+async def test_submit_many_keeps_input_order_and_isolates_failures() -> None:
+    async with running() as (sim, client):
+        sim.inject(Fault.server_error(), endpoint="generate", times=1)
+
+        async def source() -> AsyncIterator[Any]:
+            yield {"prompt": "a"}
+            yield GenerateRequest(prompt="b")
+            yield {"prompt": ""}
+            yield {"prompt": "d"}
+
+        outcomes = await client.submit_many(source(), concurrency=1)
+    assert [o.index for o in outcomes] == [0, 1, 2, 3]
+    assert isinstance(outcomes[0].error, SubmitUncertainError)
+    assert outcomes[1].ok
+    assert isinstance(outcomes[2].error, RequestValidationError)
+    assert outcomes[3].ok
+    assert sim.stats.tasks_created == 2
+
+
+async def test_watch_yields_each_task_once_in_finishing_order_failures_included() -> None:
+    async with running(failure_rate=0.3) as (sim, client):
+        ids = [o.task_id for o in await client.submit_many(prompts(12))]
+        assert None not in ids
+        seen = [task async for task in client.watch([i for i in ids if i])]
+    assert sorted(t.task_id for t in seen) == sorted(i for i in ids if i)
+    assert all(t.state.is_terminal for t in seen)
+    assert any(t.state is TaskState.FAILED for t in seen)
+    finished = [sim.tasks[t.task_id].finished_at for t in seen]
+    # In finishing order, give or take the polls that found them.
+    assert sum(a > b + 0.5 for a, b in itertools.pairwise(finished)) == 0
+
+
+async def test_ids_can_be_added_while_watching() -> None:
+    async with running() as (_sim, client):
+        first = await client.submit(prompt="first")
+        watch = client.watch([first])
+        got = []
+        async for task in watch:
+            got.append(task.task_id)
+            if len(got) == 1:
+                watch.add(await client.submit(prompt="second"))
+    assert len(got) == 2
+
+
+async def test_breaking_out_or_cancelling_leaves_nothing_running() -> None:
+    async with running(generation_time=(0.1, 5.0)) as (sim, client):
+        ids = [o.task_id for o in await client.submit_many(prompts(10))]
+        before = len(asyncio.all_tasks())
+        async for _ in client.watch([i for i in ids if i]):
+            break
+        assert len(asyncio.all_tasks()) == before
+        with anyio.move_on_after(0.3):
+            async for _ in client.watch([i for i in ids if i]):
+                pass
+        assert len(asyncio.all_tasks()) == before
+        requests = sim.stats.requests
+        await anyio.sleep(0.3)  # nothing may poll after the loop: see that nothing does
+        assert sim.stats.requests == requests
+
+
+async def test_watch_timeout_loses_no_id() -> None:
+    async with running(generation_time=(60.0, 60.0)) as (_sim, client):
+        ids = [o.task_id for o in await client.submit_many(prompts(3))]
+        with pytest.raises(WatchTimeoutError) as info:
+            async for _ in client.watch([i for i in ids if i], timeout=0.5):
+                pass
+    assert sorted(info.value.unfinished) == sorted(i for i in ids if i)
+
+
+async def test_generate_many_settles_every_request_once() -> None:
+    async with running(failure_rate=0.2) as (sim, client):
+        requests: list[Any] = [*prompts(15), {"prompt": "p", "ratio": "16:9"}]
+        async with client.generate_many(requests) as results:
+            outcomes = [o async for o in results]
+    assert sorted(o.index for o in outcomes) == list(range(16))
+    statuses = Counter(o.status for o in outcomes)
+    assert statuses[OutcomeStatus.ERROR] == 1
+    assert statuses[OutcomeStatus.COMPLETED] + statuses[OutcomeStatus.FAILED] == 15
+    for o in outcomes:
+        if o.status is OutcomeStatus.COMPLETED:
+            assert o.task is not None
+            assert o.videos
+    assert sim.stats.tasks_created == 15
+
+
+async def test_a_bare_async_for_works_too() -> None:
+    async with running() as (_sim, client):
+        outcomes = [o async for o in client.generate_many(prompts(5))]
+    assert sorted(o.index for o in outcomes) == list(range(5))
+
+
+async def test_max_credits_stops_submitting_and_says_so() -> None:
+    async with (
+        running() as (sim, client),
+        client.generate_many(prompts(5), max_credits=120, concurrency=1) as results,
+    ):
+        outcomes = [o async for o in results]
+    skipped = [o for o in outcomes if o.status is OutcomeStatus.SKIPPED]
+    assert len(skipped) == 2
+    assert all(isinstance(o.error, BudgetExceededError) for o in skipped)
+    assert sim.stats.tasks_created == 3
+
+
+async def test_a_journal_resumes_without_paying_twice(tmp_path: Path) -> None:
+    journal = tmp_path / "batch.db"
+    async with running() as (sim, client):
+        first: list[Any] = []
+        async for outcome in client.generate_many(prompts(8), journal=journal):
+            first.append(outcome)
+            if len(first) == 2:
+                break
+        created = sim.stats.tasks_created
+        assert 2 <= created <= 8
+        async with client.generate_many(prompts(8), journal=journal) as results:
+            second = [o async for o in results]
+    assert sorted(o.index for o in second) == list(range(8))
+    assert {o.index for o in second if o.from_journal} >= {o.index for o in first}
+    per_prompt = Counter(r["prompt"] for r in sim.stats.created_requests())
+    assert set(per_prompt.values()) == {1}
+    assert len(per_prompt) == 8
+
+
+async def test_a_journal_of_another_batch_is_refused(tmp_path: Path) -> None:
+    journal = tmp_path / "batch.db"
+    async with running() as (_sim, client):
+        async with client.generate_many(prompts(2), journal=journal) as results:
+            _ = [o async for o in results]
+        with pytest.raises(Exception, match="different batch"):
+            async with client.generate_many(prompts(3), journal=journal) as results:
+                pass
+
+
+BATCH_SCRIPT = """
+import sys, anyio
+from grokimagine_async import AsyncClient, RateLimit
+
+async def main(url, journal, n):
+    async with AsyncClient("{token}", base_url=url, rate_limit=RateLimit(40, 1.0),
+                           poll_interval=0.2) as client:
+        requests = [{{"prompt": f"video {{i}}"}} for i in range(n)]
+        async with client.generate_many(requests, journal=journal, concurrency=2) as results:
+            async for outcome in results:
+                print(outcome.index, outcome.status.value, outcome.from_journal, flush=True)
+
+anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+"""
+
+
+async def test_a_killed_batch_resumes_and_creates_each_video_once(tmp_path: Path) -> None:
+    journal = str(tmp_path / "batch.db")
+    script = tmp_path / "batch.py"
+    script.write_text(BATCH_SCRIPT.format(token=TOKEN))
+    sim = Simulator(limit=40, period=1.0, generation_time=(0.3, 1.0), seed=3)
+    n = 100
+    async with sim.serve() as url:
+        args = [sys.executable, str(script), url, journal, str(n)]
+        with anyio.fail_after(90):
+            async with await anyio.open_process(args) as proc:
+                assert proc.stdout is not None
+                lines = 0
+                async for chunk in proc.stdout:
+                    lines += chunk.count(b"\n")
+                    if lines >= 5:
+                        break
+                proc.kill()  # SIGKILL: no cleanup, no goodbye
+            killed_after = sim.stats.tasks_created
+            done = await anyio.run_process(args, check=True)
+    assert 5 <= killed_after < n
+    outcomes = [line.split() for line in done.stdout.decode().splitlines()]
+    assert sorted(int(o[0]) for o in outcomes) == list(range(n))
+    assert any(o[2] == "True" for o in outcomes)  # some came from the journal
+    per_prompt = Counter(r["prompt"] for r in sim.stats.created_requests())
+    uncertain = {int(o[0]) for o in outcomes if o[1] == "uncertain"}
+    assert max(per_prompt.values()) == 1
+    assert len(per_prompt) >= n - len(uncertain)
