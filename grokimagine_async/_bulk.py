@@ -8,6 +8,7 @@ with a journal that makes a stopped batch resumable without paying twice.
 from __future__ import annotations
 
 import enum
+import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterable, Iterable, Mapping
@@ -20,7 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 from typing_extensions import Self
 
-from ._client import BaseClient
+from ._client import BaseClient, _check_task_id
 from ._config import CREDITS_PER_VIDEO
 from ._exceptions import (
     APIConnectionError,
@@ -31,7 +32,7 @@ from ._exceptions import (
     TaskPollError,
     TaskTimeoutError,
 )
-from ._journal import Journal
+from ._journal import Journal, JournalError
 from ._models import GenerateRequest, Task, TaskState
 from ._poller import Poller, PollResult
 
@@ -47,6 +48,19 @@ __all__ = [
 ]
 
 RequestLike = GenerateRequest | Mapping[str, Any]
+
+logger = logging.getLogger("grokimagine_async")
+
+
+class _NotSent(Exception):
+    """Stops a submission at the last moment: it is not sent."""
+
+
+def _check_positive(field: str, value: float | None, example: str) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and value > 0):
+        raise RequestValidationError(
+            field, f"must be above 0, got {value!r}", f"Pass e.g. {example}"
+        )
 
 
 class BudgetExceededError(GrokImagineError):
@@ -193,7 +207,13 @@ class AsyncClient(BaseClient):
         error (validation, API error, or ``SubmitUncertainError``). One
         failure cancels nothing else. Accepts any iterable or async iterable
         of :class:`GenerateRequest` or plain dicts.
+
+        The outcomes come back together at the end: cancel this call (or let
+        a timeout do it) and the ids of tasks already created are lost to you.
+        For batches you may interrupt, use :meth:`generate_many` with a
+        ``journal``.
         """
+        _check_positive("concurrency", concurrency, "16")
         items = await _collect(requests)
         limit = anyio.CapacityLimiter(concurrency or self._default_concurrency())
         outcomes: list[SubmitOutcome | None] = [None] * len(items)
@@ -237,6 +257,8 @@ class AsyncClient(BaseClient):
         30 s) raises :class:`TaskPollError` carrying its id; the watch can go
         on after it.
         """
+        _check_positive("timeout", timeout, "3600, or None")
+        _check_positive("poll_interval", poll_interval, "5")
         return TaskWatch(self, task_ids, timeout=timeout, poll_interval=poll_interval)
 
     def generate_many(
@@ -275,6 +297,9 @@ class AsyncClient(BaseClient):
                 way at the crash (it may have created a task: you may pay
                 twice). Off, such a request settles as ``UNCERTAIN``.
         """
+        _check_positive("concurrency", concurrency, "16")
+        _check_positive("timeout", timeout, "3600, or None")
+        _check_positive("poll_interval", poll_interval, "5")
         if max_credits is not None and max_credits < 0:
             raise RequestValidationError(
                 "max_credits", f"must be 0 or more, got {max_credits}", "Pass e.g. 4000"
@@ -317,11 +342,7 @@ class TaskWatch:
 
     def add(self, task_id: str) -> None:
         """Watch one more task."""
-        if not isinstance(task_id, str) or not task_id:
-            raise RequestValidationError(
-                "task_id", f"must be a non-empty string, got {task_id!r}", "Pass a task id"
-            )
-        self._poller.add(task_id)
+        self._poller.add(_check_task_id(task_id))
 
     @property
     def unfinished(self) -> dict[str, Task | None]:
@@ -457,20 +478,25 @@ class GenerationPipeline:
         error: GrokImagineError | None = None,
         write: bool = True,
     ) -> None:
+        # A timed-out task, or one whose polling failed, stays "submitted": a rerun
+        # follows it again.
         if write and self._journal is not None and status is not OutcomeStatus.TIMED_OUT:
-            if status is OutcomeStatus.SKIPPED or (
-                isinstance(error, APIConnectionError) and not error.request_sent
-            ):
-                self._journal.unsent(item.index)
-            elif status is OutcomeStatus.UNCERTAIN:
-                self._journal.sending(item.index)
-            else:
-                self._journal.done(
-                    item.index,
-                    status.value,
-                    task=task.model_dump(mode="json", by_alias=True) if task else None,
-                    error=str(error) if error else None,
-                )
+            try:
+                if status is OutcomeStatus.SKIPPED or (
+                    isinstance(error, APIConnectionError) and not error.request_sent
+                ):
+                    self._journal.unsent(item.index)
+                elif status is OutcomeStatus.UNCERTAIN:
+                    self._journal.sending(item.index)
+                elif not (status is OutcomeStatus.ERROR and task_id is not None):
+                    self._journal.done(
+                        item.index,
+                        status.value,
+                        task=task.model_dump(mode="json", by_alias=True) if task else None,
+                        error=str(error) if error else None,
+                    )
+            except JournalError as exc:
+                logger.error("%s (outcome %s, task %s)", exc, status.value, task_id)
         self._ready.append(Outcome(item.index, item.request, status, task_id, task, error))
         self._arrived.set()
 
@@ -556,6 +582,7 @@ class GenerationPipeline:
             get_task=self.client.get_task,
             budget=self.client.rate_limit_status,
             on_result=self._on_poll,
+            prior=self.poll_interval or self.client._poll_interval,
         )
         while self._queue:
             item = self._queue.popleft()
@@ -574,11 +601,21 @@ class GenerationPipeline:
             self._settle(item, OutcomeStatus.SKIPPED, error=error)
             return
         self._spent += cost
-        if self._journal is not None:
-            self._journal.sending(item.index)
+
+        def before_send() -> None:
+            if self._past_deadline():
+                raise _NotSent
+            if self._journal is not None:
+                self._journal.sending(item.index)
+
         since = anyio.current_time()
         try:
-            task_id = await self.client.submit_request(item.request)
+            task_id = await self.client.submit_request(item.request, before_send=before_send)
+        except _NotSent:
+            self._spent -= cost
+            late = TaskTimeoutError("(not submitted)", self.timeout or 0.0, None)
+            self._settle(item, OutcomeStatus.SKIPPED, error=late)
+            return
         except SubmitUncertainError as exc:
             self._settle(item, OutcomeStatus.UNCERTAIN, error=exc)
             return
@@ -587,13 +624,22 @@ class GenerationPipeline:
                 self._spent -= cost
             self._settle(item, OutcomeStatus.ERROR, error=exc)
             return
-        if self._journal is not None:
-            self._journal.submitted(item.index, task_id)
         item.since = since
         self._by_task[task_id] = item
         self._poller.add(task_id, since)
+        if self._journal is not None:
+            try:
+                self._journal.submitted(item.index, task_id)
+            except JournalError as exc:
+                logger.error("%s: task %s is followed all the same", exc, task_id)
 
     # -- iterating --------------------------------------------------------------------------
+
+    @property
+    def unfinished(self) -> dict[str, Task | None]:
+        """Tasks submitted and not yet settled, with the last state seen of each:
+        what you would lose track of by stopping now without a journal."""
+        return self._poller.pending() if self._poller is not None else {}
 
     def __aiter__(self) -> GenerationPipeline:
         return self

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -213,12 +213,26 @@ class BaseClient:
         req = GenerateRequest.build(request, prompt=prompt, mode=mode, ratio=ratio, images=images)
         return await self.submit_request(req)
 
-    async def submit_request(self, request: GenerateRequest | Mapping[str, Any]) -> str:
-        """:meth:`submit` for a request that is already built."""
+    async def submit_request(
+        self,
+        request: GenerateRequest | Mapping[str, Any],
+        *,
+        before_send: Callable[[], None] | None = None,
+    ) -> str:
+        """:meth:`submit` for a request that is already built.
+
+        ``before_send`` runs each time the rate limiter lets the POST go, just
+        before it leaves: a last chance to record that it may now create a
+        task, or to stop it (whatever it raises stops it unsent).
+        """
         request = GenerateRequest.build(request)
         try:
             data = await self._wire.request(
-                "POST", "/v1/generate", kind=RequestKind.SUBMIT, json_body=request.to_payload()
+                "POST",
+                "/v1/generate",
+                kind=RequestKind.SUBMIT,
+                json_body=request.to_payload(),
+                before_send=before_send,
             )
         except Uncertain as uncertain:
             raise SubmitUncertainError(

@@ -129,11 +129,14 @@ class Wire:
         kind: RequestKind,
         params: Mapping[str, str] | None = None,
         json_body: Mapping[str, Any] | None = None,
+        before_send: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Send a request and return the answer's ``data`` object.
 
         Raises an :class:`APIError` subclass, or for ``RequestKind.SUBMIT``
         :class:`Uncertain` once an attempt may have created the task.
+        ``before_send`` runs once the rate limiter lets an attempt go, just
+        before it is sent; whatever it raises stops the request unsent.
         """
         url = self._base_url.copy_with(path=self._base_url.path.rstrip("/") + path)
         submit = kind is RequestKind.SUBMIT
@@ -142,7 +145,7 @@ class Wire:
         while True:
             attempt += 1
             try:
-                return await self._attempt(method, url, kind, params, json_body)
+                return await self._attempt(method, url, kind, params, json_body, before_send)
             except _Failure as failure:
                 outcome = failure
             if submit and not _provably_not_created(outcome.error):
@@ -179,6 +182,7 @@ class Wire:
         kind: RequestKind,
         params: Mapping[str, str] | None,
         json_body: Mapping[str, Any] | None,
+        before_send: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         request = self._http.build_request(
             method,
@@ -194,6 +198,12 @@ class Wire:
         )
         shown = str(request.url)
         async with self._limiter().slot() as slot:
+            if before_send is not None:
+                try:
+                    before_send()
+                except BaseException:
+                    slot.record(None, sent=False)
+                    raise
             started = time.monotonic()
             try:
                 response = await self._http.send(request)

@@ -18,9 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, GrokImagineError
 
-__all__ = ["Journal", "JournalEntry"]
+__all__ = ["Journal", "JournalEntry", "JournalError"]
+
+
+class JournalError(GrokImagineError):
+    """The batch's journal could not be read or written (a locked, full or
+    foreign file). The batch itself is not lost: see the message."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,8 +65,18 @@ class Journal:
 
     def __init__(self, path: str | Path, payloads: Sequence[dict[str, Any]]) -> None:
         self.path = Path(path)
+        try:
+            self._open(payloads)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(
+                f"journal {self.path} cannot be used ({exc}): pass the path of a new file "
+                "or of this batch's earlier journal"
+            ) from exc
+
+    def _open(self, payloads: Sequence[dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
+        # A short busy timeout: waiting here blocks the event loop.
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0.5)
         # WAL with NORMAL sync survives the process dying at any point, which is
         # what a resume needs, at a fraction of a full fsync's cost.
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -129,10 +145,13 @@ class Journal:
 
     def _set(self, index: int, **fields: Any) -> None:
         names = ", ".join(f"{k} = ?" for k in fields)
-        self._db.execute(
-            f"UPDATE entries SET {names}, updated = ? WHERE idx = ?",  # noqa: S608 - our own names
-            (*fields.values(), time.time(), index),
-        )
+        try:
+            self._db.execute(
+                f"UPDATE entries SET {names}, updated = ? WHERE idx = ?",  # noqa: S608 - our names
+                (*fields.values(), time.time(), index),
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: request {index} not recorded: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()

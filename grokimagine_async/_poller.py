@@ -35,7 +35,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._client import NOT_FOUND_GRACE, TRANSIENT_POLL_ERRORS
-from ._exceptions import APIError, NotFoundError
+from ._exceptions import GrokImagineError, NotFoundError
 from ._models import Task, TaskState
 from ._ratelimit import RateLimitStatus
 
@@ -100,7 +100,7 @@ class PollResult:
 
     task_id: str
     task: Task | None
-    error: APIError | None = None
+    error: GrokImagineError | None = None
     polls: int = 0
 
 
@@ -221,6 +221,8 @@ class Poller:
             while not stop() and (self._tasks or more_coming()):
                 now = anyio.current_time()
                 if deadline is not None and now >= deadline:
+                    # Polls are reads: cut them off rather than overrun the deadline.
+                    tg.cancel_scope.cancel()
                     break
                 self._start_due(tg, now)
                 self._start_spare(tg, now)
@@ -233,14 +235,17 @@ class Poller:
 
     def _next_wake(self, now: float, deadline: float | None) -> float:
         times = [now + 60.0]
+        if deadline is not None:
+            times.append(deadline)
+        if self._in_flight >= self.max_in_flight:
+            # Nothing can start until a poll comes back, which wakes the loop.
+            return max(0.0, min(times) - now)
         while self._heap and (self._heap[0][2].due != self._heap[0][0] or self._heap[0][2].done):
             heapq.heappop(self._heap)
         if self._heap:
             times.append(self._heap[0][0])
         if self._spare_possible():
             times.append(now + self.min_gap / 2)
-        if deadline is not None:
-            times.append(deadline)
         return max(0.0, min(times) - now)
 
     def _start_due(self, tg: TaskGroup, now: float) -> None:
@@ -267,7 +272,7 @@ class Poller:
         spare = status.remaining - due_soon - 1
         old_enough = self._model.quantile(0.05)
         looked = 0
-        while spare > 0 and self._in_flight < self.max_in_flight and looked < 16:
+        while spare > 0 and self._rotation and self._in_flight < self.max_in_flight and looked < 16:
             looked += 1
             w = self._rotation[0]
             if w.done:
@@ -288,7 +293,7 @@ class Poller:
 
     async def _poll(self, w: _Watched) -> None:
         sent = anyio.current_time()
-        error: APIError | None = None
+        error: GrokImagineError | None = None
         task: Task | None = None
         try:
             task = await self.get_task(w.task_id)
@@ -299,7 +304,7 @@ class Poller:
                 self._settle(w, PollResult(w.task_id, w.last, exc, w.polls + 1))
                 return
             error = exc
-        except APIError as exc:
+        except GrokImagineError as exc:
             self._settle(w, PollResult(w.task_id, w.last, exc, w.polls + 1))
             return
         finally:

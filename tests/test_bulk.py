@@ -25,6 +25,7 @@ from grokimagine_async import (
     TaskState,
     WatchTimeoutError,
 )
+from grokimagine_async._journal import JournalError
 from grokimagine_async.simulator import Fault, Simulator
 
 from .helpers import TOKEN
@@ -226,3 +227,77 @@ async def test_a_killed_batch_resumes_and_creates_each_video_once(tmp_path: Path
     uncertain = {int(o[0]) for o in outcomes if o[1] == "uncertain"}
     assert max(per_prompt.values()) == 1
     assert len(per_prompt) >= n - len(uncertain)
+
+
+async def test_a_poll_error_leaves_the_task_for_a_rerun_to_follow(tmp_path: Path) -> None:
+    journal = tmp_path / "batch.db"
+    async with running() as (sim, client):
+        sim.inject(Fault.error_in_200(code=403), endpoint="status", times=50)
+        async with client.generate_many(prompts(1), journal=journal) as results:
+            (first,) = [o async for o in results]
+        assert first.status is OutcomeStatus.ERROR
+        assert first.task_id is not None
+        sim.clear_faults()
+        async with client.generate_many(prompts(1), journal=journal) as results:
+            (second,) = [o async for o in results]
+    assert second.status is OutcomeStatus.COMPLETED
+    assert second.task_id == first.task_id
+    assert sim.stats.tasks_created == 1
+
+
+async def test_stopping_early_marks_nothing_unsent_as_uncertain(tmp_path: Path) -> None:
+    journal = tmp_path / "batch.db"
+    sim = Simulator(limit=10, period=1.0, generation_time=(0.2, 0.5), seed=5)
+    async with (
+        sim.serve() as url,
+        AsyncClient(
+            TOKEN, base_url=url, rate_limit=RateLimit(10, 1.0), poll_interval=0.2
+        ) as client,
+    ):
+        with anyio.fail_after(60):
+            async for _ in client.generate_many(prompts(30), journal=journal, concurrency=10):
+                break
+            async with client.generate_many(prompts(30), journal=journal) as results:
+                outcomes = [o async for o in results]
+    assert not [o for o in outcomes if o.status is OutcomeStatus.UNCERTAIN]
+    assert Counter(r["prompt"] for r in sim.stats.created_requests()) == Counter(
+        p["prompt"] for p in prompts(30)
+    )
+
+
+async def test_nothing_is_sent_after_the_deadline() -> None:
+    sim = Simulator(limit=5, period=1.0, generation_time=(0.2, 0.5), seed=6)
+    async with (
+        sim.serve() as url,
+        AsyncClient(TOKEN, base_url=url, rate_limit=RateLimit(5, 1.0), poll_interval=0.2) as client,
+    ):
+        with anyio.fail_after(10):
+            async with client.generate_many(prompts(30), timeout=1.0) as results:
+                outcomes = [o async for o in results]
+    created = sim.stats.tasks_created
+    assert created <= 10
+    skipped = [o for o in outcomes if o.status is OutcomeStatus.SKIPPED]
+    assert len(skipped) == 30 - created
+    assert sorted(o.index for o in outcomes) == list(range(30))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"timeout": -5}, "timeout"),
+        ({"poll_interval": 0}, "poll_interval"),
+    ],
+)
+async def test_bad_bulk_arguments_are_named(kwargs: dict[str, Any], field: str) -> None:
+    async with running() as (_sim, client):
+        with pytest.raises(RequestValidationError) as info:
+            client.generate_many(prompts(1), **kwargs)
+    assert info.value.field == field
+
+
+async def test_a_journal_that_cannot_be_opened_says_so(tmp_path: Path) -> None:
+    async with running() as (_sim, client):
+        with pytest.raises(JournalError, match="cannot be used"):
+            async with client.generate_many(prompts(1), journal=tmp_path):
+                pass
