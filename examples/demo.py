@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import anyio
-import httpx
 
-from grokimagine_async import AsyncClient, GrokImagineError, RateLimit, Task
+from grokimagine_async import AsyncClient, GrokImagineError, RateLimit
 from grokimagine_async.simulator import Simulator
 
 PROMPTS = [
@@ -32,22 +31,6 @@ PROMPTS = [
 ]
 
 
-async def download(http: httpx.AsyncClient, task: Task, out: Path) -> list[Path]:
-    """Stream each video to disk; the token is never sent to the video host."""
-    paths = []
-    for n, url in enumerate(task.videos):
-        path = out / f"{task.task_id}_{n}.mp4"
-        partial = anyio.Path(path.with_suffix(".part"))
-        async with http.stream("GET", url) as response:
-            response.raise_for_status()
-            async with await anyio.open_file(partial, "wb") as f:
-                async for chunk in response.aiter_bytes():
-                    await f.write(chunk)
-        await partial.replace(path)
-        paths.append(path)
-    return paths
-
-
 async def main(out: Path) -> int:
     await anyio.Path(out).mkdir(parents=True, exist_ok=True)
     sim = Simulator(limit=60, period=2.0, generation_time=(2.0, 6.0), failure_rate=0.1, seed=3)
@@ -62,7 +45,6 @@ async def main(out: Path) -> int:
         AsyncClient(
             "demo-token", base_url=url, rate_limit=RateLimit(60, 2.0), poll_interval=0.5
         ) as client,
-        httpx.AsyncClient() as http,
     ):
         say(f"simulator on {url}; {len(PROMPTS)} videos, 40 credits each")
 
@@ -72,7 +54,7 @@ async def main(out: Path) -> int:
                 task_id = await client.submit(prompt=prompt, mode=mode, ratio=ratio)
                 say(f"submitted {task_id}: {prompt!r}")
                 task = await client.wait(task_id, timeout=60)
-                for path in await download(http, task, out):
+                for path in await client.download(task, out):
                     say(f"completed {task_id} -> {path}  ({task.videos[0]})")
             except GrokImagineError as exc:
                 failed += 1

@@ -21,6 +21,7 @@ from ._bulk import (
 )
 from ._client import DEFAULT_TIMEOUT
 from ._config import CREDITS_PER_VIDEO, USD_PER_CREDIT, RateLimit, Tier
+from ._download import DownloadError, VideoExpiredError
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -72,6 +73,7 @@ __all__ = [
     "BudgetExceededError",
     "ClientClosedError",
     "ConfigurationError",
+    "DownloadError",
     "FailureKind",
     "GenerateRequest",
     "GenerationPipeline",
@@ -100,6 +102,7 @@ __all__ = [
     "TaskWatch",
     "Tier",
     "Unchecked",
+    "VideoExpiredError",
     "WatchTimeoutError",
     "__version__",
 ]

@@ -23,6 +23,7 @@ from typing_extensions import Self
 
 from ._client import BaseClient, _check_task_id
 from ._config import CREDITS_PER_VIDEO
+from ._download import download_task
 from ._exceptions import (
     APIConnectionError,
     GrokImagineError,
@@ -191,6 +192,30 @@ class AsyncClient(BaseClient):
             say) in place of the process-wide one for this token; ``tier`` and
             ``rate_limit`` are then its business. See :class:`Limiter`.
     """
+
+    async def download(
+        self, task: Task | str, directory: str | Path, *, concurrency: int = 4
+    ) -> list[Path]:
+        """Stream a completed task's videos into ``directory``; returns the paths.
+
+        ``task`` is a :class:`Task` or a task id (then looked up first). Files
+        are named ``<task_id>_<n>.mp4`` and written whole or not at all (via a
+        ``.part`` file); one already there is kept. Content type and length are
+        checked, transient failures retried. The API token is never sent to
+        the hosts that serve videos. An expired link raises
+        :class:`VideoExpiredError`, which says how to get a fresh one.
+        """
+        if isinstance(task, str):
+            task = await self.get_task(task)
+        _check_positive("concurrency", concurrency, "4")
+        return await download_task(
+            self._http,
+            task,
+            directory,
+            concurrency=concurrency,
+            max_retries=self._wire.retry.max_retries,
+            backoff=self._wire.retry.initial_backoff,
+        )
 
     def _default_concurrency(self) -> int:
         return max(4, math.ceil(self.rate_limit.per_second * 0.5))
