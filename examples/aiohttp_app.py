@@ -1,0 +1,103 @@
+"""An aiohttp back end that starts videos and reports on them.
+
+    GROKIMAGINE_API_KEY=... python examples/aiohttp_app.py
+
+The same as ``fastapi_app.py``: one ``AsyncClient`` for the app's life (its
+``cleanup_ctx``), ``POST /videos`` answers the task id at once,
+``GET /videos/{task_id}`` the task's state, and ``GET /videos/{task_id}/events``
+streams its progress as server-sent events until it is done.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+from aiohttp import web
+
+from grokimagine_async import (
+    APIStatusError,
+    AsyncClient,
+    GrokImagineError,
+    RequestValidationError,
+    SubmitUncertainError,
+    Task,
+)
+
+CLIENT = web.AppKey("client", AsyncClient)
+
+
+def describe(task: Task) -> dict[str, Any]:
+    return {
+        "task_id": task.task_id,
+        "state": task.state.value,
+        "status": task.status,
+        "videos": list(task.videos),
+        "error_message": task.error_message,
+        "failure_kind": task.failure_kind.value if task.failure_kind else None,
+    }
+
+
+def create_app(
+    make_client: Callable[[], AsyncClient] = AsyncClient, poll_every: float = 5.0
+) -> web.Application:
+    async def client_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with make_client() as client:
+            app[CLIENT] = client
+            yield
+
+    async def start(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            task_id = await request.app[CLIENT].submit(body)
+        except ValueError as exc:
+            if isinstance(exc, RequestValidationError):
+                detail = {"field": exc.field, "problem": exc.problem, "fix": exc.fix}
+                return web.json_response({"detail": detail}, status=422)
+            return web.json_response({"detail": "the body must be JSON"}, status=400)
+        except SubmitUncertainError as exc:
+            # Not retried here either: it may have created a paid task.
+            return web.json_response({"detail": str(exc)}, status=502)
+        except APIStatusError as exc:
+            return web.json_response({"detail": exc.api_message or str(exc)}, status=502)
+        return web.json_response({"task_id": task_id}, status=202)
+
+    async def state(request: web.Request) -> web.Response:
+        try:
+            task = await request.app[CLIENT].get_task(request.match_info["task_id"])
+        except GrokImagineError as exc:
+            return web.json_response({"detail": str(exc)}, status=502)
+        return web.json_response(describe(task))
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        client = request.app[CLIENT]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        last = None
+        while True:
+            try:
+                task = await client.get_task(request.match_info["task_id"])
+            except GrokImagineError as exc:
+                await response.write(f"event: error\ndata: {json.dumps(str(exc))}\n\n".encode())
+                break
+            if task.status != last:
+                last = task.status
+                await response.write(f"data: {json.dumps(describe(task))}\n\n".encode())
+            if task.is_terminal:
+                break
+            await anyio.sleep(poll_every)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.cleanup_ctx.append(client_ctx)
+    app.router.add_post("/videos", start)
+    app.router.add_get("/videos/{task_id}", state)
+    app.router.add_get("/videos/{task_id}/events", events)
+    return app
+
+
+if __name__ == "__main__":
+    web.run_app(create_app())

@@ -1,0 +1,112 @@
+"""A FastAPI back end that starts videos and reports on them.
+
+    GROKIMAGINE_API_KEY=... uvicorn examples.fastapi_app:app
+
+One ``AsyncClient`` lives as long as the app (its lifespan) and is shared by
+every request, so every request shares one connection pool and one rate
+limiter. ``POST /videos`` answers the task id at once; ``GET /videos/{id}``
+answers the task's state; ``GET /videos/{id}/events`` streams its progress as
+server-sent events until it is done.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from grokimagine_async import (
+    APIStatusError,
+    AsyncClient,
+    GrokImagineError,
+    RequestValidationError,
+    SubmitUncertainError,
+    Task,
+)
+
+
+class VideoRequest(BaseModel):
+    prompt: str
+    mode: str = "normal"
+    ratio: str = "1:1"
+    images: list[str] = []
+
+
+def describe(task: Task) -> dict[str, Any]:
+    return {
+        "task_id": task.task_id,
+        "state": task.state.value,
+        "status": task.status,
+        "videos": list(task.videos),
+        "error_message": task.error_message,
+        "failure_kind": task.failure_kind.value if task.failure_kind else None,
+    }
+
+
+def create_app(
+    make_client: Callable[[], AsyncClient] = AsyncClient, poll_every: float = 5.0
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with make_client() as client:
+            app.state.client = client
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    def client_of(request: Request) -> AsyncClient:
+        client: AsyncClient = request.app.state.client
+        return client
+
+    @app.post("/videos", status_code=202)
+    async def start(body: VideoRequest, request: Request) -> dict[str, str]:
+        try:
+            task_id = await client_of(request).submit(body.model_dump())
+        except RequestValidationError as exc:
+            detail = {"field": exc.field, "problem": exc.problem, "fix": exc.fix}
+            raise HTTPException(422, detail) from exc
+        except SubmitUncertainError as exc:
+            # Not retried here either: it may have created a paid task.
+            raise HTTPException(502, str(exc)) from exc
+        except APIStatusError as exc:
+            raise HTTPException(502, exc.api_message or str(exc)) from exc
+        return {"task_id": task_id}
+
+    @app.get("/videos/{task_id}")
+    async def state(task_id: str, request: Request) -> dict[str, Any]:
+        try:
+            return describe(await client_of(request).get_task(task_id))
+        except GrokImagineError as exc:
+            raise HTTPException(502, str(exc)) from exc
+
+    @app.get("/videos/{task_id}/events")
+    async def events(task_id: str, request: Request) -> StreamingResponse:
+        client = client_of(request)
+
+        async def stream() -> AsyncIterator[str]:
+            last = None
+            while True:
+                try:
+                    task = await client.get_task(task_id)
+                except GrokImagineError as exc:
+                    yield f"event: error\ndata: {json.dumps(str(exc))}\n\n"
+                    return
+                if task.status != last:
+                    last = task.status
+                    yield f"data: {json.dumps(describe(task))}\n\n"
+                if task.is_terminal:
+                    return
+                await anyio.sleep(poll_every)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return app
+
+
+app = create_app()

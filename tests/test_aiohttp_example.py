@@ -1,0 +1,58 @@
+"""The aiohttp example, through aiohttp's test client, against the simulator."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import anyio
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from grokimagine_async import AsyncClient, RateLimit
+from grokimagine_async.simulator import Simulator
+
+from .helpers import TOKEN
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "aiohttp_app", ROOT / "examples" / "aiohttp_app.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_start_follow_and_stream_a_video() -> None:
+    example = load()
+    sim = Simulator(generation_time=(0.2, 0.4), seed=1)
+    async with sim.serve() as url:
+        app = example.create_app(
+            lambda: AsyncClient(TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0)),
+            poll_every=0.05,
+        )
+        async with TestClient(TestServer(app)) as http:
+            with anyio.fail_after(10):
+                bad = await http.post("/videos", json={"prompt": ""})
+                bad_body = await bad.json()
+                started = await http.post("/videos", json={"prompt": "a fox"})
+                task_id = (await started.json())["task_id"]
+                first = await (await http.get(f"/videos/{task_id}")).json()
+                response = await http.get(f"/videos/{task_id}/events")
+                text = await response.text()
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    assert bad.status == 422
+    assert bad_body["detail"]["field"] == "prompt"
+    assert started.status == 202
+    assert first["task_id"] == task_id
+    assert events[-1]["state"] == "completed"
+    assert events[-1]["videos"]
+    assert sim.stats.tasks_created == 1

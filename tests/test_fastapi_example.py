@@ -1,0 +1,65 @@
+"""The FastAPI example, through its ASGI app, against the simulator."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import anyio
+import httpx
+import pytest
+
+from grokimagine_async import AsyncClient, RateLimit
+from grokimagine_async.simulator import Simulator
+
+from .helpers import TOKEN
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "fastapi_app", ROOT / "examples" / "fastapi_app.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_start_follow_and_stream_a_video(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GROKIMAGINE_API_KEY", TOKEN)  # the module builds a default app too
+    example = load()
+    sim = Simulator(generation_time=(0.2, 0.4), seed=1)
+    async with sim.serve() as url:
+        app = example.create_app(
+            lambda: AsyncClient(TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0)),
+            poll_every=0.05,
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://app") as http,
+        ):
+            with anyio.fail_after(10):
+                bad = await http.post("/videos", json={"prompt": "p", "ratio": "16:9"})
+                started = await http.post("/videos", json={"prompt": "a fox"})
+                task_id = started.json()["task_id"]
+                first = (await http.get(f"/videos/{task_id}")).json()
+                events = []
+                async with http.stream("GET", f"/videos/{task_id}/events") as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: "):
+                            events.append(json.loads(line[6:]))
+    assert bad.status_code == 422
+    assert bad.json()["detail"]["field"] == "ratio"
+    assert started.status_code == 202
+    assert first["task_id"] == task_id
+    assert first["state"] in ("pending", "running")
+    assert events[-1]["state"] == "completed"
+    assert events[-1]["videos"]
+    assert sim.stats.tasks_created == 1
