@@ -44,6 +44,7 @@ from ._exceptions import (
     TaskTimeoutError,
 )
 from ._headers import RateFeedback
+from ._journal import JournalError
 from ._limiter import SlidingWindowLimiter
 from ._models import (
     DOCUMENTED_MODES,
@@ -78,6 +79,7 @@ __all__ = [
     "GenerateRequest",
     "GenerationPipeline",
     "GrokImagineError",
+    "JournalError",
     "Limiter",
     "MalformedResponseError",
     "NotFoundError",
