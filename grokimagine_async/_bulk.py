@@ -33,7 +33,7 @@ from ._exceptions import (
     TaskPollError,
     TaskTimeoutError,
 )
-from ._journal import Journal, JournalError
+from ._journal import Journal, JournalEntry, JournalError
 from ._models import GenerateRequest, Task, TaskState
 from ._poller import Poller, PollResult
 
@@ -398,7 +398,6 @@ class _Item:
     index: int
     request: GenerateRequest | None
     invalid: RequestValidationError | None = None
-    since: float = 0.0
 
 
 @dataclass
@@ -464,10 +463,9 @@ class GenerationPipeline:
                 self._queue.append(item)
             elif entry.state == Journal.DONE:
                 self._spent += self.credits_per_video if entry.task_id else 0
-                self._ready.append(self._from_journal(item, entry.outcome, entry))
+                self._ready.append(self._from_journal(item, entry))
             elif entry.state == Journal.SUBMITTED and entry.task_id:
                 self._spent += self.credits_per_video
-                item.since = anyio.current_time()
                 self._by_task[entry.task_id] = item
                 self._poller.add(entry.task_id)
             elif self.resubmit_uncertain:
@@ -483,8 +481,8 @@ class GenerationPipeline:
                 )
                 self._settle(item, OutcomeStatus.UNCERTAIN, error=error, write=False)
 
-    def _from_journal(self, item: _Item, outcome: str | None, entry: Any) -> Outcome:
-        status = OutcomeStatus(outcome or "error")
+    def _from_journal(self, item: _Item, entry: JournalEntry) -> Outcome:
+        status = OutcomeStatus(entry.outcome or "error")
         task = Task.model_validate(entry.task) if entry.task else None
         error = GrokImagineError(entry.error) if entry.error else None
         if status is OutcomeStatus.FAILED and task is not None:
@@ -649,7 +647,6 @@ class GenerationPipeline:
                 self._spent -= cost
             self._settle(item, OutcomeStatus.ERROR, error=exc)
             return
-        item.since = since
         self._by_task[task_id] = item
         self._poller.add(task_id, since)
         if self._journal is not None:

@@ -95,7 +95,6 @@ class WindowBudget:
         self._gate_until = -math.inf
         # The last few estimates of someone else's use, from Remaining.
         self._others: deque[int] = deque(maxlen=5)
-        self.rate_limited = 0
         # How many answered requests have left the window so far.
         self._expired = 0
         # The freshest Remaining: (remaining, its request's ticket, _expired then, valid until).
@@ -254,7 +253,6 @@ class WindowBudget:
             self._reserve(now + self.period, now + 2 * self.period, others)
 
     def _on_rate_limited(self, now: float, feedback: RateFeedback) -> None:
-        self.rate_limited += 1
         wait = feedback.retry_after
         if wait is None:
             wait = feedback.reset_after

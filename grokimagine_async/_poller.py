@@ -101,7 +101,6 @@ class PollResult:
     task_id: str
     task: Task | None
     error: GrokImagineError | None = None
-    polls: int = 0
 
 
 @dataclass
@@ -301,11 +300,11 @@ class Poller:
             error = exc
         except NotFoundError as exc:
             if sent - w.since > NOT_FOUND_GRACE:
-                self._settle(w, PollResult(w.task_id, w.last, exc, w.polls + 1))
+                self._settle(w, PollResult(w.task_id, w.last, exc))
                 return
             error = exc
         except GrokImagineError as exc:
-            self._settle(w, PollResult(w.task_id, w.last, exc, w.polls + 1))
+            self._settle(w, PollResult(w.task_id, w.last, exc))
             return
         finally:
             self._in_flight -= 1
@@ -320,7 +319,7 @@ class Poller:
             if task.state.is_terminal:
                 if task.state is TaskState.COMPLETED:
                     self._learn(w, previous, now)
-                self._settle(w, PollResult(w.task_id, task, None, w.polls))
+                self._settle(w, PollResult(w.task_id, task))
                 return
         self._schedule(w, now)
 

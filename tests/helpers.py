@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -54,3 +57,16 @@ def ok(data: dict[str, Any], **headers: str) -> httpx.Response:
 def api_error(status: int, error: str, message: str, **headers: str) -> httpx.Response:
     body = {"code": status, "message": message, "error": error}
     return httpx.Response(status, json=body, headers=headers)
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py``, which is not a package."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import load_example
 
 pytestmark = pytest.mark.anyio
-
-
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 async def test_the_demo_downloads_its_videos(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    demo = load("demo")
+    demo = load_example("demo")
     assert await demo.main(tmp_path) == 0
     videos = sorted(tmp_path.glob("*.mp4"))
     printed = capsys.readouterr().out

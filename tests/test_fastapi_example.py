@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-from types import ModuleType
 
 import anyio
 import httpx
@@ -14,26 +11,14 @@ import pytest
 from grokimagine_async import AsyncClient, RateLimit
 from grokimagine_async.simulator import Simulator
 
-from .helpers import TOKEN
+from .helpers import TOKEN, load_example
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "fastapi_app", ROOT / "examples" / "fastapi_app.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 async def test_start_follow_and_stream_a_video(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GROKIMAGINE_API_KEY", TOKEN)  # the module builds a default app too
-    example = load()
+    example = load_example("fastapi_app")
     sim = Simulator(generation_time=(0.2, 0.4), seed=1)
     async with sim.serve() as url:
         app = example.create_app(
