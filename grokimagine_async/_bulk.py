@@ -57,6 +57,10 @@ class _NotSent(Exception):
     """Stops a submission at the last moment: it is not sent."""
 
 
+def _stopped() -> GrokImagineError:
+    return GrokImagineError("not submitted: the batch was stopped; run it again to submit")
+
+
 def _check_positive(field: str, value: float | None, example: str) -> None:
     if value is not None and not (isinstance(value, (int, float)) and value > 0):
         raise RequestValidationError(
@@ -111,6 +115,24 @@ class OutcomeStatus(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+@dataclass(frozen=True)
+class PipelineProgress:
+    """Where a :meth:`AsyncClient.generate_many` batch stands: ``pipeline.progress``."""
+
+    #: Requests in the batch (0 until the pipeline starts).
+    total: int
+    #: Not yet submitted.
+    queued: int
+    #: Being submitted now.
+    submitting: int
+    #: Submitted, with a task id, not yet finished.
+    running: int
+    #: Settled: completed, failed, errored, uncertain, skipped or timed out.
+    settled: int
+    #: Credits the batch has spent or committed, earlier runs of its journal included.
+    spent_credits: int
 
 
 @dataclass(frozen=True)
@@ -425,6 +447,11 @@ class GenerationPipeline:
     _arrived: anyio.Event = field(init=False, default_factory=anyio.Event)
     _background: TaskGroup | None = field(init=False, default=None)
     _finished: bool = field(init=False, default=False)
+    _total: int = field(init=False, default=0)
+    _stopping: bool = field(init=False, default=False)
+    # Submissions not yet on the wire, which stop_submitting() may still call off.
+    _unsent: dict[int, anyio.CancelScope] = field(init=False, default_factory=dict)
+    _quiet: anyio.Event = field(init=False, default_factory=anyio.Event)
 
     # -- setting up ---------------------------------------------------------------------
 
@@ -437,6 +464,7 @@ class GenerationPipeline:
                 items.append(_Item(index, built))
             else:
                 items.append(_Item(index, None, invalid=built))
+        self._total = len(items)
         self._poller = Poller(
             get_task=self.client.get_task,
             budget=self.client.rate_limit_status,
@@ -557,9 +585,17 @@ class GenerationPipeline:
 
         async def submit(item: _Item, token: object) -> None:
             try:
-                await self._submit(item)
+                with anyio.CancelScope() as scope:
+                    self._unsent[item.index] = scope
+                    await self._submit(item)
+                if scope.cancelled_caught:
+                    self._spent -= self.credits_per_video
+                    self._settle(item, OutcomeStatus.SKIPPED, error=_stopped())
             finally:
+                self._unsent.pop(item.index, None)
                 self._submitting -= 1
+                if not self._submitting:
+                    self._quiet.set()
                 slots.release_on_behalf_of(token)
                 poller.wake()
 
@@ -626,8 +662,9 @@ class GenerationPipeline:
         self._spent += cost
 
         def before_send() -> None:
-            if self._past_deadline():
+            if self._stopping or self._past_deadline():
                 raise _NotSent
+            self._unsent.pop(item.index, None)
             if self._journal is not None:
                 self._journal.sending(item.index)
 
@@ -637,7 +674,7 @@ class GenerationPipeline:
         except _NotSent:
             self._spent -= cost
             late = TaskTimeoutError("(not submitted)", self.timeout or 0.0, None)
-            self._settle(item, OutcomeStatus.SKIPPED, error=late)
+            self._settle(item, OutcomeStatus.SKIPPED, error=_stopped() if self._stopping else late)
             return
         except SubmitUncertainError as exc:
             self._settle(item, OutcomeStatus.UNCERTAIN, error=exc)
@@ -662,6 +699,38 @@ class GenerationPipeline:
         """Tasks submitted and not yet settled, with the last state seen of each:
         what you would lose track of by stopping now without a journal."""
         return self._poller.pending() if self._poller is not None else {}
+
+    def stop_submitting(self) -> None:
+        """Send no more requests, as for a graceful Ctrl-C.
+
+        Requests not yet sent settle as ``SKIPPED`` (a journal keeps them for a
+        rerun); those already on the wire finish and their task ids are kept
+        and recorded. Tasks already submitted are still followed: iterate on
+        to see them settle, or leave now and let a rerun of the journal follow
+        them. ``progress.submitting`` drops to 0 once no request is on the wire.
+        """
+        self._stopping = True
+        for scope in list(self._unsent.values()):
+            scope.cancel()
+        while self._queue:
+            self._settle(self._queue.popleft(), OutcomeStatus.SKIPPED, error=_stopped())
+
+    async def wait_submitted(self) -> None:
+        """After :meth:`stop_submitting`: return once no request is on the wire,
+        every task id that came back recorded. Bound it with a timeout of your own."""
+        while self._submitting:
+            self._quiet = anyio.Event()
+            await self._quiet.wait()
+
+    @property
+    def progress(self) -> PipelineProgress:
+        """Counts of the batch's requests by stage, and the credits spent so far."""
+        running = len(self._by_task)
+        queued = len(self._queue)
+        settled = self._total - queued - self._submitting - running
+        return PipelineProgress(
+            self._total, queued, self._submitting, running, settled, self._spent
+        )
 
     def __aiter__(self) -> GenerationPipeline:
         return self

@@ -82,9 +82,7 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        fingerprint = hashlib.sha256(
-            json.dumps(list(payloads), sort_keys=True).encode()
-        ).hexdigest()
+        fingerprint = _fingerprint(payloads)
         row = self._db.execute("SELECT value FROM meta WHERE key='batch'").fetchone()
         if row is None:
             with self._db:
@@ -104,15 +102,31 @@ class Journal:
                 "pass another journal path, or run the batch it was written for"
             )
 
+    @classmethod
+    def peek(cls, path: str | Path, payloads: Sequence[dict[str, Any]]) -> list[JournalEntry]:
+        """The entries of an existing journal of this batch, read without
+        writing anything; empty when there is no journal at ``path`` yet."""
+        path = Path(path)
+        if not path.exists():
+            return []
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=0.5)
+            try:
+                row = db.execute("SELECT value FROM meta WHERE key='batch'").fetchone()
+                if row is not None and row[0] != _fingerprint(payloads):
+                    raise ConfigurationError(
+                        f"journal {path} was written for a different batch of requests; "
+                        "pass another journal path, or run the batch it was written for"
+                    )
+                return _entries(db)
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {path} cannot be read ({exc})") from exc
+
     def entries(self) -> list[JournalEntry]:
         """Every request's line, in input order."""
-        rows = self._db.execute(
-            "SELECT idx, state, task_id, task, error, outcome FROM entries ORDER BY idx"
-        ).fetchall()
-        return [
-            JournalEntry(i, state, task_id, json.loads(task) if task else None, error, outcome)
-            for i, state, task_id, task, error, outcome in rows
-        ]
+        return _entries(self._db)
 
     def sending(self, index: int) -> None:
         """About to send this request: from now on it may have created a task."""
@@ -155,3 +169,17 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _fingerprint(payloads: Sequence[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(list(payloads), sort_keys=True).encode()).hexdigest()
+
+
+def _entries(db: sqlite3.Connection) -> list[JournalEntry]:
+    rows = db.execute(
+        "SELECT idx, state, task_id, task, error, outcome FROM entries ORDER BY idx"
+    ).fetchall()
+    return [
+        JournalEntry(i, state, task_id, json.loads(task) if task else None, error, outcome)
+        for i, state, task_id, task, error, outcome in rows
+    ]

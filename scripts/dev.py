@@ -54,7 +54,7 @@ def test(args: list[str]) -> None:
 
 def demo(args: list[str]) -> None:
     ensure_env()
-    _run(PY, "examples/demo.py", *args)
+    _run(BIN / "grokimagine", "demo", *args)
 
 
 def bench(args: list[str]) -> None:

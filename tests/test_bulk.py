@@ -137,6 +137,24 @@ async def test_generate_many_settles_every_request_once() -> None:
     assert sim.stats.tasks_created == 15
 
 
+async def test_progress_adds_up_at_every_step() -> None:
+    async with running() as (_sim, client):
+        pipeline = client.generate_many(prompts(8), concurrency=2)
+        assert pipeline.progress.total == 0
+        seen = []
+        async with pipeline as results:
+            async for _ in results:
+                p = results.progress
+                seen.append(p)
+                assert p.total == 8
+                assert p.queued + p.submitting + p.running + p.settled == 8
+        final = pipeline.progress
+    assert final.settled == 8
+    assert final.queued == final.submitting == final.running == 0
+    assert final.spent_credits == 8 * 40
+    assert [p.settled >= i + 1 for i, p in enumerate(seen)] == [True] * 8
+
+
 async def test_a_bare_async_for_works_too() -> None:
     async with running() as (_sim, client):
         outcomes = [o async for o in client.generate_many(prompts(5))]
@@ -227,6 +245,37 @@ async def test_a_killed_batch_resumes_and_creates_each_video_once(tmp_path: Path
     uncertain = {int(o[0]) for o in outcomes if o[1] == "uncertain"}
     assert max(per_prompt.values()) == 1
     assert len(per_prompt) >= n - len(uncertain)
+
+
+async def test_stop_submitting_keeps_every_id_and_a_rerun_sends_the_rest(tmp_path: Path) -> None:
+    journal = tmp_path / "batch.db"
+    sim = Simulator(limit=10, period=1.0, generation_time=(0.2, 0.5), seed=9)
+    async with (
+        sim.serve() as url,
+        AsyncClient(
+            TOKEN, base_url=url, rate_limit=RateLimit(10, 1.0), poll_interval=0.2
+        ) as client,
+    ):
+        with anyio.fail_after(60):
+            async with client.generate_many(prompts(30), journal=journal, concurrency=4) as run:
+                with anyio.fail_after(10):
+                    while sim.stats.tasks_created < 3:
+                        await run.__anext__()  # outcomes come as the batch goes
+                run.stop_submitting()
+                await run.wait_submitted()
+                sent = sim.stats.tasks_created
+                assert run.progress.submitting == 0
+                stopped = [o async for o in run]
+            assert sim.stats.tasks_created == sent  # nothing was sent after the stop
+            skipped = [o for o in stopped if o.status is OutcomeStatus.SKIPPED]
+            assert len(skipped) == 30 - sent
+            assert all("stopped" in str(o.error) for o in skipped)
+            async with client.generate_many(prompts(30), journal=journal) as rerun:
+                outcomes = [o async for o in rerun]
+    assert not [o for o in outcomes if o.status is OutcomeStatus.UNCERTAIN]
+    assert Counter(r["prompt"] for r in sim.stats.created_requests()) == Counter(
+        p["prompt"] for p in prompts(30)
+    )
 
 
 async def test_a_poll_error_leaves_the_task_for_a_rerun_to_follow(tmp_path: Path) -> None:

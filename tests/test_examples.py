@@ -1,26 +1,53 @@
-"""The README's demo runs, so the first command a user types stays true."""
+"""examples/bulk.py, the script users copy, run as they would run it."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from .helpers import load_example
+from grokimagine_async.simulator import Simulator
+
+from .helpers import TOKEN, load_example
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_the_demo_downloads_its_videos(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+async def test_the_bulk_script_downloads_every_video_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    demo = load_example("demo")
-    assert await demo.main(tmp_path) == 0
-    videos = sorted(tmp_path.glob("*.mp4"))
+    bulk = load_example("bulk")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\n\na boat\na kite\na lighthouse\n")
+    out = tmp_path / "videos"
+    sim = Simulator(generation_time=(0.2, 0.5), seed=1)
+    async with sim.serve() as url:
+        monkeypatch.setenv("GROKIMAGINE_API_KEY", TOKEN)
+        monkeypatch.setenv("GROKIMAGINE_BASE_URL", url)
+        assert await bulk.main(prompts, out, None) == 0
+        assert await bulk.main(prompts, out, None) == 0  # a rerun: from the journal
     printed = capsys.readouterr().out
-    assert printed.count("completed task_") == len(videos)
-    assert len(videos) >= len(demo.PROMPTS) // 2
-    for video in videos:
-        assert video.read_bytes()[4:8] == b"ftyp"
-    assert not list(tmp_path.glob("*.part"))
-    assert "0 answered 429" in printed
+    assert printed.count("4 of 4 videos") == 2
+    videos = sorted(out.glob("*.mp4"))
+    assert len(videos) == 4
+    assert all(v.read_bytes()[4:8] == b"ftyp" for v in videos)
+    assert Counter(r["prompt"] for r in sim.stats.created_requests()) == Counter(
+        ["a fox", "a boat", "a kite", "a lighthouse"]
+    )
+    assert out.with_name("videos.journal.db").exists()
+
+
+async def test_the_bulk_script_stops_at_max_credits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bulk = load_example("bulk")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a\nb\nc\n")
+    sim = Simulator(generation_time=(0.2, 0.5), seed=2)
+    async with sim.serve() as url:
+        monkeypatch.setenv("GROKIMAGINE_API_KEY", TOKEN)
+        monkeypatch.setenv("GROKIMAGINE_BASE_URL", url)
+        assert await bulk.main(prompts, tmp_path / "v", 80) == 1
+    assert "skipped" in capsys.readouterr().out
+    assert sim.stats.tasks_created == 2

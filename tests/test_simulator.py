@@ -1022,7 +1022,7 @@ def test_cli_arguments_become_config() -> None:
 
 def test_cli_serves_until_terminated() -> None:
     command = [sys.executable, "-m", "grokimagine_async.simulator", "--port", "0", "--limit", "5"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: S603
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     # readline() has no timeout of its own; a server that never starts must not hang the run.
     watchdog = threading.Timer(20.0, process.kill)
     watchdog.start()

@@ -10,10 +10,10 @@ from ._config import TIER_LIMITS, RateModel, ResetFormat, SimulatorConfig
 from ._simulator import Simulator
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m grokimagine_async.simulator") -> argparse.ArgumentParser:
     """The command line's argument parser."""
     parser = argparse.ArgumentParser(
-        prog="python -m grokimagine_async.simulator",
+        prog=prog,
         description=(
             "Serve a simulated Grok Imagine video API (POST /v1/generate, "
             "GET /v1/status) for testing clients. Any bearer token is accepted "
@@ -67,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulatorConfig, str, int, int | None]:
+def parse_args(
+    argv: Sequence[str] | None = None, *, prog: str = "python -m grokimagine_async.simulator"
+) -> tuple[SimulatorConfig, str, int, int | None]:
     """The config, host, port and seed a command line asks for."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     fields: dict[str, Any] = {}
     if args.tier is not None:
         fields["tier"] = args.tier
@@ -98,9 +100,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulatorConfig, str,
     return config, args.host, args.port, args.seed
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(
+    argv: Sequence[str] | None = None, *, prog: str = "python -m grokimagine_async.simulator"
+) -> None:
     """Parse the command line and serve until interrupted."""
-    config, host, port, seed = parse_args(argv)
+    config, host, port, seed = parse_args(argv, prog=prog)
     Simulator(config, seed=seed).run(host, port)
 
 

@@ -1,0 +1,156 @@
+"""Reading a batch file: plain text, JSON Lines or CSV, all checked before anything is sent."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._exceptions import RequestValidationError
+from .._models import GenerateRequest, Unchecked
+
+#: Problems listed in full before the rest are only counted.
+SHOWN_PROBLEMS = 20
+
+
+@dataclass(frozen=True)
+class Row:
+    """One request of a batch file and the line it came from."""
+
+    line: int
+    request: GenerateRequest
+
+
+class InputFileError(Exception):
+    """The batch file cannot be used as it is; ``problems`` says where and why."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        shown = problems[:SHOWN_PROBLEMS]
+        more = len(problems) - len(shown)
+        lines = [f"{path}: {len(problems)} problem(s); nothing was sent:", *shown]
+        if more:
+            lines.append(f"... and {more} more")
+        super().__init__("\n".join(lines))
+
+
+def build_request(fields: dict[str, Any], *, allow_undocumented: bool) -> GenerateRequest:
+    """A checked request; with ``allow_undocumented`` a new mode or ratio goes through."""
+    if allow_undocumented:
+        for key in ("mode", "ratio"):
+            if isinstance(fields.get(key), str):
+                fields[key] = Unchecked(fields[key])
+    return GenerateRequest.build(fields)
+
+
+def file_format(path: Path) -> str:
+    """``jsonl``, ``csv`` or ``text``, by the file's extension."""
+    suffix = path.suffix.lower()
+    if suffix in {".jsonl", ".ndjson"}:
+        return "jsonl"
+    if suffix in {".csv", ".tsv"}:
+        return "csv"
+    return "text"
+
+
+def read_rows(
+    path: Path, *, text: str | None = None, allow_undocumented: bool = False
+) -> list[Row]:
+    """Every request in ``path`` (or in ``text``, read as if it were that file).
+
+    Text: one prompt a line; blank lines and lines starting with ``#`` are
+    skipped. JSON Lines: one object a line with the request's fields
+    (``prompt``, ``mode``, ``ratio``, ``images``), or a bare string prompt.
+    CSV: a header row naming those fields; ``images`` holds URLs separated by
+    spaces. Raises :class:`InputFileError` listing every bad line.
+    """
+    name = str(path)
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputFileError(name, [f"cannot be read: {exc}"]) from None
+    fmt = file_format(path)
+    records = _csv(text, path) if fmt == "csv" else _jsonl(text) if fmt == "jsonl" else _text(text)
+    rows: list[Row] = []
+    problems: list[str] = []
+    for line, fields in records:
+        if isinstance(fields, str):
+            problems.append(f"  line {line}: {fields}")
+            continue
+        try:
+            rows.append(Row(line, build_request(fields, allow_undocumented=allow_undocumented)))
+        except RequestValidationError as exc:
+            problems.append(f"  line {line}: {exc}")
+    if problems:
+        raise InputFileError(name, problems)
+    if not rows:
+        raise InputFileError(name, ["holds no requests: write one prompt a line"])
+    return rows
+
+
+def _text(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    for line, raw in enumerate(text.splitlines(), 1):
+        prompt = raw.strip()
+        if prompt and not prompt.startswith("#"):
+            yield line, {"prompt": prompt}
+
+
+def _jsonl(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    for line, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            yield line, f"not JSON ({exc.msg} at column {exc.colno}): write one object a line"
+            continue
+        if isinstance(value, str):
+            yield line, {"prompt": value}
+        elif isinstance(value, dict):
+            yield line, value
+        else:
+            yield (
+                line,
+                (
+                    f"a JSON {type(value).__name__}, not an object: write "
+                    '{"prompt": "...", "ratio": "3:2"}'
+                ),
+            )
+
+
+def _csv(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    known = set(GenerateRequest.model_fields)
+    header = [h.strip() for h in reader.fieldnames or []]
+    unknown = [h for h in header if h not in known]
+    if "prompt" not in header or unknown:
+        problem = f"unknown column(s) {', '.join(unknown)}; " if unknown else ""
+        yield (
+            1,
+            (
+                f"{problem}the header row must name the columns, among: "
+                f"{', '.join(GenerateRequest.model_fields)} (prompt is required)"
+            ),
+        )
+        return
+    for record in reader:
+        line = reader.line_num
+        fields: dict[str, Any] = {}
+        for key, value in record.items():
+            if key is None:
+                yield line, "more cells than the header has columns"
+                break
+            key = key.strip()
+            if value is None or not value.strip():
+                continue
+            fields[key] = value.split() if key == "images" else value.strip()
+        else:
+            if fields:
+                yield line, fields
