@@ -78,7 +78,9 @@ class WatchTimeoutError(GrokImagineError, TimeoutError):
     never seen). They go on on the server; watch them again to follow them."""
 
     def __init__(self, unfinished: dict[str, Task | None], timeout: float) -> None:
+        #: Every task id not yet yielded, with the last state seen (None if never seen).
         self.unfinished = unfinished
+        #: The watch's timeout, in seconds.
         self.timeout = timeout
         super().__init__(
             f"{len(unfinished)} task(s) unfinished after {timeout:g}s; they go on on the "
@@ -90,9 +92,11 @@ class WatchTimeoutError(GrokImagineError, TimeoutError):
 class SubmitOutcome:
     """What became of one request of :meth:`AsyncClient.submit_many`."""
 
+    #: The request's place in the input, from 0.
     index: int
     #: The request as checked; None if it could not be read as one.
     request: GenerateRequest | None
+    #: The task it created: poll or watch it. None when ``error`` says why not.
     task_id: str | None = None
     #: Why there is no task id: a ``RequestValidationError``, an API error, or a
     #: ``SubmitUncertainError`` (a task may exist without its id).
@@ -100,6 +104,7 @@ class SubmitOutcome:
 
     @property
     def ok(self) -> bool:
+        """True when the request created a task (``task_id`` is set)."""
         return self.task_id is not None
 
 
@@ -139,17 +144,25 @@ class PipelineProgress:
 class Outcome:
     """One request of :meth:`AsyncClient.generate_many`, settled."""
 
+    #: The request's place in the input, from 0.
     index: int
+    #: The request as checked; None if it could not be read as one.
     request: GenerateRequest | None
+    #: How it settled; see :class:`OutcomeStatus`.
     status: OutcomeStatus
+    #: The task it created, if it got that far (also for failed and timed-out ones).
     task_id: str | None = None
+    #: The task's last state: its ``videos`` when completed, ``failure_kind`` when failed.
     task: Task | None = None
+    #: Why it is not completed: a validation or API error, ``TaskFailedError``,
+    #: ``SubmitUncertainError``, ``BudgetExceededError``, ``TaskTimeoutError``...
     error: GrokImagineError | None = None
     #: True when this outcome was read from the journal of an earlier run.
     from_journal: bool = False
 
     @property
     def videos(self) -> tuple[str, ...]:
+        """The video URLs of a completed task (empty otherwise); they expire."""
         return self.task.videos if self.task is not None else ()
 
 
@@ -255,6 +268,10 @@ class AsyncClient(BaseClient):
         failure cancels nothing else. Accepts any iterable or async iterable
         of :class:`GenerateRequest` or plain dicts.
 
+        ``concurrency`` caps submissions in flight at once (by default about
+        half the plan's requests a second, at least 4); the rate limiter
+        paces them whatever it is.
+
         The outcomes come back together at the end: cancel this call (or let
         a timeout do it) and the ids of tasks already created are lost to you.
         For batches you may interrupt, use :meth:`generate_many` with a
@@ -303,6 +320,10 @@ class AsyncClient(BaseClient):
         last state. A task whose polling fails for good (401, or a 404 after
         30 s) raises :class:`TaskPollError` carrying its id; the watch can go
         on after it.
+
+        ``poll_interval`` is the first guess of how long a generation takes,
+        before any has been timed (the client's ``poll_interval`` by default);
+        the scheduler learns the real figure from the first tasks it follows.
         """
         _check_positive("timeout", timeout, "3600, or None")
         _check_positive("poll_interval", poll_interval, "5")
@@ -343,6 +364,15 @@ class AsyncClient(BaseClient):
             resubmit_uncertain: on resume, resend a request whose POST was under
                 way at the crash (it may have created a task: you may pay
                 twice). Off, such a request settles as ``UNCERTAIN``.
+            credits_per_video: what one submission costs, for ``max_credits``
+                and ``progress.spent_credits``.
+            poll_interval: the first guess of how long a generation takes,
+                before any has been timed (see :meth:`watch`).
+
+        To stop a batch gracefully (on a signal, at shutdown), call
+        :meth:`GenerationPipeline.stop_submitting`, then
+        :meth:`GenerationPipeline.wait_submitted`: nothing more is sent and no
+        task id on the wire is lost.
         """
         _check_positive("concurrency", concurrency, "16")
         _check_positive("timeout", timeout, "3600, or None")

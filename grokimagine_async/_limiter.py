@@ -304,10 +304,21 @@ class _Slot:
 
 
 class SlidingWindowLimiter:
-    """Keeps one token's requests within ``rate`` in any window (see the module doc).
+    """Keeps one token's requests within ``rate`` in any window on the server's clock.
 
-    Waiters are served first come, first served. Cancelling a waiter gives
-    its place back and leaves nothing behind.
+    Each request holds a slot from just before it is sent until one period
+    after its answer, and there are ``rate.requests`` slots: so no window of
+    ``rate.period`` seconds holds more than that many requests, however the
+    server counts (the module doc has the proof, and what the server's headers
+    change). Waiters are served first come, first served. Cancelling a waiter
+    gives its place back and leaves nothing behind.
+
+    Args:
+        rate: the figures to keep to.
+        upgrades: bigger plans (of the same period) that the server's
+            ``X-RateLimit-Remaining`` may prove; the limiter moves up to the
+            largest one proved. Empty: ``rate`` stays until :meth:`set_rate`.
+        clock: monotonic seconds; ``time.monotonic`` by default.
     """
 
     def __init__(
@@ -338,6 +349,7 @@ class SlidingWindowLimiter:
             self._wake()
 
     def status(self) -> RateLimitStatus:
+        """The budget as the limiter sees it now."""
         now = self._now()
         budget = self._budget
         return RateLimitStatus(
@@ -350,6 +362,7 @@ class SlidingWindowLimiter:
         )
 
     def slot(self) -> AbstractAsyncContextManager[_Slot]:
+        """Wait for permission to send one request (see :meth:`Limiter.slot`)."""
         return self._slot()
 
     @asynccontextmanager

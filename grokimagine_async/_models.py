@@ -38,7 +38,9 @@ __all__ = [
 ]
 
 DOCUMENTED_MODES: tuple[str, ...] = ("fun", "normal", "spicy")
+"""The ``mode`` values the provider documents; send another as :class:`Unchecked`."""
 DOCUMENTED_RATIOS: tuple[str, ...] = ("1:1", "2:3", "3:2")
+"""The ``ratio`` values the provider documents; send another as :class:`Unchecked`."""
 
 
 class Unchecked(str):

@@ -1,7 +1,8 @@
 """Project tasks that work on a fresh machine with nothing but Python 3.
 
     python3 scripts/dev.py demo    # a batch of videos from the built-in simulator
-    python3 scripts/dev.py test    # ruff, mypy --strict and pytest
+    python3 scripts/dev.py test    # ruff, mypy --strict, the docs build and pytest
+    python3 scripts/dev.py docs    # build the docs site into site/ (mkdocs --strict)
     python3 scripts/dev.py bench   # the benchmarks in benchmarks/
 
 Each task first makes ``.venv`` beside this repository (once) and installs the
@@ -49,7 +50,15 @@ def test(args: list[str]) -> None:
     _run(BIN / "ruff", "check", ".")
     _run(BIN / "ruff", "format", "--check", ".")
     _run(PY, "-m", "mypy")
+    docs(["--site-dir", str(VENV / "site")])
     _run(PY, "-m", "pytest", *args)
+
+
+def docs(args: list[str]) -> None:
+    """Build the docs site with every warning an error (``--site-dir DIR`` to choose)."""
+    ensure_env()
+    os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")  # a banner, not a finding
+    _run(PY, "-m", "mkdocs", "build", "--strict", *args)
 
 
 def demo(args: list[str]) -> None:
@@ -64,7 +73,7 @@ def bench(args: list[str]) -> None:
             _run(PY, script, *args)
 
 
-TASKS = {"test": test, "demo": demo, "bench": bench}
+TASKS = {"test": test, "demo": demo, "bench": bench, "docs": docs}
 
 
 def main() -> None:

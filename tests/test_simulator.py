@@ -1020,8 +1020,11 @@ def test_cli_arguments_become_config() -> None:
     assert parse_args(["--limit", "7"])[0].limit == 7
 
 
-def test_cli_serves_until_terminated() -> None:
-    command = [sys.executable, "-m", "grokimagine_async.simulator", "--port", "0", "--limit", "5"]
+@pytest.mark.parametrize(
+    "program", [["grokimagine_async.simulator"], ["grokimagine_async", "simulate"]]
+)
+def test_cli_serves_until_terminated(program: list[str]) -> None:
+    command = [sys.executable, "-m", *program, "--port", "0", "--limit", "5"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     # readline() has no timeout of its own; a server that never starts must not hang the run.
     watchdog = threading.Timer(20.0, process.kill)

@@ -273,7 +273,10 @@ def generate(
     out: Annotated[Path, typer.Option(help="Folder for the video.")] = Path("videos"),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the video.")] = 900,
     allow_undocumented: Annotated[
-        bool, typer.Option(help="Send a mode or ratio the API does not document.")
+        bool,
+        typer.Option(
+            "--allow-undocumented", help="Send a mode or ratio the API does not document."
+        ),
     ] = False,
     api_key_file: ApiKeyFile = None,
     base_url: BaseUrl = None,
@@ -372,6 +375,7 @@ def batch(
     resubmit_uncertain: Annotated[
         bool,
         typer.Option(
+            "--resubmit-uncertain",
             help="Resend requests an earlier run was sending when it stopped (each may "
             "have created a task already: you may pay twice).",
         ),
@@ -384,7 +388,10 @@ def batch(
     ] = None,
     progress: ProgressOption = Progress.AUTO,
     allow_undocumented: Annotated[
-        bool, typer.Option(help="Send modes or ratios the API does not document.")
+        bool,
+        typer.Option(
+            "--allow-undocumented", help="Send modes or ratios the API does not document."
+        ),
     ] = False,
     api_key_file: ApiKeyFile = None,
     base_url: BaseUrl = None,
@@ -732,3 +739,7 @@ def demo(
                 f"answered 429, and created {stats.tasks_created} tasks"
             )
             journal_dir.cleanup()
+
+
+#: The click command behind ``app``: what the docs' CLI reference is generated from.
+cli = typer.main.get_command(app)

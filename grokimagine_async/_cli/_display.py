@@ -80,13 +80,18 @@ class LiveDisplay:
             Text(f"elapsed {duration(s.elapsed)}", style="dim"),
             Text(f"ETA {_eta(s)}", style="bold"),
         )
-        line = Text()
-        for i, (name, value, style) in enumerate(_counts(s)):
-            if i:
-                line.append("  ")
-            line.append(f"{name} ", style="dim")
-            line.append(value, style=style)
-        return Group(head, line)
+        counts = _counts(s)
+        lines = []
+        # Requests on one line, money and budget on the next: each fits 80 columns.
+        for part in (counts[:6], counts[6:]):
+            line = Text()
+            for i, (name, value, style) in enumerate(part):
+                if i:
+                    line.append("  ")
+                line.append(f"{name} ", style="dim")
+                line.append(value, style=style)
+            lines.append(line)
+        return Group(head, *lines)
 
 
 class PlainDisplay:

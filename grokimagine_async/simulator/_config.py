@@ -28,6 +28,7 @@ Phase = Literal["pending", "running", "completed", "failed"]
 """The four phases of a task; :attr:`SimulatorConfig.status_words` names each on the wire."""
 
 Tier = Literal["free", "pro", "enterprise"]
+"""A documented plan, as ``SimulatorConfig.for_tier`` and ``--tier`` take it."""
 
 TIER_LIMITS: Mapping[Tier, int] = MappingProxyType({"free": 100, "pro": 1000, "enterprise": 5000})
 """Requests per minute per token on each documented plan."""
@@ -64,7 +65,7 @@ class SimulatorConfig:
         config = SimulatorConfig(limit=5, period=1.0, rate_model="fixed")
         config = SimulatorConfig.for_tier("pro", failure_rate=0.1)
 
-    Rate limiting
+    Rate limiting:
         ``limit`` requests per ``period`` seconds per token (``tokens`` overrides the limit
         for named tokens). ``api_keys`` of ``None`` accepts any non-empty bearer token;
         otherwise only those listed, anything else gets a 401. ``count_status`` makes
@@ -75,13 +76,13 @@ class SimulatorConfig:
         that spends that share of the limit, spread evenly over time; it is counted by
         the limiter but never appears in the request log.
 
-    Headers
+    Headers:
         ``X-RateLimit-Remaining`` is how many requests the token could still send right
         now; ``X-RateLimit-Reset`` is when the full limit is available again, written as
         ``reset_format`` says. ``rate_headers=False`` leaves both out. ``retry_after``
         chooses how ``Retry-After`` is written on 429s (``None`` leaves it out).
 
-    Generation
+    Generation:
         Each task takes ``generation_time`` (uniform, seconds) from creation to its
         end, of which the first ``queue_fraction`` is ``pending`` and the rest
         ``running``. It fails with probability ``failure_rate``, with a message drawn
@@ -92,12 +93,12 @@ class SimulatorConfig:
         tasks keep the charge unless ``refund_failed``. ``status_words`` renames the
         phases (a partial mapping is merged over the defaults).
 
-    Contract readings
+    Contract readings:
         ``errors_as_http_200`` answers every JSON error with HTTP 200 and the error's
         ``code`` inside the body. ``extra_modes`` / ``extra_ratios`` accept values
         beyond the documented ones.
 
-    Videos
+    Videos:
         Each fake mp4 is ``video_bytes`` long and begins with a real ``ftyp`` box.
         ``video_ttl`` (seconds after completion) makes URLs expire with a 403, like a
         signed CDN URL. ``video_base_url`` puts video URLs on another host than the

@@ -17,6 +17,7 @@ FaultKind = Literal[
     "reset_after",
     "delay",
 ]
+"""What goes wrong; each kind has a :class:`Fault` class method of the same name."""
 
 FaultEndpoint = Literal["generate", "status", "video", "any"]
 """Which requests a fault applies to; ``"any"`` means generate, status and video alike."""
