@@ -26,6 +26,8 @@ from ._config import CREDITS_PER_VIDEO
 from ._download import download_task
 from ._exceptions import (
     APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
     GrokImagineError,
     RequestValidationError,
     SubmitUncertainError,
@@ -354,7 +356,10 @@ class AsyncClient(BaseClient):
                 and after its POST, so running the same call again after a
                 crash or Ctrl-C resumes: settled requests are yielded from the
                 journal (``from_journal``), tasks in flight are watched again,
-                and nothing that got a task id is submitted twice.
+                and nothing that got a task id is submitted twice. One process
+                at a time holds a journal (`JournalError` for a second); in one
+                process, a new call on it takes it over from a batch left
+                behind, which can then send nothing more.
             max_credits: stop submitting before the spend (``credits_per_video``
                 a video, earlier runs of the journal included) would pass it;
                 the rest settle as ``SKIPPED``.
@@ -479,8 +484,10 @@ class GenerationPipeline:
     _finished: bool = field(init=False, default=False)
     _total: int = field(init=False, default=0)
     _stopping: bool = field(init=False, default=False)
+    _stop_reason: GrokImagineError = field(init=False, default_factory=_stopped)
     # Submissions not yet on the wire, which stop_submitting() may still call off.
-    _unsent: dict[int, anyio.CancelScope] = field(init=False, default_factory=dict)
+    _scopes: dict[int, anyio.CancelScope] = field(init=False, default_factory=dict)
+    _unsent: set[int] = field(init=False, default_factory=set)
     _quiet: anyio.Event = field(init=False, default_factory=anyio.Event)
 
     # -- setting up ---------------------------------------------------------------------
@@ -563,8 +570,11 @@ class GenerationPipeline:
         # follows it again.
         if write and self._journal is not None and status is not OutcomeStatus.TIMED_OUT:
             try:
-                if status is OutcomeStatus.SKIPPED or (
-                    isinstance(error, APIConnectionError) and not error.request_sent
+                if (
+                    status is OutcomeStatus.SKIPPED
+                    or (isinstance(error, APIConnectionError) and not error.request_sent)
+                    # The server's refusal: no task was made, so a rerun may try again.
+                    or (isinstance(error, APIStatusError) and task_id is None)
                 ):
                     self._journal.unsent(item.index)
                 elif status is OutcomeStatus.UNCERTAIN:
@@ -616,16 +626,19 @@ class GenerationPipeline:
         async def submit(item: _Item, token: object) -> None:
             try:
                 with anyio.CancelScope() as scope:
-                    self._unsent[item.index] = scope
+                    self._scopes[item.index] = scope
+                    self._unsent.add(item.index)
                     await self._submit(item)
                 if scope.cancelled_caught:
                     self._spent -= self.credits_per_video
-                    self._settle(item, OutcomeStatus.SKIPPED, error=_stopped())
+                    self._settle(item, OutcomeStatus.SKIPPED, error=self._stop_reason)
             finally:
-                self._unsent.pop(item.index, None)
+                self._scopes.pop(item.index, None)
+                self._unsent.discard(item.index)
                 self._submitting -= 1
                 if not self._submitting:
                     self._quiet.set()
+                    self._quiet = anyio.Event()
                 slots.release_on_behalf_of(token)
                 poller.wake()
 
@@ -694,17 +707,29 @@ class GenerationPipeline:
         def before_send() -> None:
             if self._stopping or self._past_deadline():
                 raise _NotSent
-            self._unsent.pop(item.index, None)
+            self._unsent.discard(item.index)
             if self._journal is not None:
                 self._journal.sending(item.index)
 
+        def after_unsent() -> None:
+            # A 429 or a connection never made: nothing is on the wire until the retry.
+            if self._stopping or self._past_deadline():
+                raise _NotSent
+            self._unsent.add(item.index)
+            if self._journal is not None:
+                self._journal.unsent(item.index)
+
         since = anyio.current_time()
         try:
-            task_id = await self.client.submit_request(item.request, before_send=before_send)
+            task_id = await self.client.submit_request(
+                item.request, before_send=before_send, after_unsent=after_unsent
+            )
         except _NotSent:
             self._spent -= cost
             late = TaskTimeoutError("(not submitted)", self.timeout or 0.0, None)
-            self._settle(item, OutcomeStatus.SKIPPED, error=_stopped() if self._stopping else late)
+            self._settle(
+                item, OutcomeStatus.SKIPPED, error=self._stop_reason if self._stopping else late
+            )
             return
         except SubmitUncertainError as exc:
             self._settle(item, OutcomeStatus.UNCERTAIN, error=exc)
@@ -713,6 +738,9 @@ class GenerationPipeline:
             if not (isinstance(exc, APIConnectionError) and exc.request_sent):
                 self._spent -= cost
             self._settle(item, OutcomeStatus.ERROR, error=exc)
+            if isinstance(exc, AuthenticationError):
+                # Every other request would be refused the same way.
+                self._stop(exc)
             return
         self._by_task[task_id] = item
         self._poller.add(task_id, since)
@@ -739,17 +767,20 @@ class GenerationPipeline:
         to see them settle, or leave now and let a rerun of the journal follow
         them. ``progress.submitting`` drops to 0 once no request is on the wire.
         """
+        self._stop(_stopped())
+
+    def _stop(self, reason: GrokImagineError) -> None:
         self._stopping = True
-        for scope in list(self._unsent.values()):
-            scope.cancel()
+        self._stop_reason = reason
+        for index in list(self._unsent):
+            self._scopes[index].cancel()
         while self._queue:
-            self._settle(self._queue.popleft(), OutcomeStatus.SKIPPED, error=_stopped())
+            self._settle(self._queue.popleft(), OutcomeStatus.SKIPPED, error=reason)
 
     async def wait_submitted(self) -> None:
         """After :meth:`stop_submitting`: return once no request is on the wire,
         every task id that came back recorded. Bound it with a timeout of your own."""
         while self._submitting:
-            self._quiet = anyio.Event()
             await self._quiet.wait()
 
     @property

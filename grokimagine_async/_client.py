@@ -218,12 +218,16 @@ class BaseClient:
         request: GenerateRequest | Mapping[str, Any],
         *,
         before_send: Callable[[], None] | None = None,
+        after_unsent: Callable[[], None] | None = None,
     ) -> str:
         """:meth:`submit` for a request that is already built.
 
         ``before_send`` runs each time the rate limiter lets the POST go, just
         before it leaves: a last chance to record that it may now create a
         task, or to stop it (whatever it raises stops it unsent).
+        ``after_unsent`` runs when an attempt provably created nothing (a 429,
+        a connection never made) and the POST will be tried again after a
+        wait: the time to record that nothing is on the wire, or to stop.
         """
         request = GenerateRequest.build(request)
         try:
@@ -233,6 +237,7 @@ class BaseClient:
                 kind=RequestKind.SUBMIT,
                 json_body=request.to_payload(),
                 before_send=before_send,
+                after_unsent=after_unsent,
             )
         except Uncertain as uncertain:
             raise SubmitUncertainError(

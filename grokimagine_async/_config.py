@@ -98,10 +98,11 @@ def resolve_api_key(api_key: str | None) -> str:
             "dashboard."
         )
     key = key.strip()
-    if any(c.isspace() for c in key) or not key.isprintable():
+    if any(c.isspace() for c in key) or not key.isprintable() or not key.isascii():
         raise ConfigurationError(
-            "api_key holds spaces or control characters: copy the token again, without "
-            "a 'Bearer ' prefix or line breaks."
+            "api_key holds spaces, control characters or non-ASCII letters, which an HTTP "
+            "header cannot carry: copy the token again, without a 'Bearer ' prefix or "
+            "line breaks."
         )
     return key
 

@@ -55,7 +55,10 @@ async def download_task(
             f"task {task.task_id} is {task.state}, not completed: nothing to download", url=""
         )
     folder = anyio.Path(directory)
-    await folder.mkdir(parents=True, exist_ok=True)
+    try:
+        await folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cannot_write(folder, exc, task.videos[0] if task.videos else "") from exc
     paths: list[Path | None] = [None] * len(task.videos)
     limit = anyio.CapacityLimiter(max(1, concurrency))
 
@@ -69,6 +72,8 @@ async def download_task(
                     await _fetch(http, url, target, max_retries, backoff, chunk_size, task.task_id)
             except DownloadError as exc:
                 errors.append(exc)
+            except OSError as exc:
+                errors.append(_cannot_write(target, exc, url))
             else:
                 paths[n] = Path(target)
 
@@ -146,3 +151,12 @@ async def _fetch_once(
             raise _Retryable(f"got {received} of {expected} bytes")
     finally:
         await response.aclose()
+
+
+def _cannot_write(where: anyio.Path, exc: OSError, url: str) -> DownloadError:
+    reason = exc.strerror or type(exc).__name__
+    return DownloadError(
+        f"cannot write {where}: {reason}; free some space or pick another folder, then "
+        "download again (the video is still on the server until its link expires)",
+        url=url,
+    )

@@ -130,6 +130,7 @@ class Wire:
         params: Mapping[str, str] | None = None,
         json_body: Mapping[str, Any] | None = None,
         before_send: Callable[[], None] | None = None,
+        after_unsent: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Send a request and return the answer's ``data`` object.
 
@@ -137,6 +138,9 @@ class Wire:
         :class:`Uncertain` once an attempt may have created the task.
         ``before_send`` runs once the rate limiter lets an attempt go, just
         before it is sent; whatever it raises stops the request unsent.
+        ``after_unsent`` runs when a submission's attempt provably created
+        nothing (a 429, a connection never made) and another is to follow;
+        whatever it raises stops the request there.
         """
         url = self._base_url.copy_with(path=self._base_url.path.rstrip("/") + path)
         submit = kind is RequestKind.SUBMIT
@@ -164,6 +168,8 @@ class Wire:
                 if may_have_created:
                     raise Uncertain(outcome.error) from outcome.error
                 raise outcome.error
+            if submit and not may_have_created and after_unsent is not None:
+                after_unsent()
             logger.info(
                 "retrying %s %s in %.2fs (attempt %d of %d) after: %s",
                 method,

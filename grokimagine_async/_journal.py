@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import sys
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,16 +67,32 @@ class Journal:
 
     def __init__(self, path: str | Path, payloads: Sequence[dict[str, Any]]) -> None:
         self.path = Path(path)
+        self._lock: _Lock | None = None
+        key = str(self.path.resolve())
+        earlier = _OPEN.get(key)
+        if earlier is not None:
+            # In this process, the journal of a batch left behind (a `break` out of a
+            # bare `async for`) passes to the new run; the old one can send no more.
+            earlier.close()
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Two runs of one batch at once would each send what the other is sending.
+            self._lock = _Lock(self.path.with_name(self.path.name + ".lock"))
             self._open(payloads)
+            _OPEN[key] = self
         except (sqlite3.Error, OSError) as exc:
+            if self._lock is not None:
+                self._lock.release()
             raise JournalError(
                 f"journal {self.path} cannot be used ({exc}): pass the path of a new file "
                 "or of this batch's earlier journal"
             ) from exc
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
 
     def _open(self, payloads: Sequence[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         # A short busy timeout: waiting here blocks the event loop.
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0.5)
         # WAL with NORMAL sync survives the process dying at any point, which is
@@ -110,7 +128,12 @@ class Journal:
         if not path.exists():
             return []
         try:
-            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=0.5)
+            # With no write-ahead log beside it (closed cleanly), the file is whole and
+            # immutable=1 reads it without making -wal/-shm files; with one (a crash),
+            # its pages must be read too.
+            wal = path.with_name(path.name + "-wal").exists()
+            mode = "mode=ro" if wal else "mode=ro&immutable=1"
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=0.5)
             try:
                 row = db.execute("SELECT value FROM meta WHERE key='batch'").fetchone()
                 if row is not None and row[0] != _fingerprint(payloads):
@@ -169,6 +192,44 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+_OPEN: weakref.WeakValueDictionary[str, Journal] = weakref.WeakValueDictionary()
+
+
+class _Lock:
+    """An exclusive lock on a file, held by this process until released or dead."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "a+")  # noqa: SIM115 - held open for the lock's life
+        try:
+            _lock(self._file.fileno())
+        except OSError:
+            self._file.close()
+            raise JournalError(
+                f"journal {path.with_suffix('')} is in use by another run of this batch: "
+                "wait for it to finish (two runs at once could pay twice for a video)"
+            ) from None
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()  # closing the file releases the lock
+
+
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _lock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _fingerprint(payloads: Sequence[dict[str, Any]]) -> str:

@@ -16,6 +16,7 @@ import pytest
 
 from grokimagine_async import (
     AsyncClient,
+    AuthenticationError,
     BudgetExceededError,
     GenerateRequest,
     OutcomeStatus,
@@ -25,7 +26,7 @@ from grokimagine_async import (
     TaskState,
     WatchTimeoutError,
 )
-from grokimagine_async._journal import JournalError
+from grokimagine_async._journal import Journal, JournalError
 from grokimagine_async.simulator import Fault, Simulator
 
 from .helpers import TOKEN
@@ -276,6 +277,65 @@ async def test_stop_submitting_keeps_every_id_and_a_rerun_sends_the_rest(tmp_pat
     assert Counter(r["prompt"] for r in sim.stats.created_requests()) == Counter(
         p["prompt"] for p in prompts(30)
     )
+
+
+async def test_a_429_leaves_nothing_uncertain_and_a_stop_does_not_wait_for_its_retry(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "batch.db"
+    async with running() as (sim, client):
+        sim.inject(Fault.rate_limited(retry_after=60), endpoint="generate", times=1)
+        async with client.generate_many(prompts(1), journal=journal) as run:
+            with anyio.fail_after(10):
+                while sim.stats.rate_limited == 0:  # noqa: ASYNC110 - the simulator's state
+                    await anyio.sleep(0.01)
+                run.stop_submitting()
+                await run.wait_submitted()  # not the minute the Retry-After asks for
+            (outcome,) = [o async for o in run]
+        assert outcome.status is OutcomeStatus.SKIPPED
+        assert [
+            e.state for e in Journal.peek(journal, [GenerateRequest(prompt="video 0").to_payload()])
+        ] == [Journal.NEW]
+        async with client.generate_many(prompts(1), journal=journal) as rerun:
+            (again,) = [o async for o in rerun]
+    assert again.status is OutcomeStatus.COMPLETED
+    assert sim.stats.tasks_created == 1
+
+
+async def test_a_refused_token_stops_the_batch_and_a_rerun_sends_again(tmp_path: Path) -> None:
+    journal = tmp_path / "batch.db"
+    sim = Simulator(limit=100, period=1.0, generation_time=(0.1, 0.3), api_keys=["good"], seed=3)
+    async with sim.serve() as url:
+        bad = AsyncClient("bad", base_url=url, rate_limit=RateLimit(100, 1.0), poll_interval=0.1)
+        async with bad, bad.generate_many(prompts(5), journal=journal, concurrency=1) as run:
+            refused = [o async for o in run]
+        assert sim.stats.requests == 1  # one 401, not five
+        assert {type(o.error) for o in refused} == {AuthenticationError}
+        good = AsyncClient("good", base_url=url, rate_limit=RateLimit(100, 1.0), poll_interval=0.1)
+        async with good, good.generate_many(prompts(5), journal=journal) as run:
+            outcomes = [o async for o in run]
+    assert {o.status for o in outcomes} == {OutcomeStatus.COMPLETED}
+    assert sim.stats.tasks_created == 5
+
+
+async def test_every_caller_of_wait_submitted_returns() -> None:
+    async with running() as (sim, client):
+        sim.inject(Fault.delay(0.5), endpoint="generate", times=4)
+        async with client.generate_many(prompts(4), concurrency=4) as run:
+            with anyio.fail_after(10):
+                while run.progress.submitting < 4:  # noqa: ASYNC110 - the pipeline's state
+                    await anyio.sleep(0.01)
+                run.stop_submitting()
+                returned = []
+
+                async def wait(name: str) -> None:
+                    await run.wait_submitted()
+                    returned.append(name)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(wait, "first")
+                    tg.start_soon(wait, "second")
+    assert sorted(returned) == ["first", "second"]
 
 
 async def test_a_poll_error_leaves_the_task_for_a_rerun_to_follow(tmp_path: Path) -> None:

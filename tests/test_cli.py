@@ -10,6 +10,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from grokimagine_async import RateLimit
 from grokimagine_async._cli._app import app
 from grokimagine_async._cli._batch import default_journal, estimate
 from grokimagine_async._cli._inputs import InputFileError, read_rows
-from grokimagine_async._journal import Journal, JournalEntry
+from grokimagine_async._journal import Journal, JournalEntry, JournalError
 from grokimagine_async.simulator import Simulator
 
 from .helpers import TOKEN
@@ -40,6 +41,28 @@ def key_file(tmp_path: Path) -> Path:
     path = tmp_path / "token"
     path.write_text(TOKEN + "\n")
     return path
+
+
+@contextmanager
+def held_elsewhere(path: Path, payloads: list[dict[str, Any]]) -> Iterator[None]:
+    """The journal at ``path``, open in another process until the block ends."""
+    script = (
+        "import json, sys\n"
+        "from grokimagine_async._journal import Journal\n"
+        "j = Journal(sys.argv[1], json.loads(sys.argv[2]))\n"
+        "print('open', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    args = [sys.executable, "-c", script, str(path), json.dumps(payloads)]
+    with subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stdout.readline().strip() == "open"
+        try:
+            yield
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=10)
 
 
 def grok(*args: str | Path, stdin: str | None = None, **env: str) -> Result:
@@ -96,10 +119,20 @@ def test_an_empty_key_file_is_refused(tmp_path: Path) -> None:
     assert "is empty" in result.stderr
 
 
-def test_a_bad_rate_is_a_usage_error() -> None:
-    result = grok("status", "task_1", "--rate-limit", "lots")
+@pytest.mark.parametrize("rate", ["lots", "100/.", "0/min"])
+def test_a_bad_rate_is_a_usage_error(rate: str) -> None:
+    result = grok("status", "task_1", "--rate-limit", rate)
     assert result.exit_code == 2
-    assert "REQUESTS/PERIOD" in result.output
+    assert "--rate-limit" in result.output
+
+
+def test_a_token_an_http_header_cannot_carry_is_a_usage_error(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("sk-t\u00f6ken\n", encoding="utf-8")
+    result = grok("status", "task_1", "--api-key-file", key, "--base-url", "http://127.0.0.1:9")
+    assert result.exit_code == 2
+    assert "non-ASCII" in result.stderr
+    assert "t\u00f6ken" not in result.output
 
 
 # -- generate, status, download ---------------------------------------------------------
@@ -150,6 +183,53 @@ def test_generate_reports_a_failure_with_its_kind(key_file: Path, tmp_path: Path
     assert result.exit_code == 1
     assert "failed (" in result.stderr
     assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_a_refused_token_is_a_usage_error_for_every_command(tmp_path: Path) -> None:
+    strict = Simulator(limit=60, period=1.0, generation_time=(0.1, 0.2), api_keys=["good"])
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nb\nc\n")
+    out = tmp_path / "v"
+    with strict.serve_in_thread() as url:
+        bad = ["--base-url", url, "--rate-limit", "60/1s"]
+        for args in (["status", "task_1", "task_2"], ["download", "task_1", "task_2"]):
+            result = grok(*args, *bad, GROKIMAGINE_API_KEY="wrong")
+            assert result.exit_code == 2, result.output
+            assert "401" in result.stderr
+        refused = grok("batch", prompts, "--out", out, *bad, GROKIMAGINE_API_KEY="wrong")
+        assert refused.exit_code == 2, refused.output
+        assert "refused the token" in refused.stderr
+        assert strict.stats.tasks_created == 0
+        fixed = grok("batch", prompts, "--out", out, *bad, GROKIMAGINE_API_KEY="good")
+    assert fixed.exit_code == 0, fixed.output
+    assert strict.stats.tasks_created == 3
+
+
+def test_an_unwritable_out_fails_before_anything_is_sent(
+    sim: tuple[Simulator, str], key_file: Path, tmp_path: Path
+) -> None:
+    simulator, url = sim
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\n")
+    result = grok("batch", prompts, "--out", prompts / "sub", *api(url, key_file))
+    assert result.exit_code == 2
+    assert "--out" in result.stderr
+    assert simulator.stats.requests == 0
+
+
+def test_two_runs_of_one_batch_at_once_are_refused(
+    sim: tuple[Simulator, str], key_file: Path, tmp_path: Path
+) -> None:
+    simulator, url = sim
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\n")
+    out = tmp_path / "v"
+    rows = read_rows(prompts)
+    with held_elsewhere(default_journal(out), [r.request.to_payload() for r in rows]):
+        result = grok("batch", prompts, "--out", out, *api(url, key_file))
+    assert result.exit_code == 2
+    assert "in use by another run" in result.stderr
+    assert simulator.stats.requests == 0
 
 
 def test_status_of_an_unknown_task_exits_1(sim: tuple[Simulator, str], key_file: Path) -> None:
@@ -391,6 +471,32 @@ def test_bad_files_say_where_and_why(name: str, text: str, problem: str, tmp_pat
     assert problem in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('prompt,ratio\r\n"two\nlines",3:2\r\nc,1:1\r\n', [(2, "two\nlines"), (4, "c")]),
+        ('prompt,images\nx,"https://a/1.png, https://a/2.png"\n', [(2, "x")]),
+    ],
+)
+def test_csv_rows_keep_their_first_line(
+    text: str, expected: list[tuple[int, str]], tmp_path: Path
+) -> None:
+    rows = read_rows(tmp_path / "p.csv", text=text)
+    assert [(r.line, r.request.prompt) for r in rows] == expected
+    if "images" in text:
+        assert rows[0].request.images == ("https://a/1.png", "https://a/2.png")
+
+
+def test_an_open_quote_is_an_error_not_one_long_prompt(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="line 2: not CSV"):
+        read_rows(tmp_path / "p.csv", text='prompt\n"a,3:2\nb\n')
+
+
+def test_only_newlines_end_a_prompt(tmp_path: Path) -> None:
+    rows = read_rows(tmp_path / "p.txt", text="a\u2028still a\x0cand a\r\nb\n")
+    assert [r.request.prompt for r in rows] == ["a\u2028still a\x0cand a", "b"]
+
+
 def test_an_unreadable_file_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="cannot be read"):
         read_rows(tmp_path / "missing.txt")
@@ -422,6 +528,28 @@ def test_the_estimate_counts_only_what_is_left_to_pay_for(tmp_path: Path) -> Non
     capped = estimate(rows, entries, RateLimit(100, 60), max_credits=160, resubmit_uncertain=False)
     # Three may already have cost 40 each: room for one more.
     assert capped.to_submit == 1
+    resend_capped = estimate(
+        rows, entries, RateLimit(100, 60), max_credits=160, resubmit_uncertain=True
+    )
+    # Resent, the uncertain one costs again: two paid before, room for two.
+    assert (resend_capped.to_submit, resend_capped.credits) == (2, 80)
+
+
+def test_a_journal_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with held_elsewhere(path, [{"prompt": "a"}]), pytest.raises(JournalError, match="in use"):
+        Journal(path, [{"prompt": "a"}])
+    Journal(path, [{"prompt": "a"}]).close()
+
+
+def test_in_one_process_a_new_run_takes_over_a_journal_left_behind(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    left_behind = Journal(path, [{"prompt": "a"}])
+    taking_over = Journal(path, [{"prompt": "a"}])
+    with pytest.raises(JournalError):
+        left_behind.sending(0)  # the old run can record, and so send, nothing more
+    taking_over.submitted(0, "t0")
+    taking_over.close()
 
 
 def test_peeking_at_a_journal_writes_nothing(tmp_path: Path) -> None:
@@ -436,3 +564,4 @@ def test_peeking_at_a_journal_writes_nothing(tmp_path: Path) -> None:
     (entry,) = Journal.peek(path, payloads)
     assert entry.task_id == "t0"
     assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.db", "j.db.lock"]

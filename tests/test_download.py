@@ -7,7 +7,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from grokimagine_async import AsyncClient, RateLimit, VideoExpiredError
+from grokimagine_async import AsyncClient, DownloadError, RateLimit, VideoExpiredError
 from grokimagine_async.simulator import ManualClock, Simulator
 
 from .helpers import TOKEN
@@ -52,3 +52,19 @@ async def test_an_expired_link_says_so_and_how_to_get_a_fresh_one(tmp_path: Path
         with pytest.raises(VideoExpiredError, match=r"expired.*get_task"):
             await client.download(task, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+async def test_a_folder_that_cannot_be_written_is_a_download_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    sim = Simulator(generation_time=(0.1, 0.2), seed=2)
+    async with (
+        sim.serve() as url,
+        AsyncClient(
+            TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0), poll_interval=0.05
+        ) as client,
+    ):
+        with anyio.fail_after(20):
+            task = await client.generate(prompt="p")
+            with pytest.raises(DownloadError, match="cannot write"):
+                await client.download(task, blocker / "videos")

@@ -111,8 +111,8 @@ def _parse_rate(value: str | None) -> RateLimit | None:
         raise typer.BadParameter(
             f"{value!r} is not a rate: write REQUESTS/PERIOD, e.g. 1000/min or 60/2s"
         )
-    period = float(match[2] or 1) * (60 if match[3] in ("m", "min") else 1)
     try:
+        period = float(match[2] or 1) * (60 if match[3] in ("m", "min") else 1)
         return RateLimit(int(match[1]), period)
     except (ValueError, ConfigurationError) as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -238,15 +238,44 @@ def _run(main: Callable[[], Awaitable[T]]) -> T:
     """Run ``main`` on an event loop, turning what can go wrong into an exit code."""
     try:
         return anyio.run(main)
-    except KeyboardInterrupt:
-        _err().print("interrupted", style="yellow")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except (ConfigurationError, AuthenticationError, RequestValidationError) as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except (InputFileError, JournalError) as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except GrokImagineError as exc:
-        _fail(f"{exc} ({type(exc).__name__})", EXIT_FAILED)
+    except BaseException as raised:
+        exc = _single(raised)
+        if isinstance(exc, KeyboardInterrupt):
+            _err().print("interrupted", style="yellow")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        if isinstance(exc, (ConfigurationError, AuthenticationError, RequestValidationError)):
+            _fail(str(exc), EXIT_USAGE)
+        if isinstance(exc, (InputFileError, JournalError)):
+            _fail(str(exc), EXIT_USAGE)
+        if isinstance(exc, GrokImagineError):
+            _fail(f"{exc} ({type(exc).__name__})", EXIT_FAILED)
+        if isinstance(exc, OSError):
+            _fail(f"{exc.filename or ''}: {exc.strerror or exc}", EXIT_FAILED)
+        raise
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The error inside task groups' exception groups, when all they hold is one kind."""
+    leaves = _leaves(exc)
+    return leaves[0] if len({type(e) for e in leaves}) == 1 else exc
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    # Duck-typed: BaseExceptionGroup is a builtin only from Python 3.11.
+    inner = getattr(exc, "exceptions", None)
+    if not isinstance(inner, tuple):
+        return [exc]
+    return [leaf for e in inner if isinstance(e, BaseException) for leaf in _leaves(e)]
+
+
+def _check_writable(option: str, folder: Path) -> None:
+    """Fail now, before anything is paid for, if ``folder`` can't take our files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        _fail(f"{option} {folder}: cannot write there ({exc.strerror or exc})")
 
 
 def _request(fields: dict[str, Any], allow_undocumented: bool) -> GenerateRequest:
@@ -432,8 +461,20 @@ def batch(
                 f"({usd(plan.credits)}), over --confirm-over {confirm_over:,}: "
                 "pass --yes to go ahead"
             )
-        if not typer.confirm(f"Spend up to {plan.credits:,} credits ({usd(plan.credits)})?"):
+        try:
+            go = typer.confirm(f"Spend up to {plan.credits:,} credits ({usd(plan.credits)})?")
+        except (typer.Abort, KeyboardInterrupt):
+            _err().print("interrupted: nothing was sent", style="yellow")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        if not go:
             _fail("nothing was sent", EXIT_FAILED)
+    report = report or out / "report.json"
+    if report.is_dir():
+        _fail(f"--report {report} is a folder: name a file")
+    _check_writable("--out", out)
+    _check_writable("--report", report.parent)
+    if journal_path is not None:
+        _check_writable("--journal", journal_path.parent)
     try:
         client = connection.client()
     except ConfigurationError as exc:
@@ -444,7 +485,7 @@ def batch(
         source=str(file),
         out=out,
         journal=journal_path,
-        report=report or out / "report.json",
+        report=report,
         max_credits=max_credits,
         resubmit_uncertain=resubmit_uncertain,
         timeout=timeout,
@@ -523,12 +564,31 @@ def run_batch(
         raise
     if job.interrupted:
         _print_summary(job)
-        err.print(
-            "interrupted: rerun the same command to resume; nothing settled or submitted "
-            "will be paid for again" + (f" (journal {journal})" if journal else ""),
-            style="yellow",
-        )
+        if journal:
+            err.print(
+                "interrupted: rerun the same command to resume; nothing settled or "
+                f"submitted will be paid for again (journal {journal})",
+                style="yellow",
+            )
+        else:
+            err.print(
+                "interrupted, with no journal: a rerun would pay again for every video. "
+                f"The tasks already made are in {report} (results and unfinished_task_ids): "
+                "grokimagine download TASK_ID... fetches them",
+                style="yellow",
+            )
         raise typer.Exit(EXIT_INTERRUPTED)
+    refused = next(
+        (
+            r.outcome.error
+            for r in job.results
+            if r.outcome and isinstance(r.outcome.error, AuthenticationError)
+        ),
+        None,
+    )
+    if refused is not None:
+        _print_summary(job)
+        _fail(f"the API refused the token, so the batch stopped: {refused}", EXIT_USAGE)
     _print_summary(job)
     if demo:
         raise typer.Exit(EXIT_OK if job.counts.get(OutcomeStatus.COMPLETED) else EXIT_FAILED)

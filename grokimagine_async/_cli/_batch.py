@@ -102,7 +102,12 @@ def estimate(
     if resubmit_uncertain:
         to_submit += uncertain
     if max_credits is not None:
-        already = sum(1 for e in entries if e.task_id or e.state == Journal.SENDING)
+        # What may already have been paid for; uncertain ones only if not sent again.
+        already = sum(
+            1
+            for e in entries
+            if e.task_id or (e.state == Journal.SENDING and not resubmit_uncertain)
+        )
         room = max(0, max_credits - already * CREDITS_PER_VIDEO)
         to_submit = min(to_submit, room // CREDITS_PER_VIDEO)
     requests = 2 * to_submit + in_flight
@@ -124,6 +129,8 @@ class Snapshot:
     """Where a running batch stands, for a progress display."""
 
     total: int
+    #: Requests that created a task, this run or an earlier one.
+    submitted: int
     queued: int
     submitting: int
     running: int
@@ -239,6 +246,8 @@ class BatchRun:
                 eta = floor
         return Snapshot(
             total=len(self.rows),
+            submitted=progress.running
+            + sum(1 for r in self.results if r.outcome and r.outcome.task_id),
             queued=progress.queued,
             submitting=progress.submitting,
             running=progress.running,
@@ -286,7 +295,7 @@ class BatchRun:
         """First Ctrl-C: send nothing more, let the POSTs on the wire answer so that
         their task ids reach the journal, then stop. A second Ctrl-C stops at once."""
         try:
-            signals = anyio.open_signal_receiver(signal.SIGINT)
+            signals = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
             receiver = signals.__enter__()
         except (NotImplementedError, ValueError, RuntimeError):
             return  # not the main thread, or no signals here: Ctrl-C stops at once
@@ -345,7 +354,7 @@ class BatchRun:
                 except VideoExpiredError:
                     # Links from an earlier run's journal go stale; the task has fresh ones.
                     result.files = await self.client.download(task.task_id, self.out)
-            except GrokImagineError as exc:
+            except (GrokImagineError, OSError) as exc:
                 result.download_error = str(exc)
                 display.event(
                     f"line {result.row.line}: download of task {task.task_id} failed: {exc}",
@@ -397,4 +406,7 @@ def _describe(result: Result) -> tuple[str, str]:
             f"{FAILURE_ADVICE[kind]}{again}",
             "red",
         )
+    if status is OutcomeStatus.UNCERTAIN:
+        hint = " (--resubmit-uncertain sends it again, at the risk of paying twice)"
+        return f"{where}: uncertain: {outcome.error}{hint}{again}", "yellow"
     return f"{where}: {status}, {task}: {outcome.error}{again}", "yellow"

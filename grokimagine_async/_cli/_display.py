@@ -27,7 +27,7 @@ def _counts(s: Snapshot) -> list[tuple[str, str, str]]:
         )
     )
     return [
-        ("submitted", str(s.total - s.queued), ""),
+        ("submitted", str(s.submitted), ""),
         ("running", str(s.running), "cyan"),
         ("completed", str(c.get(OutcomeStatus.COMPLETED, 0)), "green"),
         ("failed", str(c.get(OutcomeStatus.FAILED, 0)), "red"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,15 +95,21 @@ def read_rows(
     return rows
 
 
+def _lines(text: str) -> list[str]:
+    # Only newlines end a line: str.splitlines() would also split on U+2028, form
+    # feeds and the like inside a prompt, making two paid videos of one.
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def _text(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    for line, raw in enumerate(text.splitlines(), 1):
+    for line, raw in enumerate(_lines(text), 1):
         prompt = raw.strip()
         if prompt and not prompt.startswith("#"):
             yield line, {"prompt": prompt}
 
 
 def _jsonl(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    for line, raw in enumerate(text.splitlines(), 1):
+    for line, raw in enumerate(_lines(text), 1):
         if not raw.strip():
             continue
         try:
@@ -126,9 +133,14 @@ def _jsonl(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
 
 def _csv(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    # strict: a quote left open is an error, not the rest of the file as one prompt.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        header = [h.strip() for h in next(reader, [])]
+    except csv.Error as exc:
+        yield 1, f"not CSV: {exc}"
+        return
     known = set(GenerateRequest.model_fields)
-    header = [h.strip() for h in reader.fieldnames or []]
     unknown = [h for h in header if h not in known]
     if "prompt" not in header or unknown:
         problem = f"unknown column(s) {', '.join(unknown)}; " if unknown else ""
@@ -140,17 +152,25 @@ def _csv(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
             ),
         )
         return
-    for record in reader:
-        line = reader.line_num
+    while True:
+        line = reader.line_num + 1  # where the row starts, should it span lines
+        try:
+            cells = next(reader, None)
+        except csv.Error as exc:
+            yield line, f"not CSV: {exc} (a quote left open?)"
+            return
+        if cells is None:
+            return
+        if len(cells) > len(header):
+            yield line, "more cells than the header has columns: quote a cell that holds commas"
+            continue
         fields: dict[str, Any] = {}
-        for key, value in record.items():
-            if key is None:
-                yield line, "more cells than the header has columns"
-                break
-            key = key.strip()
-            if value is None or not value.strip():
-                continue
-            fields[key] = value.split() if key == "images" else value.strip()
-        else:
-            if fields:
-                yield line, fields
+        for key, value in zip(header, cells, strict=False):
+            if value.strip():
+                fields[key] = _IMAGES.split(value.strip()) if key == "images" else value.strip()
+        if fields:
+            yield line, fields
+
+
+# Image URLs in a cell: separated by spaces, or by commas before the next URL.
+_IMAGES = re.compile(r"\s*,?\s+|,(?=\s*https?://)")
