@@ -158,6 +158,13 @@ class Progress(str, enum.Enum):
     PLAIN = "plain"
 
 
+UndocumentedOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-undocumented",
+        help="Send modes or ratios the API does not document (new ones, say).",
+    ),
+]
 ProgressOption = Annotated[
     Progress,
     typer.Option(help="auto (a live view on a terminal), live, or plain log lines."),
@@ -301,12 +308,7 @@ def generate(
     ] = None,
     out: Annotated[Path, typer.Option(help="Folder for the video.")] = Path("videos"),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the video.")] = 900,
-    allow_undocumented: Annotated[
-        bool,
-        typer.Option(
-            "--allow-undocumented", help="Send a mode or ratio the API does not document."
-        ),
-    ] = False,
+    allow_undocumented: UndocumentedOption = False,
     api_key_file: ApiKeyFile = None,
     base_url: BaseUrl = None,
     tier: TierOption = None,
@@ -416,12 +418,7 @@ def batch(
         ),
     ] = None,
     progress: ProgressOption = Progress.AUTO,
-    allow_undocumented: Annotated[
-        bool,
-        typer.Option(
-            "--allow-undocumented", help="Send modes or ratios the API does not document."
-        ),
-    ] = False,
+    allow_undocumented: UndocumentedOption = False,
     api_key_file: ApiKeyFile = None,
     base_url: BaseUrl = None,
     tier: TierOption = None,
