@@ -35,17 +35,20 @@ pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
-async def running(**sim_kwargs: Any) -> AsyncIterator[tuple[Simulator, AsyncClient]]:
+async def running(
+    *, limit: int = 200, deadline: float = 30, **sim_kwargs: Any
+) -> AsyncIterator[tuple[Simulator, AsyncClient]]:
+    """The simulator on loopback and a client keeping to its ``limit`` a second."""
     sim_kwargs.setdefault("generation_time", (0.2, 0.8))
     sim_kwargs.setdefault("seed", 1)
-    sim = Simulator(limit=200, period=1.0, **sim_kwargs)
+    sim = Simulator(limit=limit, period=1.0, **sim_kwargs)
     async with (
         sim.serve() as url,
         AsyncClient(
-            TOKEN, base_url=url, rate_limit=RateLimit(200, 1.0), poll_interval=0.2, backoff=0.01
+            TOKEN, base_url=url, rate_limit=RateLimit(limit, 1.0), poll_interval=0.2, backoff=0.01
         ) as client,
     ):
-        with anyio.fail_after(30):
+        with anyio.fail_after(deadline):
             yield sim, client
 
 
@@ -250,29 +253,25 @@ async def test_a_killed_batch_resumes_and_creates_each_video_once(tmp_path: Path
 
 async def test_stop_submitting_keeps_every_id_and_a_rerun_sends_the_rest(tmp_path: Path) -> None:
     journal = tmp_path / "batch.db"
-    sim = Simulator(limit=10, period=1.0, generation_time=(0.2, 0.5), seed=9)
-    async with (
-        sim.serve() as url,
-        AsyncClient(
-            TOKEN, base_url=url, rate_limit=RateLimit(10, 1.0), poll_interval=0.2
-        ) as client,
+    async with running(limit=10, deadline=60, generation_time=(0.2, 0.5), seed=9) as (
+        sim,
+        client,
     ):
-        with anyio.fail_after(60):
-            async with client.generate_many(prompts(30), journal=journal, concurrency=4) as run:
-                with anyio.fail_after(10):
-                    while sim.stats.tasks_created < 3:
-                        await run.__anext__()  # outcomes come as the batch goes
-                run.stop_submitting()
-                await run.wait_submitted()
-                sent = sim.stats.tasks_created
-                assert run.progress.submitting == 0
-                stopped = [o async for o in run]
-            assert sim.stats.tasks_created == sent  # nothing was sent after the stop
-            skipped = [o for o in stopped if o.status is OutcomeStatus.SKIPPED]
-            assert len(skipped) == 30 - sent
-            assert all("stopped" in str(o.error) for o in skipped)
-            async with client.generate_many(prompts(30), journal=journal) as rerun:
-                outcomes = [o async for o in rerun]
+        async with client.generate_many(prompts(30), journal=journal, concurrency=4) as run:
+            with anyio.fail_after(10):
+                while sim.stats.tasks_created < 3:
+                    await run.__anext__()  # outcomes come as the batch goes
+            run.stop_submitting()
+            await run.wait_submitted()
+            sent = sim.stats.tasks_created
+            assert run.progress.submitting == 0
+            stopped = [o async for o in run]
+        assert sim.stats.tasks_created == sent  # nothing was sent after the stop
+        skipped = [o for o in stopped if o.status is OutcomeStatus.SKIPPED]
+        assert len(skipped) == 30 - sent
+        assert all("stopped" in str(o.error) for o in skipped)
+        async with client.generate_many(prompts(30), journal=journal) as rerun:
+            outcomes = [o async for o in rerun]
     assert not [o for o in outcomes if o.status is OutcomeStatus.UNCERTAIN]
     assert Counter(r["prompt"] for r in sim.stats.created_requests()) == Counter(
         p["prompt"] for p in prompts(30)
@@ -356,18 +355,14 @@ async def test_a_poll_error_leaves_the_task_for_a_rerun_to_follow(tmp_path: Path
 
 async def test_stopping_early_marks_nothing_unsent_as_uncertain(tmp_path: Path) -> None:
     journal = tmp_path / "batch.db"
-    sim = Simulator(limit=10, period=1.0, generation_time=(0.2, 0.5), seed=5)
-    async with (
-        sim.serve() as url,
-        AsyncClient(
-            TOKEN, base_url=url, rate_limit=RateLimit(10, 1.0), poll_interval=0.2
-        ) as client,
+    async with running(limit=10, deadline=60, generation_time=(0.2, 0.5), seed=5) as (
+        sim,
+        client,
     ):
-        with anyio.fail_after(60):
-            async for _ in client.generate_many(prompts(30), journal=journal, concurrency=10):
-                break
-            async with client.generate_many(prompts(30), journal=journal) as results:
-                outcomes = [o async for o in results]
+        async for _ in client.generate_many(prompts(30), journal=journal, concurrency=10):
+            break
+        async with client.generate_many(prompts(30), journal=journal) as results:
+            outcomes = [o async for o in results]
     assert not [o for o in outcomes if o.status is OutcomeStatus.UNCERTAIN]
     assert Counter(r["prompt"] for r in sim.stats.created_requests()) == Counter(
         p["prompt"] for p in prompts(30)
@@ -375,14 +370,11 @@ async def test_stopping_early_marks_nothing_unsent_as_uncertain(tmp_path: Path) 
 
 
 async def test_nothing_is_sent_after_the_deadline() -> None:
-    sim = Simulator(limit=5, period=1.0, generation_time=(0.2, 0.5), seed=6)
     async with (
-        sim.serve() as url,
-        AsyncClient(TOKEN, base_url=url, rate_limit=RateLimit(5, 1.0), poll_interval=0.2) as client,
+        running(limit=5, deadline=10, generation_time=(0.2, 0.5), seed=6) as (sim, client),
+        client.generate_many(prompts(30), timeout=1.0) as results,
     ):
-        with anyio.fail_after(10):
-            async with client.generate_many(prompts(30), timeout=1.0) as results:
-                outcomes = [o async for o in results]
+        outcomes = [o async for o in results]
     created = sim.stats.tasks_created
     assert created <= 10
     skipped = [o for o in outcomes if o.status is OutcomeStatus.SKIPPED]
