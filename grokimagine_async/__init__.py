@@ -11,18 +11,15 @@
 
 from ._bulk import (
     AsyncClient,
-    BudgetExceededError,
     GenerationPipeline,
     Outcome,
     OutcomeStatus,
     PipelineProgress,
     SubmitOutcome,
     TaskWatch,
-    WatchTimeoutError,
 )
 from ._client import DEFAULT_TIMEOUT
 from ._config import CREDITS_PER_VIDEO, USD_PER_CREDIT, RateLimit, Tier
-from ._download import DownloadError, VideoExpiredError
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -30,9 +27,13 @@ from ._exceptions import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     ClientClosedError,
     ConfigurationError,
+    DownloadError,
     GrokImagineError,
+    InputFileError,
+    JournalError,
     MalformedResponseError,
     NotFoundError,
     RateLimitError,
@@ -43,9 +44,10 @@ from ._exceptions import (
     TaskFailedError,
     TaskPollError,
     TaskTimeoutError,
+    VideoExpiredError,
+    WatchTimeoutError,
 )
 from ._headers import RateFeedback
-from ._journal import JournalError
 from ._limiter import SlidingWindowLimiter
 from ._models import (
     DOCUMENTED_MODES,
@@ -80,6 +82,7 @@ __all__ = [
     "GenerateRequest",
     "GenerationPipeline",
     "GrokImagineError",
+    "InputFileError",
     "JournalError",
     "Limiter",
     "MalformedResponseError",

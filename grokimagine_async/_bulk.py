@@ -28,26 +28,27 @@ from ._exceptions import (
     APIConnectionError,
     APIStatusError,
     AuthenticationError,
+    BudgetExceededError,
     GrokImagineError,
+    JournalError,
     RequestValidationError,
     SubmitUncertainError,
     TaskFailedError,
     TaskPollError,
     TaskTimeoutError,
+    WatchTimeoutError,
 )
-from ._journal import Journal, JournalEntry, JournalError
+from ._journal import Journal, JournalEntry
 from ._models import GenerateRequest, Task, TaskState
 from ._poller import Poller, PollResult
 
 __all__ = [
     "AsyncClient",
-    "BudgetExceededError",
     "GenerationPipeline",
     "Outcome",
     "OutcomeStatus",
     "SubmitOutcome",
     "TaskWatch",
-    "WatchTimeoutError",
 ]
 
 RequestLike = GenerateRequest | Mapping[str, Any]
@@ -67,26 +68,6 @@ def _check_positive(field: str, value: float | None, example: str) -> None:
     if value is not None and not (isinstance(value, (int, float)) and value > 0):
         raise RequestValidationError(
             field, f"must be above 0, got {value!r}", f"Pass e.g. {example}"
-        )
-
-
-class BudgetExceededError(GrokImagineError):
-    """Not submitted: it would have taken the batch's spend past ``max_credits``."""
-
-
-class WatchTimeoutError(GrokImagineError, TimeoutError):
-    """The watch's deadline passed with tasks unfinished. None is lost:
-    ``unfinished`` maps each of their ids to the last state seen (None if
-    never seen). They go on on the server; watch them again to follow them."""
-
-    def __init__(self, unfinished: dict[str, Task | None], timeout: float) -> None:
-        #: Every task id not yet yielded, with the last state seen (None if never seen).
-        self.unfinished = unfinished
-        #: The watch's timeout, in seconds.
-        self.timeout = timeout
-        super().__init__(
-            f"{len(unfinished)} task(s) unfinished after {timeout:g}s; they go on on the "
-            "server: watch their ids again (WatchTimeoutError.unfinished)"
         )
 
 

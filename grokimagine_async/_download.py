@@ -9,27 +9,14 @@ from pathlib import Path
 import anyio
 import httpx
 
-from ._exceptions import GrokImagineError
+from ._exceptions import DownloadError, VideoExpiredError
 from ._models import Task, TaskState
 
-__all__ = ["DownloadError", "VideoExpiredError", "download_task"]
+__all__ = ["download_task"]
 
 logger = logging.getLogger("grokimagine_async")
 
 _EXPIRED = frozenset({401, 403, 404, 410})
-
-
-class DownloadError(GrokImagineError):
-    """A video could not be downloaded whole. ``url`` names it (video URLs
-    carry no API token)."""
-
-    def __init__(self, message: str, *, url: str) -> None:
-        super().__init__(message)
-        self.url = url
-
-
-class VideoExpiredError(DownloadError):
-    """The video's link has expired (they last hours to days)."""
 
 
 async def download_task(

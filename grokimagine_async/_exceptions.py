@@ -39,9 +39,13 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "ClientClosedError",
     "ConfigurationError",
+    "DownloadError",
     "GrokImagineError",
+    "InputFileError",
+    "JournalError",
     "MalformedResponseError",
     "NotFoundError",
     "RateLimitError",
@@ -52,6 +56,8 @@ __all__ = [
     "TaskFailedError",
     "TaskPollError",
     "TaskTimeoutError",
+    "VideoExpiredError",
+    "WatchTimeoutError",
 ]
 
 
@@ -291,3 +297,63 @@ class TaskPollError(TaskError):
         self.cause = cause
         self.last_task = last_task
         super().__init__(f"could not follow task {task_id}: {cause}")
+
+
+class BudgetExceededError(GrokImagineError):
+    """Not submitted: it would have taken the batch's spend past ``max_credits``."""
+
+
+class WatchTimeoutError(GrokImagineError, TimeoutError):
+    """The watch's deadline passed with tasks unfinished. None is lost:
+    ``unfinished`` maps each of their ids to the last state seen (None if
+    never seen). They go on on the server; watch them again to follow them."""
+
+    def __init__(self, unfinished: dict[str, Task | None], timeout: float) -> None:
+        #: Every task id not yet yielded, with the last state seen (None if never seen).
+        self.unfinished = unfinished
+        #: The watch's timeout, in seconds.
+        self.timeout = timeout
+        super().__init__(
+            f"{len(unfinished)} task(s) unfinished after {timeout:g}s; they go on on the "
+            "server: watch their ids again (WatchTimeoutError.unfinished)"
+        )
+
+
+class JournalError(GrokImagineError):
+    """The batch's journal could not be read or written (a locked, full or
+    foreign file). The batch itself is not lost: see the message."""
+
+
+class DownloadError(GrokImagineError):
+    """A video could not be downloaded whole. ``url`` names it (video URLs
+    carry no API token)."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        #: The video's URL (never carries the API token).
+        self.url = url
+
+
+class VideoExpiredError(DownloadError):
+    """The video's link has expired (they last hours to days)."""
+
+
+#: Problems an :class:`InputFileError` lists in full before the rest are only counted.
+SHOWN_PROBLEMS = 20
+
+
+class InputFileError(GrokImagineError, ValueError):
+    """A batch file cannot be used as it is; ``problems`` says where and why.
+    Raised before anything is sent."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        #: The file, as given.
+        self.path = path
+        #: One line a problem: the line number, the field and the fix.
+        self.problems = problems
+        shown = problems[:SHOWN_PROBLEMS]
+        more = len(problems) - len(shown)
+        lines = [f"{path}: {len(problems)} problem(s); nothing was sent:", *shown]
+        if more:
+            lines.append(f"... and {more} more")
+        super().__init__("\n".join(lines))

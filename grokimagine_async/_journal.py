@@ -20,14 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import ConfigurationError, GrokImagineError
+from ._exceptions import ConfigurationError, JournalError
 
-__all__ = ["Journal", "JournalEntry", "JournalError"]
-
-
-class JournalError(GrokImagineError):
-    """The batch's journal could not be read or written (a locked, full or
-    foreign file). The batch itself is not lost: see the message."""
+__all__ = ["Journal", "JournalEntry"]
 
 
 _SCHEMA = """

@@ -26,7 +26,8 @@ from grokimagine_async import (
     TaskState,
     WatchTimeoutError,
 )
-from grokimagine_async._journal import Journal, JournalError
+from grokimagine_async._exceptions import JournalError
+from grokimagine_async._journal import Journal
 from grokimagine_async.simulator import Fault, Simulator
 
 from .helpers import TOKEN

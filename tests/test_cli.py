@@ -20,8 +20,9 @@ from typer.testing import CliRunner, Result
 from grokimagine_async import RateLimit
 from grokimagine_async._cli._app import app
 from grokimagine_async._cli._batch import default_journal, estimate
-from grokimagine_async._cli._inputs import InputFileError, read_rows
-from grokimagine_async._journal import Journal, JournalEntry, JournalError
+from grokimagine_async._cli._inputs import read_rows
+from grokimagine_async._exceptions import InputFileError, JournalError
+from grokimagine_async._journal import Journal, JournalEntry
 from grokimagine_async.simulator import Simulator
 
 from .helpers import TOKEN

@@ -24,11 +24,13 @@ from .._exceptions import (
     AuthenticationError,
     ConfigurationError,
     GrokImagineError,
+    InputFileError,
+    JournalError,
     RequestValidationError,
     TaskFailedError,
     TaskTimeoutError,
 )
-from .._journal import Journal, JournalError
+from .._journal import Journal
 from .._models import GenerateRequest, Task, TaskState
 from .._version import __version__
 from ._batch import (
@@ -42,7 +44,7 @@ from ._batch import (
     usd,
 )
 from ._display import LiveDisplay, PlainDisplay
-from ._inputs import InputFileError, Row, build_request, read_rows
+from ._inputs import Row, build_request, read_rows
 
 T = TypeVar("T")
 

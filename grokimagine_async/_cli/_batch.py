@@ -18,8 +18,7 @@ from anyio.abc import TaskGroup
 
 from .._bulk import AsyncClient, GenerationPipeline, Outcome, OutcomeStatus
 from .._config import CREDITS_PER_VIDEO, USD_PER_CREDIT, RateLimit
-from .._download import VideoExpiredError
-from .._exceptions import GrokImagineError
+from .._exceptions import GrokImagineError, VideoExpiredError
 from .._journal import Journal, JournalEntry
 from .._models import FailureKind
 from ._inputs import Row

@@ -11,11 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._exceptions import RequestValidationError
+from .._exceptions import InputFileError, RequestValidationError
 from .._models import GenerateRequest, Unchecked
-
-#: Problems listed in full before the rest are only counted.
-SHOWN_PROBLEMS = 20
 
 
 @dataclass(frozen=True)
@@ -24,20 +21,6 @@ class Row:
 
     line: int
     request: GenerateRequest
-
-
-class InputFileError(Exception):
-    """The batch file cannot be used as it is; ``problems`` says where and why."""
-
-    def __init__(self, path: str, problems: list[str]) -> None:
-        self.path = path
-        self.problems = problems
-        shown = problems[:SHOWN_PROBLEMS]
-        more = len(problems) - len(shown)
-        lines = [f"{path}: {len(problems)} problem(s); nothing was sent:", *shown]
-        if more:
-            lines.append(f"... and {more} more")
-        super().__init__("\n".join(lines))
 
 
 def build_request(fields: dict[str, Any], *, allow_undocumented: bool) -> GenerateRequest:
