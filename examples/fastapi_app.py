@@ -42,7 +42,7 @@ def describe(task: Task) -> dict[str, Any]:
     return {
         "task_id": task.task_id,
         "state": task.state.value,
-        "status": task.status,
+        "status": task.raw_status,
         "videos": list(task.videos),
         "error_message": task.error_message,
         "failure_kind": task.failure_kind.value if task.failure_kind else None,
@@ -97,8 +97,8 @@ def create_app(
                 except GrokImagineError as exc:
                     yield f"event: error\ndata: {json.dumps(str(exc))}\n\n"
                     return
-                if task.status != last:
-                    last = task.status
+                if task.raw_status != last:
+                    last = task.raw_status
                     yield f"data: {json.dumps(describe(task))}\n\n"
                 if task.is_terminal:
                     return

@@ -242,9 +242,8 @@ class TaskFailedError(TaskError):
             if task.resubmit_may_succeed
             else "resubmitting it unchanged will fail again"
         )
-        super().__init__(
-            f"task {task.task_id} failed ({kind}): {task.error_message or task.status!r}; {hint}"
-        )
+        said = repr(task.error_message or task.raw_status)
+        super().__init__(f"task {task.task_id} failed ({kind}): {said}; {hint}")
 
 
 class TaskTimeoutError(TaskError, TimeoutError):

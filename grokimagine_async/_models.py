@@ -1,7 +1,7 @@
 """Typed requests and tasks.
 
 The provider's page documents little about a task's life, so :class:`Task`
-keeps the raw ``status`` word and derives a normalised :class:`TaskState`
+keeps the server's ``status`` word as ``raw_status`` and derives a normalised :class:`TaskState`
 from it, case-insensitively, from the words seen on providers of the same
 model. A word nobody has seen yet counts as still running: the caller's
 deadline, not a guess, decides when to give up on it.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
+import warnings
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -24,6 +25,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import PydanticCustomError
+from typing_extensions import deprecated
 
 from ._exceptions import RequestValidationError
 
@@ -283,7 +285,8 @@ def classify_failure(error_message: str | None) -> FailureKind:
 class Task(BaseModel):
     """A video task as ``GET /v1/status`` describes it.
 
-    ``status`` is the server's word as sent; ``state`` is what it means.
+    ``raw_status`` is the server's ``status`` word as sent; ``state`` is what
+    it means (a :class:`TaskState`).
     ``videos`` are the result's mp4 URLs: they expire within hours to days,
     so download them soon after completion. Fields the server adds beyond the
     documented ones are kept (``task.model_extra``).
@@ -292,8 +295,12 @@ class Task(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
 
     task_id: str
-    #: The server's status word, unchanged.
-    status: str = ""
+    #: The server's ``status`` word, unchanged; :attr:`state` says what it means.
+    raw_status: str = Field(
+        default="",
+        validation_alias=AliasChoices("status", "raw_status"),
+        serialization_alias="status",
+    )
     error_message: str | None = None
     consumed_credits: int | None = None
     #: When the task was created (timezone-aware, UTC if the server gave no zone).
@@ -312,7 +319,7 @@ class Task(BaseModel):
             raise ValueError("task_id must be a non-empty string")
         return value
 
-    @field_validator("status", mode="before")
+    @field_validator("raw_status", mode="before")
     @classmethod
     def _status_text(cls, value: object) -> str:
         return "" if value is None else str(value)
@@ -379,7 +386,7 @@ class Task(BaseModel):
         """The normalised state; a non-null ``error_message`` means failed."""
         if self.error_message is not None:
             return TaskState.FAILED
-        word = self.status.strip().lower().replace("-", "_").replace(" ", "_")
+        word = self.raw_status.strip().lower().replace("-", "_").replace(" ", "_")
         if word in _SUCCESS_WORDS:
             return TaskState.COMPLETED
         if word in _FAILURE_WORDS:
@@ -387,6 +394,22 @@ class Task(BaseModel):
         if word in _PENDING_WORDS:
             return TaskState.PENDING
         return TaskState.RUNNING
+
+    @property
+    @deprecated("Task.status is now Task.raw_status (the server's word); Task.state is its meaning")
+    def status(self) -> str:
+        """Deprecated: the server's word is :attr:`raw_status`, its meaning :attr:`state`."""
+        warnings.warn(
+            "Task.status is now Task.raw_status (the server's word); use Task.state for "
+            "what it means",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.raw_status
+
+    def __hash__(self) -> int:
+        # The echoed request is a dict: hash what identifies the task's state instead.
+        return hash((self.task_id, self.raw_status, self.error_message, self.videos))
 
     @property
     def is_terminal(self) -> bool:
@@ -398,7 +421,7 @@ class Task(BaseModel):
         """Why it failed (None unless failed)."""
         if self.state is not TaskState.FAILED:
             return None
-        if self.error_message is None and self.status.strip().lower() == "expired":
+        if self.error_message is None and self.raw_status.strip().lower() == "expired":
             return FailureKind.TRANSIENT_NETWORK
         return classify_failure(self.error_message)
 

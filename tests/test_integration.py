@@ -86,7 +86,7 @@ async def test_other_status_words_and_failures_are_understood() -> None:
         with pytest.raises(TaskFailedError) as info:
             await client.generate(prompt="p")
     task = info.value.task
-    assert task.status == "error"
+    assert task.raw_status == "error"
     assert task.failure_kind is FailureKind.CONTENT_REFUSED
     assert not task.resubmit_may_succeed
 

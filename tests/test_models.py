@@ -122,7 +122,7 @@ def test_task_parses_the_documented_example() -> None:
     ],
 )
 def test_status_words_normalise(word: str, state: TaskState) -> None:
-    assert Task(task_id="t", status=word).state is state
+    assert Task(task_id="t", raw_status=word).state is state
 
 
 def test_error_message_means_failed_whatever_the_status() -> None:
@@ -198,3 +198,21 @@ def test_infinite_credits_do_not_crash() -> None:
         Task.model_validate({"task_id": "t", "consumed_credits": float("inf")}).consumed_credits
         is None
     )
+
+
+def test_task_names_say_which_status_is_which() -> None:
+    task = Task.model_validate({"task_id": "t", "status": "Succeeded", "request": {"a": 1}})
+    assert task.raw_status == "Succeeded"
+    assert task.state is TaskState.COMPLETED
+    with pytest.warns(DeprecationWarning, match="raw_status"):
+        assert task.status == "Succeeded"
+    # The server's field name survives a round trip through JSON (the journal, --json).
+    dumped = task.model_dump(mode="json", by_alias=True)
+    assert dumped["status"] == "Succeeded"
+    assert Task.model_validate(dumped) == task
+
+
+def test_a_task_with_its_request_echoed_is_hashable() -> None:
+    task = Task.model_validate({"task_id": "t", "status": "done", "request": {"prompt": "x"}})
+    same = Task.model_validate({"task_id": "t", "status": "done", "request": {"prompt": "x"}})
+    assert {task, same} == {task}

@@ -683,7 +683,7 @@ def status(
                 advice = FAILURE_ADVICE[kind] if kind else ""
                 table.add_row(task_id, "[red]failed[/]", f"{kind}: {t.error_message} ({advice})")
             else:
-                table.add_row(task_id, str(t.state), "\n".join(t.videos) or t.status)
+                table.add_row(task_id, str(t.state), "\n".join(t.videos) or t.raw_status)
         _out().print(table)
     raise typer.Exit(EXIT_FAILED if any(isinstance(t, GrokImagineError) for t in found) else 0)
 
