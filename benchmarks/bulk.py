@@ -115,7 +115,7 @@ async def run_ours(url: str, n: int) -> Result:
                 if outcome.status is OutcomeStatus.COMPLETED and outcome.task_id:
                     got[outcome.task_id] = now
                     if first is None:
-                        first = (now - start, pipeline._spent // 40)
+                        first = (now - start, pipeline.progress.spent_credits // 40)
         wall = time.monotonic() - start
     return await summarise("grokimagine-async", url, n, skip, got, wall, first, n)
 

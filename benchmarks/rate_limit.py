@@ -43,7 +43,7 @@ from aiolimiter import AsyncLimiter
 
 from grokimagine_async import AsyncClient, RateLimit, SlidingWindowLimiter, Slot
 from grokimagine_async._client import DEFAULT_POOL
-from grokimagine_async._ratelimit import RateLimitStatus
+from grokimagine_async._limiter import RateLimitStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"

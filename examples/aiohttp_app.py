@@ -33,7 +33,7 @@ def describe(task: Task) -> dict[str, Any]:
     return {
         "task_id": task.task_id,
         "state": task.state.value,
-        "status": task.status,
+        "status": task.raw_status,
         "videos": list(task.videos),
         "error_message": task.error_message,
         "failure_kind": task.failure_kind.value if task.failure_kind else None,
@@ -82,8 +82,8 @@ def create_app(
             except GrokImagineError as exc:
                 await response.write(f"event: error\ndata: {json.dumps(str(exc))}\n\n".encode())
                 break
-            if task.status != last:
-                last = task.status
+            if task.raw_status != last:
+                last = task.raw_status
                 await response.write(f"data: {json.dumps(describe(task))}\n\n".encode())
             if task.is_terminal:
                 break

@@ -9,16 +9,7 @@
         print(task.videos)
 """
 
-from ._bulk import (
-    AsyncClient,
-    GenerationPipeline,
-    Outcome,
-    OutcomeStatus,
-    PipelineProgress,
-    SubmitOutcome,
-    TaskWatch,
-)
-from ._client import DEFAULT_TIMEOUT
+from ._client import DEFAULT_TIMEOUT, AsyncClient
 from ._config import CREDITS_PER_VIDEO, USD_PER_CREDIT, RateLimit, Tier
 from ._exceptions import (
     APIConnectionError,
@@ -48,7 +39,7 @@ from ._exceptions import (
     WatchTimeoutError,
 )
 from ._headers import RateFeedback
-from ._limiter import SlidingWindowLimiter
+from ._limiter import Limiter, RateLimitStatus, Slot
 from ._models import (
     DOCUMENTED_MODES,
     DOCUMENTED_RATIOS,
@@ -58,8 +49,11 @@ from ._models import (
     TaskState,
     Unchecked,
 )
-from ._ratelimit import Limiter, RateLimitStatus, Slot
+from ._outcomes import Outcome, OutcomeStatus, PipelineProgress, SubmitOutcome
+from ._pipeline import GenerationPipeline
+from ._sliding_window import SlidingWindowLimiter
 from ._version import __version__
+from ._watch import TaskWatch
 
 __all__ = [
     "CREDITS_PER_VIDEO",

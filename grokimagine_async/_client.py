@@ -1,9 +1,18 @@
-"""The asyncio client: typed calls over the wire."""
+"""The client: :class:`AsyncClient`, the typed API calls and the bulk calls' entry points.
+
+The typed calls (``submit``, ``get_task``, ``wait``, ``generate``,
+``download``) go over :mod:`._http` (the wire: sending, reading and retrying)
+through the token's shared rate limiter. The bulk calls (``submit_many``,
+``watch``, ``generate_many``) hand the client to the bulk layer, which uses
+only those typed calls.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -12,30 +21,39 @@ import httpx
 from pydantic import ValidationError
 from typing_extensions import Self
 
-from ._config import RateLimit, Tier, resolve_api_key, resolve_base_url, resolve_tier
+from ._config import (
+    CREDITS_PER_VIDEO,
+    RateLimit,
+    Tier,
+    resolve_api_key,
+    resolve_base_url,
+    resolve_tier,
+)
+from ._download import download_task
 from ._exceptions import (
-    APIConnectionError,
     APIError,
     ClientClosedError,
     ConfigurationError,
+    GrokImagineError,
     MalformedResponseError,
-    NotFoundError,
-    RateLimitError,
     RequestValidationError,
-    ServerError,
     SubmitUncertainError,
     TaskFailedError,
     TaskPollError,
     TaskTimeoutError,
     _excerpt,
+    poll_error_is_final,
 )
 from ._http import RequestKind, RetryPolicy, Uncertain, Wire
-from ._limiter import SlidingWindowLimiter
-from ._models import GenerateRequest, Task, TaskState
-from ._ratelimit import Limiter, RateLimitStatus, shared_limiter
+from ._limiter import Limiter, RateLimitStatus, shared_limiter
+from ._models import GenerateRequest, Task, TaskState, check_task_id
+from ._outcomes import SubmitOutcome
+from ._pipeline import GenerationPipeline, RequestLike, collect_requests, try_build
+from ._sliding_window import SlidingWindowLimiter
 from ._version import __version__
+from ._watch import TaskWatch
 
-__all__ = ["DEFAULT_TIMEOUT", "BaseClient"]
+__all__ = ["DEFAULT_POOL", "DEFAULT_TIMEOUT", "AsyncClient"]
 
 logger = logging.getLogger("grokimagine_async")
 
@@ -46,17 +64,56 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0, pool=None)
 DEFAULT_POOL = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=4.0)
 DEFAULT_WAIT_TIMEOUT = 600.0
 DEFAULT_POLL_INTERVAL = 5.0
-#: A task just created may not be visible to status calls yet.
-NOT_FOUND_GRACE = 30.0
-#: Errors after which a later poll may well succeed.
-TRANSIENT_POLL_ERRORS = (APIConnectionError, MalformedResponseError, ServerError, RateLimitError)
 
 
-class BaseClient:
-    """The typed API calls over the wire: submit, get_task, wait, generate.
+def _check_positive(field: str, value: float | None, example: str) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and value > 0):
+        raise RequestValidationError(
+            field, f"must be above 0, got {value!r}", f"Pass e.g. {example}"
+        )
 
-    Use :class:`AsyncClient`, which adds the bulk calls; its documentation
-    lists the arguments.
+
+class AsyncClient:
+    """An asyncio client for the Grok Imagine video API.
+
+    ::
+
+        async with AsyncClient() as client:          # token from GROKIMAGINE_API_KEY
+            task = await client.generate(prompt="a fox in the snow")
+            print(task.videos)
+
+            async with client.generate_many(prompts, journal="batch.db") as results:
+                async for outcome in results:
+                    print(outcome.status, outcome.videos)
+
+    One client is cheap to share across thousands of concurrent tasks: it owns
+    one connection pool, and every request of every client using the same
+    token and base URL goes through one rate limiter.
+
+    Args:
+        api_key: the API token; defaults to ``GROKIMAGINE_API_KEY``.
+        base_url: defaults to ``GROKIMAGINE_BASE_URL``, else the provider's.
+        tier: the plan (``"free"``, ``"pro"``, ``"enterprise"``); defaults to
+            ``GROKIMAGINE_TIER``. Unset means: start at the Free plan's figures
+            and move up to the plan the server's rate-limit headers prove.
+        rate_limit: a budget that overrides the tier's, for custom contracts
+            and compressed-time tests.
+        timeout: seconds (or an ``httpx.Timeout``) for each request; by
+            default 30 s to read and 10 s to connect, or your
+            ``http_client``'s own timeout if you pass one.
+        max_retries: retries after the first attempt of each request.
+        backoff: seconds before the first retry; doubles each retry, up to 8 s,
+            with jitter. A server's ``Retry-After`` overrides it.
+        retry_uncertain_submits: also resend a submission that may already
+            have created a paid task (off by default: see
+            :class:`SubmitUncertainError`).
+        poll_interval: seconds between status polls in :meth:`wait`.
+        http_client: your own ``httpx.AsyncClient`` (proxies, transports,
+            event hooks). The client never closes it, and never sets the token
+            on it: the token goes only on requests to ``base_url``.
+        limiter: a rate limiter of your own (one shared by many processes,
+            say) in place of the process-wide one for this token; ``tier`` and
+            ``rate_limit`` are then its business. See :class:`Limiter`.
     """
 
     def __init__(
@@ -137,6 +194,12 @@ class BaseClient:
         if self._limiter is not None:
             return self._limiter.rate
         return self._rate_limit
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between status polls in :meth:`wait`, and the first guess of how
+        long a generation takes in the bulk calls (which then learn the real figure)."""
+        return self._poll_interval
 
     def __repr__(self) -> str:
         tier = self._tier.value if self._tier else "unset"
@@ -269,7 +332,7 @@ class BaseClient:
 
     async def get_task(self, task_id: str) -> Task:
         """One status call: the task as the server sees it now."""
-        task_id = _check_task_id(task_id)
+        task_id = check_task_id(task_id)
         data = await self._wire.request(
             "GET", "/v1/status", kind=RequestKind.READ, params={"task_id": task_id}
         )
@@ -305,7 +368,7 @@ class BaseClient:
             TaskPollError: polling failed for good (a revoked token, say);
                 it carries the task id and the error.
         """
-        task_id = _check_task_id(task_id)
+        task_id = check_task_id(task_id)
         interval = self._poll_interval if poll_interval is None else poll_interval
         if not (isinstance(interval, (int, float)) and interval > 0):
             raise RequestValidationError(
@@ -328,14 +391,10 @@ class BaseClient:
                 try:
                     last = await self.get_task(task_id)
                     last_error = None
-                except TRANSIENT_POLL_ERRORS as exc:
-                    last_error = exc
-                except NotFoundError as exc:
-                    if anyio.current_time() - started > NOT_FOUND_GRACE:
+                except APIError as exc:
+                    if poll_error_is_final(exc, anyio.current_time() - started):
                         raise TaskPollError(task_id, exc, last) from exc
                     last_error = exc
-                except APIError as exc:
-                    raise TaskPollError(task_id, exc, last) from exc
             if scope.cancelled_caught:
                 raise TaskTimeoutError(task_id, timeout or 0.0, last) from last_error
             if last is not None and last_error is None:
@@ -372,12 +431,178 @@ class BaseClient:
         task_id = await self.submit(request, prompt=prompt, mode=mode, ratio=ratio, images=images)
         return await self.wait(task_id, timeout=timeout, poll_interval=poll_interval)
 
+    async def download(
+        self, task: Task | str, directory: str | Path, *, concurrency: int = 4
+    ) -> list[Path]:
+        """Stream a completed task's videos into ``directory``; returns the paths.
 
-def _check_task_id(task_id: object) -> str:
-    if not isinstance(task_id, str) or not task_id.strip():
-        raise RequestValidationError(
-            "task_id",
-            f"must be a non-empty string, got {task_id!r}",
-            "Pass the id that submit() returned, such as 'task_123456789'.",
+        ``task`` is a :class:`Task` or a task id (then looked up first). Files
+        are named ``<task_id>_<n>.mp4`` and written whole or not at all (via a
+        ``.part`` file); one already there is kept. Content type and length are
+        checked, transient failures retried. The API token is never sent to
+        the hosts that serve videos. An expired link raises
+        :class:`VideoExpiredError`, which says how to get a fresh one.
+        """
+        if isinstance(task, str):
+            task = await self.get_task(task)
+        _check_positive("concurrency", concurrency, "4")
+        return await download_task(
+            self._http,
+            task,
+            directory,
+            concurrency=concurrency,
+            max_retries=self._wire.retry.max_retries,
+            backoff=self._wire.retry.initial_backoff,
         )
-    return task_id.strip()
+
+    def _default_concurrency(self) -> int:
+        return max(4, math.ceil(self.rate_limit.per_second * 0.5))
+
+    async def submit_many(
+        self,
+        requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+        *,
+        concurrency: int | None = None,
+    ) -> list[SubmitOutcome]:
+        """Submit every request through the shared limiter.
+
+        Returns one outcome per request, in input order: its task id, or the
+        error (validation, API error, or ``SubmitUncertainError``). One
+        failure cancels nothing else. Accepts any iterable or async iterable
+        of :class:`GenerateRequest` or plain dicts.
+
+        ``concurrency`` caps submissions in flight at once (by default about
+        half the plan's requests a second, at least 4); the rate limiter
+        paces them whatever it is.
+
+        The outcomes come back together at the end: cancel this call (or let
+        a timeout do it) and the ids of tasks already created are lost to you.
+        For batches you may interrupt, use :meth:`generate_many` with a
+        ``journal``.
+        """
+        _check_positive("concurrency", concurrency, "16")
+        items = await collect_requests(requests)
+        limit = anyio.CapacityLimiter(concurrency or self._default_concurrency())
+        outcomes: list[SubmitOutcome | None] = [None] * len(items)
+
+        async def one(index: int, item: Any) -> None:
+            request = try_build(item)
+            if isinstance(request, RequestValidationError):
+                outcomes[index] = SubmitOutcome(index, None, error=request)
+                return
+            async with limit:
+                try:
+                    task_id = await self.submit_request(request)
+                except GrokImagineError as exc:
+                    outcomes[index] = SubmitOutcome(index, request, error=exc)
+                else:
+                    outcomes[index] = SubmitOutcome(index, request, task_id=task_id)
+
+        async with anyio.create_task_group() as tg:
+            for index, item in enumerate(items):
+                tg.start_soon(one, index, item)
+        return [o for o in outcomes if o is not None]
+
+    def watch(
+        self,
+        task_ids: Iterable[str] = (),
+        *,
+        timeout: float | None = None,
+        poll_interval: float | None = None,
+    ) -> TaskWatch:
+        """Follow tasks until each is completed or failed; an async iterator.
+
+        Yields each task once, as it reaches a terminal state, in the order
+        they finish (a failed task is yielded, not raised). ``watch.add(id)``
+        adds more while it runs. Polling happens only while you wait for the
+        next task: breaking out of the loop or cancelling leaves nothing
+        running. One scheduler times every poll (see the docs on polling).
+
+        At ``timeout`` seconds the iteration raises :class:`WatchTimeoutError`
+        whose ``unfinished`` holds every task id not yet yielded, with its
+        last state. A task whose polling fails for good (401, or a 404 after
+        30 s) raises :class:`TaskPollError` carrying its id; the watch can go
+        on after it.
+
+        ``poll_interval`` is the first guess of how long a generation takes,
+        before any has been timed (the client's ``poll_interval`` by default);
+        the scheduler learns the real figure from the first tasks it follows.
+        """
+        _check_positive("timeout", timeout, "3600, or None")
+        _check_positive("poll_interval", poll_interval, "5")
+        return TaskWatch(self, task_ids, timeout=timeout, poll_interval=poll_interval)
+
+    def generate_many(
+        self,
+        requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+        *,
+        journal: str | Path | None = None,
+        max_credits: int | None = None,
+        credits_per_video: int = CREDITS_PER_VIDEO,
+        concurrency: int | None = None,
+        timeout: float | None = None,
+        resubmit_uncertain: bool = False,
+        resubmit_failed: bool = False,
+        poll_interval: float | None = None,
+    ) -> GenerationPipeline:
+        """Submit and watch at once; yields an :class:`Outcome` per request as
+        soon as it is settled.
+
+        Use it as ``async with client.generate_many(...) as results: async for
+        outcome in results:`` so that work goes on while your loop body runs,
+        and leaving the block (``break``, an error) stops the work and lets
+        go of the journal at once. A bare ``async for`` works too, but then
+        submitting and polling pause while your loop body runs, and after a
+        ``break`` the journal is let go only once nothing refers to the
+        pipeline (or call :meth:`GenerationPipeline.aclose`).
+
+        Args:
+            journal: a file path: every request and task id is written before
+                and after its POST, so running the same call again after a
+                crash or Ctrl-C resumes: settled requests are yielded from the
+                journal (``from_journal``), tasks in flight are watched again,
+                and nothing that got a task id is submitted twice. One batch
+                at a time holds a journal: a second, in this process or
+                another, gets ``JournalError`` while the first is open.
+            max_credits: stop submitting before the spend (``credits_per_video``
+                a video, earlier runs of the journal included) would pass it;
+                the rest settle as ``SKIPPED``.
+            concurrency: submissions in flight at once.
+            timeout: seconds for the whole batch; tasks unfinished then settle
+                as ``TIMED_OUT`` (the journal still holds them: rerun to go on).
+            resubmit_uncertain: on resume, resend a request whose POST was under
+                way at the crash (it may have created a task: you may pay
+                twice). Off, such a request settles as ``UNCERTAIN``.
+            resubmit_failed: on resume, resend a request whose task failed in
+                a way a new submission may cure (``Task.resubmit_may_succeed``:
+                an upstream build failure, a passing network error). It costs
+                another video's credits; the journal keeps the failed task's id.
+            credits_per_video: what one submission costs, for ``max_credits``
+                and ``progress.spent_credits``.
+            poll_interval: the first guess of how long a generation takes,
+                before any has been timed (see :meth:`watch`).
+
+        To stop a batch gracefully (on a signal, at shutdown), call
+        :meth:`GenerationPipeline.stop_submitting`, then
+        :meth:`GenerationPipeline.wait_submitted`: nothing more is sent and no
+        task id on the wire is lost.
+        """
+        _check_positive("concurrency", concurrency, "16")
+        _check_positive("timeout", timeout, "3600, or None")
+        _check_positive("poll_interval", poll_interval, "5")
+        if max_credits is not None and max_credits < 0:
+            raise RequestValidationError(
+                "max_credits", f"must be 0 or more, got {max_credits}", "Pass e.g. 4000"
+            )
+        return GenerationPipeline(
+            self,
+            requests,
+            journal=journal,
+            max_credits=max_credits,
+            credits_per_video=credits_per_video,
+            concurrency=concurrency or self._default_concurrency(),
+            timeout=timeout,
+            resubmit_uncertain=resubmit_uncertain,
+            resubmit_failed=resubmit_failed,
+            poll_interval=poll_interval,
+        )

@@ -33,9 +33,17 @@ async def download_task(
 
     Files are named ``<task_id>_<n>.mp4``, so no two videos of a batch share a
     name. Each is written to ``<name>.part`` and renamed only when whole, so a
-    crash never leaves a half-written mp4 under the final name; a file already
-    there is kept, not downloaded again. The ``Authorization`` header is never
-    sent to the hosts that serve videos.
+    crash never leaves a half-written mp4 under the final name, and a failed or
+    cancelled download leaves no ``.part`` behind; a file already there is
+    kept, not downloaded again. Redirects (a CDN's signed location) are
+    followed. The ``Authorization`` header is never sent to the hosts that
+    serve videos, nor to any they redirect to.
+
+    Every video is tried whatever happens to the others. If any fails, the
+    error raised names them all: a single failure is raised as it is; several
+    become one :class:`DownloadError` (a :class:`VideoExpiredError` when every
+    link had expired) whose ``errors`` lists each and whose ``downloaded``
+    lists the files written.
     """
     if task.state is not TaskState.COMPLETED:
         raise DownloadError(
@@ -67,10 +75,21 @@ async def download_task(
     async with anyio.create_task_group() as tg:
         for n, url in enumerate(task.videos):
             tg.start_soon(one, n, url)
-    # The others are finished (or kept) by now; the first failure speaks for all.
-    if errors:
+    done = [p for p in paths if p is not None]
+    if len(errors) == 1:
         raise errors[0]
-    return [p for p in paths if p is not None]
+    if errors:
+        expired = all(isinstance(e, VideoExpiredError) for e in errors)
+        cls = VideoExpiredError if expired else DownloadError
+        detail = "; ".join(str(e) for e in errors)
+        raise cls(
+            f"{len(errors)} of {len(task.videos)} videos of task {task.task_id} were not "
+            f"downloaded: {detail}",
+            url=errors[0].url,
+            errors=errors,
+            downloaded=done,
+        )
+    return done
 
 
 async def _fetch(
@@ -98,8 +117,8 @@ async def _fetch(
             await partial.replace(target)
             return
         finally:
-            if await partial.exists() and not await target.exists():
-                await partial.unlink()
+            # A plain call, not an await: a cancelled download must still clean up.
+            Path(partial).unlink(missing_ok=True)  # noqa: ASYNC240
 
 
 class _Retryable(Exception):
@@ -110,9 +129,10 @@ async def _fetch_once(
     http: httpx.AsyncClient, url: str, partial: anyio.Path, chunk_size: int, task_id: str
 ) -> None:
     request = http.build_request("GET", url)
-    # Video hosts are not the API: the token must never travel there.
+    # Video hosts are not the API: the token must never travel there. Redirects are
+    # built from this request's headers, so they carry no token either.
     request.headers.pop("Authorization", None)
-    response = await http.send(request, stream=True)
+    response = await http.send(request, stream=True, follow_redirects=True)
     try:
         if response.status_code in _EXPIRED:
             raise VideoExpiredError(
@@ -130,14 +150,21 @@ async def _fetch_once(
             raise DownloadError(f"{url} is {kind!r}, not a video", url=url)
         expected = response.headers.get("content-length")
         received = 0
-        async with await anyio.open_file(partial, "wb") as f:
+        f = await anyio.open_file(partial, "wb")
+        try:
             async for chunk in response.aiter_bytes(chunk_size):
                 await f.write(chunk)
                 received += len(chunk)
+        finally:
+            # Shielded: a cancelled download must still close its file before the
+            # caller removes it.
+            with anyio.CancelScope(shield=True):
+                await f.aclose()
         if expected is not None and expected.isdigit() and int(expected) != received:
             raise _Retryable(f"got {received} of {expected} bytes")
     finally:
-        await response.aclose()
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
 
 
 def _cannot_write(where: anyio.Path, exc: OSError, url: str) -> DownloadError:

@@ -27,6 +27,8 @@ No exception message, ``repr`` or attribute carries the API token.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -325,12 +327,24 @@ class JournalError(GrokImagineError):
 
 class DownloadError(GrokImagineError):
     """A video could not be downloaded whole. ``url`` names it (video URLs
-    carry no API token)."""
+    carry no API token). When several videos of a task failed, ``errors``
+    holds each failure and ``downloaded`` the files that were written."""
 
-    def __init__(self, message: str, *, url: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        errors: Sequence[DownloadError] = (),
+        downloaded: Sequence[Path] = (),
+    ) -> None:
         super().__init__(message)
-        #: The video's URL (never carries the API token).
+        #: The video's URL (the first failed one's, for several); never carries the token.
         self.url = url
+        #: Each video's own failure, when more than one failed (else empty).
+        self.errors = list(errors)
+        #: The files written whole before the failures were reported.
+        self.downloaded = list(downloaded)
 
 
 class VideoExpiredError(DownloadError):
@@ -356,3 +370,24 @@ class InputFileError(GrokImagineError, ValueError):
         if more:
             lines.append(f"... and {more} more")
         super().__init__("\n".join(lines))
+
+
+#: A task just created may not be visible to status calls yet: a 404 this many
+#: seconds after submission is taken as "not there yet", not "no such task".
+NOT_FOUND_GRACE = 30.0
+
+
+def poll_error_is_final(error: Exception, task_age: float) -> bool:
+    """Whether a failed status call means that polling the task again is pointless.
+
+    Passing trouble (connection errors, timeouts, 5xx, 429, a garbled answer)
+    is not final, nor is a 404 within :data:`NOT_FOUND_GRACE` seconds of the
+    submission; any other API error (a revoked token, a 404 after that) is.
+    ``task_age`` is the seconds since the task was submitted (or since the
+    caller first asked about it).
+    """
+    if isinstance(error, (APIConnectionError, MalformedResponseError, ServerError, RateLimitError)):
+        return False
+    if isinstance(error, NotFoundError):
+        return task_age > NOT_FOUND_GRACE
+    return True

@@ -42,7 +42,7 @@ from ._exceptions import (
     status_error_class,
 )
 from ._headers import RateFeedback
-from ._ratelimit import Limiter
+from ._limiter import Limiter
 
 __all__ = ["RequestKind", "RetryPolicy", "Uncertain", "Wire"]
 
@@ -215,6 +215,8 @@ class Wire:
                 response = await self._http.send(request)
             except httpx.HTTPError as exc:
                 error = _transport_error(exc, method, shown)
+                # Kept when the error is raised after the retries, as `raise ... from exc`.
+                error.__cause__ = exc
                 # A connection never made was never counted; anything else may have been.
                 never_sent = isinstance(error, APIConnectionError) and not error.request_sent
                 slot.record(None, sent=not never_sent)

@@ -1,16 +1,31 @@
 """A batch's journal: what was asked, what was sent, what came back, in SQLite.
 
-Each request is written before its ``POST`` (``sending``) and again when its
-task id comes back (``submitted``), so a batch stopped at any point (a crash,
-Ctrl-C, ``kill -9``) can be resumed without paying twice: a request found
-``sending`` may or may not have created a task, and is resent only with the
-caller's say-so.
+The journal owns the rules that make a stopped batch (a crash, Ctrl-C,
+``kill -9``) resumable without paying twice:
+
+* a request is written ``sending`` before its ``POST`` and ``submitted`` with
+  its task id when the id comes back, so a task id that came back is never lost;
+* :meth:`Journal.record` decides what each settled outcome leaves behind: a
+  refusal or a request never sent goes back to ``new`` (a rerun sends it), an
+  uncertain one stays ``sending``, a timed-out or unfollowable task stays
+  ``submitted`` (a rerun follows it), anything else is ``done`` with its task
+  and its error, type and all;
+* :meth:`JournalEntry.resume` says what a rerun does with each row; a row found
+  ``sending`` may or may not have created a task, and is resent only with the
+  caller's say-so.
+
+One run at a time holds a journal: a lock file beside it (removed when the run
+lets go) keeps a second run, in this process or another, from sending what the
+first is sending.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import hashlib
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -20,9 +35,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import ConfigurationError, JournalError
+import httpx
 
-__all__ = ["Journal", "JournalEntry"]
+from . import _exceptions
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    ConfigurationError,
+    GrokImagineError,
+    JournalError,
+    SubmitUncertainError,
+)
+from ._models import GenerateRequest, Task
+from ._outcomes import Outcome, OutcomeStatus
+
+__all__ = ["Journal", "JournalEntry", "Resume"]
 
 
 _SCHEMA = """
@@ -37,19 +64,100 @@ CREATE TABLE IF NOT EXISTS entries (
     outcome TEXT,
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS attempts (
+    idx INTEGER NOT NULL,
+    task_id TEXT,
+    task TEXT,
+    error TEXT,
+    outcome TEXT,
+    at REAL NOT NULL
+);
 """
+#: Columns added since the first journals were written.
+_ADDED_COLUMNS = {"error_detail": "TEXT"}
+
+
+class Resume(enum.Enum):
+    """What a rerun of the batch does with one row of its journal."""
+
+    #: Never sent, or provably created nothing: send it.
+    SEND = "send"
+    #: It has a task id: follow the task.
+    FOLLOW = "follow"
+    #: Settled in an earlier run: yield that outcome again.
+    SETTLED = "settled"
+    #: It may have created a task whose id never came back: settle it as uncertain.
+    UNCERTAIN = "uncertain"
 
 
 @dataclass(frozen=True)
 class JournalEntry:
-    """One request's line in the journal."""
+    """One request's row in the journal."""
 
+    #: The request's place in the batch, from 0.
     index: int
+    #: ``new``, ``sending``, ``submitted`` or ``done``.
     state: str
+    #: The task the request created, if its id came back.
     task_id: str | None
+    #: The task's last state as JSON, for settled rows that saw one.
     task: dict[str, Any] | None
+    #: The error's message, for settled (and uncertain) rows that have one.
     error: str | None
+    #: How it settled (an :class:`OutcomeStatus` value), for ``done`` rows.
     outcome: str | None
+    #: The error as written: its type, message and fields.
+    error_detail: dict[str, Any] | None = None
+
+    @property
+    def may_have_paid(self) -> bool:
+        """Whether an earlier run may have paid for this row: it has a task id, or
+        was being sent when that run stopped."""
+        return bool(self.task_id) or self.state == Journal.SENDING
+
+    def resume(self, *, resubmit_uncertain: bool = False, resubmit_failed: bool = False) -> Resume:
+        """What a rerun does with this row.
+
+        ``resubmit_uncertain`` resends a row that was being sent when a run
+        stopped (it may have created a task: paying twice is possible);
+        ``resubmit_failed`` resends a row whose task failed in a way a new
+        submission may cure (its ``failure_kind`` says so).
+        """
+        if self.state == Journal.NEW:
+            return Resume.SEND
+        if self.state == Journal.SUBMITTED and self.task_id:
+            return Resume.FOLLOW
+        if self.state == Journal.DONE:
+            if resubmit_failed and self.resubmit_may_succeed:
+                return Resume.SEND
+            return Resume.SETTLED
+        return Resume.SEND if resubmit_uncertain else Resume.UNCERTAIN
+
+    @property
+    def resubmit_may_succeed(self) -> bool:
+        """For a row whose task failed: whether a new submission may succeed."""
+        if self.outcome != OutcomeStatus.FAILED.value or not self.task:
+            return False
+        try:
+            return Task.model_validate(self.task).resubmit_may_succeed
+        except ValueError:
+            return False
+
+    def outcome_of(self, request: GenerateRequest | None) -> Outcome:
+        """The outcome an earlier run settled this row with (``from_journal``);
+        its error is rebuilt with the type, message and fields it had then."""
+        task = Task.model_validate(self.task) if self.task else None
+        status = OutcomeStatus(self.outcome or OutcomeStatus.ERROR.value)
+        error = self.error_of(request)
+        return Outcome(self.index, request, status, self.task_id, task, error, True)
+
+    def error_of(self, request: GenerateRequest | None) -> GrokImagineError | None:
+        """The error written with this row, rebuilt (None if it has none)."""
+        if self.error_detail is not None:
+            return _load_error(self.error_detail, request)
+        if self.error is not None:
+            return GrokImagineError(self.error)
+        return None
 
 
 class Journal:
@@ -63,18 +171,21 @@ class Journal:
     def __init__(self, path: str | Path, payloads: Sequence[dict[str, Any]]) -> None:
         self.path = Path(path)
         self._lock: _Lock | None = None
-        key = str(self.path.resolve())
-        earlier = _OPEN.get(key)
-        if earlier is not None:
-            # In this process, the journal of a batch left behind (a `break` out of a
-            # bare `async for`) passes to the new run; the old one can send no more.
-            earlier.close()
+        self._key = str(self.path.resolve())
+        earlier = _OPEN.get(self._key)
+        if earlier is not None and not earlier.closed:
+            raise JournalError(
+                f"journal {self.path} is held by another batch in this process that is "
+                "still open: use 'async with client.generate_many(...)' (or call "
+                "'await pipeline.aclose()') so a batch lets go of its journal when you "
+                "leave it"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Two runs of one batch at once would each send what the other is sending.
-            self._lock = _Lock(self.path.with_name(self.path.name + ".lock"))
+            self._lock = _Lock(self.path.with_name(self.path.name + ".lock"), self.path)
             self._open(payloads)
-            _OPEN[key] = self
+            _OPEN[self._key] = self
         except (sqlite3.Error, OSError) as exc:
             if self._lock is not None:
                 self._lock.release()
@@ -87,6 +198,11 @@ class Journal:
                 self._lock.release()
             raise
 
+    @property
+    def closed(self) -> bool:
+        """True once the journal has let go of its file and lock."""
+        return self._lock is None
+
     def _open(self, payloads: Sequence[dict[str, Any]]) -> None:
         # A short busy timeout: waiting here blocks the event loop.
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0.5)
@@ -95,6 +211,10 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(entries)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE entries ADD COLUMN {column} {kind}")
         fingerprint = _fingerprint(payloads)
         row = self._db.execute("SELECT value FROM meta WHERE key='batch'").fetchone()
         if row is None:
@@ -146,34 +266,80 @@ class Journal:
         """Every request's line, in input order."""
         return _entries(self._db)
 
-    def sending(self, index: int) -> None:
-        """About to send this request: from now on it may have created a task."""
-        self._set(index, state=self.SENDING)
+    def sending(self, index: int, error: GrokImagineError | None = None) -> None:
+        """About to send this request: from now on it may have created a task.
+        With ``error``: it ended uncertain, for that reason."""
+        self._set(index, state=self.SENDING, **_error_fields(error))
 
     def submitted(self, index: int, task_id: str) -> None:
         """The request created this task."""
-        self._set(index, state=self.SUBMITTED, task_id=task_id)
-
-    def done(
-        self,
-        index: int,
-        outcome: str,
-        *,
-        task: dict[str, Any] | None = None,
-        error: str | None = None,
-    ) -> None:
-        """The request is settled, one way or another."""
-        self._set(
-            index,
-            state=self.DONE,
-            outcome=outcome,
-            task=json.dumps(task) if task is not None else None,
-            error=error,
-        )
+        self._set(index, state=self.SUBMITTED, task_id=task_id, error=None, error_detail=None)
 
     def unsent(self, index: int) -> None:
         """The request was not sent after all (its budget ran out, say)."""
-        self._set(index, state=self.NEW)
+        self._set(index, state=self.NEW, error=None, error_detail=None)
+
+    def record(self, outcome: Outcome) -> None:
+        """Write what a settled outcome leaves for a rerun (see the module's rules)."""
+        status, error = outcome.status, outcome.error
+        if status is OutcomeStatus.TIMED_OUT:
+            return  # still submitted: a rerun follows the task
+        if (
+            status is OutcomeStatus.SKIPPED
+            or (isinstance(error, APIConnectionError) and not error.request_sent)
+            # The server's refusal: no task was made, so a rerun may try again.
+            or (isinstance(error, APIStatusError) and outcome.task_id is None)
+        ):
+            self.unsent(outcome.index)
+        elif status is OutcomeStatus.UNCERTAIN:
+            self.sending(outcome.index, error)
+        elif status is OutcomeStatus.ERROR and outcome.task_id is not None:
+            return  # its polling failed: still submitted, a rerun follows it again
+        else:
+            task = outcome.task.model_dump(mode="json", by_alias=True) if outcome.task else None
+            self._set(
+                outcome.index,
+                state=self.DONE,
+                outcome=status.value,
+                task=json.dumps(task) if task is not None else None,
+                **_error_fields(error),
+            )
+
+    def resend(self, entry: JournalEntry) -> None:
+        """Make a settled row new again, keeping its earlier task in ``attempts``
+        (a task id that came back is never dropped)."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute(
+                    "INSERT INTO attempts (idx, task_id, task, error, outcome, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        entry.index,
+                        entry.task_id,
+                        json.dumps(entry.task) if entry.task is not None else None,
+                        entry.error,
+                        entry.outcome,
+                        time.time(),
+                    ),
+                )
+                self._db.execute(
+                    "UPDATE entries SET state = ?, task_id = NULL, task = NULL, error = NULL, "
+                    "error_detail = NULL, outcome = NULL, updated = ? WHERE idx = ?",
+                    (self.NEW, time.time(), entry.index),
+                )
+        except sqlite3.Error as exc:
+            raise JournalError(
+                f"journal {self.path}: request {entry.index} not reset: {exc}"
+            ) from exc
+
+    def attempts(self, index: int) -> list[str]:
+        """The task ids of a row's earlier attempts (resent after they failed)."""
+        rows = self._db.execute(
+            "SELECT task_id FROM attempts WHERE idx = ? AND task_id IS NOT NULL ORDER BY at",
+            (index,),
+        )
+        return [row[0] for row in rows]
 
     def _set(self, index: int, **fields: Any) -> None:
         names = ", ".join(f"{k} = ?" for k in fields)
@@ -186,32 +352,55 @@ class Journal:
             raise JournalError(f"journal {self.path}: request {index} not recorded: {exc}") from exc
 
     def close(self) -> None:
+        """Let go of the file and its lock (the lock file is removed); idempotent."""
+        if self._lock is None:
+            return
         self._db.close()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        self._lock.release()
+        self._lock = None
 
 
 _OPEN: weakref.WeakValueDictionary[str, Journal] = weakref.WeakValueDictionary()
 
 
 class _Lock:
-    """An exclusive lock on a file, held by this process until released or dead."""
+    """An exclusive lock on ``path``, held by this process until released or dead.
 
-    def __init__(self, path: Path) -> None:
-        self._file = open(path, "a+")  # noqa: SIM115 - held open for the lock's life
-        try:
-            _lock(self._file.fileno())
-        except OSError:
+    The lock file is removed on release. Another run may have opened it just
+    before, and would then hold a lock on a file no longer there; so a lock is
+    only taken to be held once the file at ``path`` is still the one locked.
+    """
+
+    def __init__(self, path: Path, journal: Path) -> None:
+        self._path = path
+        while True:
+            self._file = open(path, "a+")  # noqa: SIM115 - held open for the lock's life
+            try:
+                _lock(self._file.fileno())
+            except OSError:
+                self._file.close()
+                raise JournalError(
+                    f"journal {journal} is in use by another run of this batch: wait for it "
+                    "to finish (two runs at once could pay twice for a video)"
+                ) from None
+            if _same_file(self._file.fileno(), path):
+                return
             self._file.close()
-            raise JournalError(
-                f"journal {path.with_suffix('')} is in use by another run of this batch: "
-                "wait for it to finish (two runs at once could pay twice for a video)"
-            ) from None
 
     def release(self) -> None:
         if not self._file.closed:
+            # Unlinked while still locked, so nobody can lock the old file and think it current.
+            with contextlib.suppress(OSError):  # Windows keeps a locked file: reused next run
+                self._path.unlink(missing_ok=True)
             self._file.close()  # closing the file releases the lock
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
@@ -232,10 +421,102 @@ def _fingerprint(payloads: Sequence[dict[str, Any]]) -> str:
 
 
 def _entries(db: sqlite3.Connection) -> list[JournalEntry]:
+    have = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+    detail = "error_detail" if "error_detail" in have else "NULL"
     rows = db.execute(
-        "SELECT idx, state, task_id, task, error, outcome FROM entries ORDER BY idx"
+        f"SELECT idx, state, task_id, task, error, outcome, {detail} "  # noqa: S608 - our names
+        "FROM entries ORDER BY idx"
     ).fetchall()
     return [
-        JournalEntry(i, state, task_id, json.loads(task) if task else None, error, outcome)
-        for i, state, task_id, task, error, outcome in rows
+        JournalEntry(
+            i,
+            state,
+            task_id,
+            json.loads(task) if task else None,
+            error,
+            outcome,
+            _json_or_none(error_json),
+        )
+        for i, state, task_id, task, error, outcome, error_json in rows
     ]
+
+
+def _json_or_none(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# -- errors, written and read back ----------------------------------------------------------
+# An error is written as its type's name, its message and the fields that JSON can
+# hold, so a resumed outcome raises what the first run raised. Only the library's own
+# exception types (and httpx's, as causes) are rebuilt; the file never names code to run.
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _error_fields(error: BaseException | None) -> dict[str, Any]:
+    if error is None:
+        return {"error": None, "error_detail": None}
+    return {"error": str(error), "error_detail": json.dumps(_dump_error(error))}
+
+
+def _dump_error(error: BaseException, depth: int = 0) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for name, value in vars(error).items():
+        if isinstance(value, _SCALARS):
+            state[name] = value
+        elif isinstance(value, Task):
+            state[name] = {"__task__": value.model_dump(mode="json", by_alias=True)}
+        elif isinstance(value, GenerateRequest):
+            state[name] = {"__request__": True}
+        elif isinstance(value, BaseException) and depth < 4:
+            state[name] = {"__error__": _dump_error(value, depth + 1)}
+    dumped: dict[str, Any] = {
+        "type": type(error).__name__,
+        "args": [a for a in error.args if isinstance(a, _SCALARS)],
+        "state": state,
+    }
+    if isinstance(error.__cause__, BaseException) and depth < 4:
+        dumped["cause"] = _dump_error(error.__cause__, depth + 1)
+    return dumped
+
+
+def _load_error(dumped: dict[str, Any], request: GenerateRequest | None) -> GrokImagineError:
+    built = _rebuild(dumped, request)
+    if isinstance(built, GrokImagineError):
+        return built
+    return GrokImagineError(str(built))
+
+
+def _rebuild(dumped: dict[str, Any], request: GenerateRequest | None) -> BaseException:
+    name = str(dumped.get("type", ""))
+    args = tuple(dumped.get("args") or ())
+    ours = getattr(_exceptions, name, None)
+    theirs = getattr(httpx, name, None)
+    error: BaseException
+    if isinstance(ours, type) and issubclass(ours, GrokImagineError):
+        error = ours.__new__(ours)
+        error.args = args
+        for key, value in dict(dumped.get("state") or {}).items():
+            if isinstance(value, dict) and "__task__" in value:
+                value = Task.model_validate(value["__task__"])
+            elif isinstance(value, dict) and "__request__" in value:
+                value = request
+            elif isinstance(value, dict) and "__error__" in value:
+                value = _rebuild(value["__error__"], request)
+            setattr(error, key, value)
+        if isinstance(error, SubmitUncertainError) and request is None:
+            error = GrokImagineError(*args)
+    elif isinstance(theirs, type) and issubclass(theirs, httpx.HTTPError):
+        error = theirs(str(args[0]) if args else name)
+    else:
+        error = GrokImagineError(*(args or (name,)))
+    cause = dumped.get("cause")
+    if isinstance(cause, dict):
+        error.__cause__ = _rebuild(cause, request)
+    return error

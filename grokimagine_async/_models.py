@@ -37,12 +37,13 @@ __all__ = [
     "Task",
     "TaskState",
     "Unchecked",
+    "check_task_id",
 ]
 
+#: The ``mode`` values the provider documents; send another as :class:`Unchecked`.
 DOCUMENTED_MODES: tuple[str, ...] = ("fun", "normal", "spicy")
-"""The ``mode`` values the provider documents; send another as :class:`Unchecked`."""
+#: The ``ratio`` values the provider documents; send another as :class:`Unchecked`.
 DOCUMENTED_RATIOS: tuple[str, ...] = ("1:1", "2:3", "3:2")
-"""The ``ratio`` values the provider documents; send another as :class:`Unchecked`."""
 
 
 class Unchecked(str):
@@ -430,3 +431,14 @@ class Task(BaseModel):
         """For a failed task: whether a new submission of the same request could work."""
         kind = self.failure_kind
         return kind is not None and kind.resubmit_may_succeed
+
+
+def check_task_id(task_id: object) -> str:
+    """A task id as given, stripped; :class:`RequestValidationError` when it is not one."""
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise RequestValidationError(
+            "task_id",
+            f"must be a non-empty string, got {task_id!r}",
+            "Pass the id that submit() returned, such as 'task_123456789'.",
+        )
+    return task_id.strip()

@@ -30,16 +30,31 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 
-from ._client import NOT_FOUND_GRACE, TRANSIENT_POLL_ERRORS
-from ._exceptions import GrokImagineError, NotFoundError
+from ._exceptions import GrokImagineError, poll_error_is_final
+from ._limiter import RateLimitStatus
 from ._models import Task, TaskState
-from ._ratelimit import RateLimitStatus
 
-__all__ = ["DurationModel", "PollResult", "Poller"]
+__all__ = ["DurationModel", "PollResult", "Poller", "StatusSource"]
+
+
+class StatusSource(Protocol):
+    """What the bulk layer needs of a client to follow tasks."""
+
+    @property
+    def poll_interval(self) -> float:
+        """The first guess of how long a generation takes, in seconds."""
+
+    async def get_task(self, task_id: str) -> Task:
+        """One status call."""
+
+    def rate_limit_status(self) -> RateLimitStatus:
+        """The token's budget now."""
+
 
 #: Probing goes on until this many generations have been timed. Only probes are
 #: learnt from: polls timed by the model itself would teach it its own guesses.
@@ -296,25 +311,20 @@ class Poller:
         task: Task | None = None
         try:
             task = await self.get_task(w.task_id)
-        except TRANSIENT_POLL_ERRORS as exc:
-            error = exc
-        except NotFoundError as exc:
-            if sent - w.since > NOT_FOUND_GRACE:
-                self._settle(w, PollResult(w.task_id, w.last, exc))
-                return
-            error = exc
         except GrokImagineError as exc:
-            self._settle(w, PollResult(w.task_id, w.last, exc))
-            return
+            error = exc
         finally:
             self._in_flight -= 1
             w.in_flight = False
             self._wakeup.set()
+        if error is not None and poll_error_is_final(error, sent - w.since):
+            self._settle(w, PollResult(w.task_id, w.last, error))
+            return
         now = anyio.current_time()
         previous = w.last_poll
         w.polls += 1
         w.last_poll = sent
-        if error is None and task is not None:
+        if task is not None:
             w.last = task
             if task.state.is_terminal:
                 if task.state is TaskState.COMPLETED:

@@ -543,14 +543,14 @@ def test_a_journal_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
     Journal(path, [{"prompt": "a"}]).close()
 
 
-def test_in_one_process_a_new_run_takes_over_a_journal_left_behind(tmp_path: Path) -> None:
+def test_in_one_process_a_journal_still_open_is_refused_to_a_second_run(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
-    left_behind = Journal(path, [{"prompt": "a"}])
-    taking_over = Journal(path, [{"prompt": "a"}])
-    with pytest.raises(JournalError):
-        left_behind.sending(0)  # the old run can record, and so send, nothing more
-    taking_over.submitted(0, "t0")
-    taking_over.close()
+    first = Journal(path, [{"prompt": "a"}])
+    with pytest.raises(JournalError, match=r"async with.*aclose"):
+        Journal(path, [{"prompt": "a"}])
+    first.submitted(0, "t0")  # the first run is untouched
+    first.close()
+    Journal(path, [{"prompt": "a"}]).close()
 
 
 def test_peeking_at_a_journal_writes_nothing(tmp_path: Path) -> None:
@@ -565,4 +565,4 @@ def test_peeking_at_a_journal_writes_nothing(tmp_path: Path) -> None:
     (entry,) = Journal.peek(path, payloads)
     assert entry.task_id == "t0"
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.db", "j.db.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.db"]  # no lock left behind

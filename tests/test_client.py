@@ -628,3 +628,12 @@ async def test_clients_of_one_token_share_a_limiter_and_the_stricter_stated_rate
 def test_rate_limit_status_works_outside_an_event_loop() -> None:
     status = AsyncClient(TOKEN, tier="pro").rate_limit_status()
     assert (status.limit, status.remaining, status.waiting) == (1000, 1000, 0)
+
+
+async def test_a_connection_error_after_the_retries_chains_the_transport_error() -> None:
+    api = Recorder(httpx.ReadError("peer went away"))
+    async with make_client(api, max_retries=1) as client:
+        with pytest.raises(APIConnectionError) as info:
+            await client.get_task("task_1")
+    assert isinstance(info.value.__cause__, httpx.ReadError)
+    assert "peer went away" in str(info.value.__cause__)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
-from grokimagine_async import AsyncClient, DownloadError, RateLimit, VideoExpiredError
+from grokimagine_async import AsyncClient, DownloadError, RateLimit, Task, VideoExpiredError
 from grokimagine_async.simulator import ManualClock, Simulator
 
-from .helpers import TOKEN
+from .helpers import SIM_URL, TOKEN
 
 pytestmark = pytest.mark.anyio
 
@@ -68,3 +70,65 @@ async def test_a_folder_that_cannot_be_written_is_a_download_error(tmp_path: Pat
             task = await client.generate(prompt="p")
             with pytest.raises(DownloadError, match="cannot write"):
                 await client.download(task, blocker / "videos")
+
+
+async def test_a_redirected_video_is_followed_without_the_token(tmp_path: Path) -> None:
+    sim = Simulator(generation_time=(0.1, 0.2), video_redirect=True, seed=3)
+    async with (
+        sim.serve() as url,
+        AsyncClient(
+            TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0), poll_interval=0.05
+        ) as client,
+    ):
+        with anyio.fail_after(20):
+            task = await client.generate(prompt="p")
+            (path,) = await client.download(task, tmp_path)
+    assert path.read_bytes()[4:8] == b"ftyp"
+    assert sim.stats.video_requests == 2  # the 302 and the signed location
+    assert sim.stats.video_requests_with_auth == 0
+
+
+async def test_a_cancelled_download_leaves_no_part_file(tmp_path: Path) -> None:
+    half_written = anyio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 4096
+        half_written.set()
+        await anyio.sleep_forever()
+
+    def video_host(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "video/mp4"}, content=slow_body())
+
+    task = Task.model_validate(
+        {"task_id": "t1", "status": "completed", "response": ["https://cdn.test/v.mp4"]}
+    )
+    http = httpx.AsyncClient(transport=httpx.MockTransport(video_host))
+    async with http, AsyncClient(TOKEN, base_url=SIM_URL, http_client=http) as client:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.download, task, tmp_path)
+                await half_written.wait()
+                assert [p.name for p in tmp_path.iterdir()] == ["t1_0.mp4.part"]
+                tg.cancel_scope.cancel()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_every_failed_video_of_a_task_is_reported(tmp_path: Path) -> None:
+    clock = ManualClock()
+    sim = Simulator(
+        clock=clock, generation_time=(1.0, 1.0), video_ttl=5.0, videos_per_task=3, seed=2
+    )
+    async with (
+        sim.serve() as url,
+        AsyncClient(TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0)) as client,
+    ):
+        task_id = await client.submit(prompt="p")
+        clock.advance(2.0)
+        task = await client.get_task(task_id)
+        clock.advance(10.0)
+        with pytest.raises(VideoExpiredError) as info:
+            await client.download(task, tmp_path)
+    assert len(info.value.errors) == 3
+    assert {e.url for e in info.value.errors} == set(task.videos)
+    assert "3 of 3 videos" in str(info.value)
+    assert info.value.downloaded == []

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from grokimagine_async import RateLimit, RateLimitStatus
 from grokimagine_async._headers import RateFeedback, parse_remaining, parse_reset, parse_retry_after
-from grokimagine_async._limiter import SlidingWindowLimiter, WindowBudget
+from grokimagine_async._sliding_window import SlidingWindowLimiter, WindowBudget
 
 PERIOD = 2.0
 

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .._bulk import AsyncClient, OutcomeStatus
+from .. import AsyncClient, OutcomeStatus
 from .._config import CREDITS_PER_VIDEO, ENV_API_KEY, RateLimit, Tier, resolve_tier
 from .._exceptions import (
     AuthenticationError,

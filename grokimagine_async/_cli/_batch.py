@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from .._bulk import AsyncClient, GenerationPipeline, Outcome, OutcomeStatus
+from .. import AsyncClient, GenerationPipeline, Outcome, OutcomeStatus
 from .._config import CREDITS_PER_VIDEO, USD_PER_CREDIT, RateLimit
 from .._exceptions import GrokImagineError, VideoExpiredError
 from .._journal import Journal, JournalEntry

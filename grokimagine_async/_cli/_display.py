@@ -11,7 +11,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .._bulk import OutcomeStatus
+from .. import OutcomeStatus
 from ._batch import Snapshot, duration, usd
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -16,8 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 
 from ._config import DOCUMENTED_MODES, DOCUMENTED_RATIOS, SimulatorConfig
+from ._counters import RateLimiterBank, Window, rate_limit_headers, retry_after_header
 from ._faults import Fault, FaultPlan
-from ._ratelimit import RateLimiterBank, Window, rate_limit_headers, retry_after_header
 from ._state import SimTask, TaskStore
 from ._stats import SimulatorStats
 from ._video import EXPIRED_BODY, NOT_FOUND_BODY, fake_mp4
@@ -73,8 +74,8 @@ class _Request:
     headers: dict[str, str]
     body: bytes
     scheme: str
+    #: The ``Host`` the request came in on, port included when there is one.
     host: str
-    """The ``Host`` the request came in on, port included when there is one."""
 
     @property
     def base_url(self) -> str:
@@ -420,6 +421,14 @@ class SimulatorApp:
         stats.video_requests += 1
         if "authorization" in request.headers:
             stats.video_requests_with_auth += 1
+        if self.config.video_redirect and "sig" not in request.query:
+            sig = hashlib.sha256(f"{task_id}/{number}".encode()).hexdigest()[:16]
+            signed = f"{request.path}?sig={sig}"
+            reply = _Reply(
+                302, b"", content_type=b"text/plain", headers=[(b"location", signed.encode())]
+            )
+            stats.record(now, "video", reply.status, counted=False)
+            return reply
         fault = self._pick_fault("video")
         if fault is not None and not fault.processed:
             reply = self._unprocessed(fault, None, now, wall_offset)

@@ -105,7 +105,10 @@ class SimulatorConfig:
         one the API request came in on; ``{scheme}``, ``{host}`` and ``{port}`` in it
         are filled in from the status request, so a server on a random port can still
         hand out e.g. ``http://127.0.0.1:{port}`` while the API is called as
-        ``http://localhost:<port>``.
+        ``http://localhost:<port>``. ``video_redirect`` makes every video URL answer
+        ``302 Found`` to a signed location (the same path with ``?sig=...``), as a
+        CDN does; the redirect and its target both count in ``video_requests`` and
+        ``video_requests_with_auth``.
     """
 
     limit: int = 100
@@ -136,6 +139,7 @@ class SimulatorConfig:
     video_ttl: float | None = None
     video_bytes: int = 4096
     video_base_url: str | None = None
+    video_redirect: bool = False
 
     def __post_init__(self) -> None:
         self._check_rates()

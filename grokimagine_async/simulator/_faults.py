@@ -61,10 +61,10 @@ class Fault:
     """
 
     kind: FaultKind
+    #: HTTP status of an ``html`` page, or the body ``code`` of ``error_in_200``.
     status: int | None = None
-    """HTTP status of an ``html`` page, or the body ``code`` of ``error_in_200``."""
+    #: How long a ``delay`` holds the answer, or the ``Retry-After`` of ``rate_limited``.
     seconds: float | None = None
-    """How long a ``delay`` holds the answer, or the ``Retry-After`` of ``rate_limited``."""
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:

@@ -21,19 +21,19 @@ class SimTask:
     """
 
     task_id: str
+    #: The request body as submitted (the status answer echoes it).
     request: dict[str, Any]
-    """The request body as submitted (the status answer echoes it)."""
     created_at: float
+    #: Creation time as epoch seconds (what ``created_at`` in the answer shows).
     created_wall: float
-    """Creation time as epoch seconds (what ``created_at`` in the answer shows)."""
     running_at: float
     finished_at: float
     failed: bool
     error_message: str | None
+    #: How many video URLs the task yields if it completes.
     videos: int
-    """How many video URLs the task yields if it completes."""
+    #: Credits charged at creation.
     credits: int
-    """Credits charged at creation."""
 
     def phase(self, now: float) -> Phase:
         """The task's phase at simulator time ``now``."""

@@ -12,14 +12,14 @@ from typing import Any, NamedTuple
 class RequestRecord(NamedTuple):
     """One visible request as the server logged it."""
 
+    #: Simulator clock time when the request arrived.
     time: float
-    """Simulator clock time when the request arrived."""
+    #: ``generate``, ``status``, ``video`` or ``other``.
     endpoint: str
-    """``generate``, ``status``, ``video`` or ``other``."""
+    #: HTTP status sent; 0 when the connection was dropped without an answer.
     status: int
-    """HTTP status sent; 0 when the connection was dropped without an answer."""
+    #: Whether the rate limiter counted it as an allowed request.
     counted: bool
-    """Whether the rate limiter counted it as an allowed request."""
 
 
 @dataclass
@@ -30,21 +30,21 @@ class SimulatorStats:
     ``requests`` or the per-endpoint counts; it has its own two counters.
     """
 
+    #: The simulator's rate period (the default window of :meth:`max_in_window`).
     period: float = 60.0
-    """The simulator's rate period (the default window of :meth:`max_in_window`)."""
     requests: int = 0
     by_endpoint: Counter[str] = field(default_factory=Counter)
     by_status: Counter[int] = field(default_factory=Counter)
+    #: Answers with code 429, whether the limiter or a fault produced them.
     rate_limited: int = 0
-    """Answers with code 429, whether the limiter or a fault produced them."""
     tasks_created: int = 0
     video_requests: int = 0
+    #: Video downloads that carried an ``Authorization`` header (which leaks the token).
     video_requests_with_auth: int = 0
-    """Video downloads that carried an ``Authorization`` header (which leaks the token)."""
     background_requests: int = 0
     background_rejected: int = 0
+    #: How many times each fault kind was applied.
     faults: Counter[str] = field(default_factory=Counter)
-    """How many times each fault kind was applied."""
     log: list[RequestRecord] = field(default_factory=list)
     created: list[dict[str, Any]] = field(default_factory=list)
 

@@ -25,12 +25,12 @@ def _slack(t: float) -> float:
 class Window:
     """What a token's limiter looks like at one instant (all times on the simulator clock)."""
 
+    #: Requests the token could still send right now.
     remaining: int
-    """Requests the token could still send right now."""
+    #: When the token's full limit is available again (``now`` if it already is).
     reset_at: float
-    """When the token's full limit is available again (``now`` if it already is)."""
+    #: When at least one request is allowed again (``now`` if one is allowed now).
     retry_at: float
-    """When at least one request is allowed again (``now`` if one is allowed now)."""
 
 
 class Limiter(ABC):
@@ -149,10 +149,10 @@ def make_limiter(model: RateModel, limit: int, period: float, origin: float) -> 
 class _TokenState:
     limiter: Limiter
     phantom_interval: float | None
+    #: When the background client's next request is scheduled.
     next_phantom: float
-    """When the background client's next request is scheduled."""
+    #: When its refused head request may try again (it waits for room, as a client would).
     phantom_blocked_until: float
-    """When its refused head request may try again (it waits for room, as a client would)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,574 @@
+"""Submit and watch at once: the pipeline behind :meth:`AsyncClient.generate_many`.
+
+Submissions and polls share the token's budget through one poll scheduler; a
+journal (optional) makes a stopped batch resumable without paying twice, by
+the rules :mod:`._journal` keeps. The pipeline adds what a batch needs on top:
+credit accounting (``max_credits``), a deadline, a graceful stop, and one
+outcome per request as soon as it settles.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import deque
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+from typing_extensions import Self
+
+from ._exceptions import (
+    APIConnectionError,
+    AuthenticationError,
+    BudgetExceededError,
+    GrokImagineError,
+    JournalError,
+    RequestValidationError,
+    SubmitUncertainError,
+    TaskFailedError,
+    TaskPollError,
+    TaskTimeoutError,
+)
+from ._journal import Journal, JournalEntry, Resume
+from ._models import GenerateRequest, Task, TaskState
+from ._outcomes import Outcome, OutcomeStatus, PipelineProgress
+from ._poller import Poller, PollResult, StatusSource
+
+__all__ = ["GenerationPipeline", "RequestLike", "Submitter", "collect_requests", "try_build"]
+
+#: A request as the bulk calls take it: a checked model or a plain mapping.
+RequestLike = GenerateRequest | Mapping[str, Any]
+
+logger = logging.getLogger("grokimagine_async")
+
+#: Polls in flight at once once nothing is left to submit.
+MAX_POLLS_IN_FLIGHT = 64
+
+
+class Submitter(StatusSource, Protocol):
+    """What the pipeline needs of a client."""
+
+    async def submit_request(
+        self,
+        request: GenerateRequest | Mapping[str, Any],
+        *,
+        before_send: Callable[[], None] | None = None,
+        after_unsent: Callable[[], None] | None = None,
+    ) -> str:
+        """Submit one checked request; see :meth:`AsyncClient.submit_request`."""
+
+
+async def collect_requests(requests: Iterable[Any] | AsyncIterable[Any]) -> list[Any]:
+    """Every item of a bulk call's input (refusing one request passed as many)."""
+    if isinstance(requests, AsyncIterable):
+        return [item async for item in requests]
+    if isinstance(requests, (str, bytes, Mapping, GenerateRequest)):
+        raise RequestValidationError(
+            "requests",
+            f"expected many requests, got one {type(requests).__name__}",
+            "Pass a list (or any iterable) of requests, e.g. [{'prompt': '...'}]",
+        )
+    return list(requests)
+
+
+def try_build(item: Any) -> GenerateRequest | RequestValidationError:
+    """The checked request, or why it is not one."""
+    try:
+        return GenerateRequest.build(item)
+    except RequestValidationError as exc:
+        return exc
+
+
+class _NotSent(Exception):
+    """Stops a submission at the last moment: it is not sent."""
+
+
+def _stopped() -> GrokImagineError:
+    return GrokImagineError("not submitted: the batch was stopped; run it again to submit")
+
+
+@dataclass(eq=False)
+class _Item:
+    index: int
+    request: GenerateRequest | None
+    invalid: RequestValidationError | None = None
+
+
+class _Credits:
+    """What the batch has spent or committed, against an optional ceiling."""
+
+    def __init__(self, ceiling: int | None, per_video: int) -> None:
+        self.ceiling = ceiling
+        self.per_video = per_video
+        self.spent = 0
+
+    def count(self) -> None:
+        """A video paid for earlier (or whose payment cannot be ruled out)."""
+        self.spent += self.per_video
+
+    def reserve(self) -> BudgetExceededError | None:
+        """Commit one video's credits, or say why not."""
+        if self.ceiling is not None and self.spent + self.per_video > self.ceiling:
+            return BudgetExceededError(
+                f"not submitted: it would take the batch's spend to "
+                f"{self.spent + self.per_video} credits, past max_credits={self.ceiling}"
+            )
+        self.spent += self.per_video
+        return None
+
+    def refund(self) -> None:
+        """The video was provably not paid for after all."""
+        self.spent -= self.per_video
+
+
+class _Batch:
+    """The pipeline's state and work. Nothing here refers back to the
+    :class:`GenerationPipeline` a user holds, so that dropping it frees the journal."""
+
+    def __init__(
+        self,
+        client: Submitter,
+        requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+        *,
+        journal: str | Path | None,
+        max_credits: int | None,
+        credits_per_video: int,
+        concurrency: int,
+        timeout: float | None,
+        resubmit_uncertain: bool,
+        resubmit_failed: bool,
+        poll_interval: float | None,
+    ) -> None:
+        self.client = client
+        self.requests = requests
+        self.journal_path = journal
+        self.credits = _Credits(max_credits, credits_per_video)
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.resubmit_uncertain = resubmit_uncertain
+        self.resubmit_failed = resubmit_failed
+        self.prior = poll_interval or client.poll_interval
+        self.ready: deque[Outcome] = deque()
+        self.queue: deque[_Item] = deque()
+        # One task id may come back for two requests: each still gets its own outcome.
+        self.by_task: dict[str, list[_Item]] = {}
+        self.journal: Journal | None = None
+        self.poller = self._new_poller()
+        self.started = False
+        self.finished = False
+        self.background = False
+        self.submitting = 0
+        self.deadline: float | None = None
+        self.arrived = anyio.Event()
+        self.total = 0
+        self.stopping = False
+        self.stop_reason: GrokImagineError = _stopped()
+        # Submissions not yet on the wire, which a stop may still call off.
+        self.scopes: dict[int, anyio.CancelScope] = {}
+        self.unsent: set[int] = set()
+        self.quiet = anyio.Event()
+
+    def _new_poller(self) -> Poller:
+        return Poller(
+            get_task=self.client.get_task,
+            budget=self.client.rate_limit_status,
+            on_result=self._on_poll,
+            prior=self.prior,
+        )
+
+    # -- setting up ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.started = True
+        items = []
+        for index, raw in enumerate(await collect_requests(self.requests)):
+            built = try_build(raw)
+            if isinstance(built, GenerateRequest):
+                items.append(_Item(index, built))
+            else:
+                items.append(_Item(index, None, invalid=built))
+        self.total = len(items)
+        if self.timeout is not None:
+            self.deadline = anyio.current_time() + self.timeout
+        entries: list[JournalEntry] = []
+        if self.journal_path is not None:
+            payloads = [
+                it.request.to_payload() if it.request else {"invalid": str(it.invalid)}
+                for it in items
+            ]
+            self.journal = Journal(self.journal_path, payloads)
+            entries = self.journal.entries()
+        for item in items:
+            if item.invalid is not None:
+                self.settle(item, OutcomeStatus.ERROR, error=item.invalid)
+            elif not entries:
+                self.queue.append(item)
+            else:
+                self._resume(item, entries[item.index])
+
+    def _resume(self, item: _Item, entry: JournalEntry) -> None:
+        assert self.journal is not None
+        action = entry.resume(
+            resubmit_uncertain=self.resubmit_uncertain, resubmit_failed=self.resubmit_failed
+        )
+        if action is Resume.SEND:
+            if entry.state == Journal.DONE:
+                # A failed task resent: the first attempt was paid for too.
+                self.credits.count()
+                self.journal.resend(entry)
+            self.queue.append(item)
+        elif action is Resume.FOLLOW:
+            assert entry.task_id is not None
+            self.credits.count()
+            self._follow(item, entry.task_id)
+        elif action is Resume.SETTLED:
+            if entry.task_id:
+                self.credits.count()
+            self.ready.append(entry.outcome_of(item.request))
+        else:
+            assert item.request is not None
+            self.credits.count()
+            error = entry.error_of(item.request)
+            if not isinstance(error, SubmitUncertainError):
+                error = SubmitUncertainError(
+                    "a run of this batch was sending this request when it stopped: it may "
+                    "have created a task (and spent credits) whose id never came back. "
+                    "Pass resubmit_uncertain=True to send it again",
+                    request=item.request,
+                    cause=error
+                    or GrokImagineError("the run stopped while the request was on the wire"),
+                )
+            self.settle(item, OutcomeStatus.UNCERTAIN, error=error, resumed=True)
+
+    def _follow(self, item: _Item, task_id: str, since: float | None = None) -> None:
+        self.by_task.setdefault(task_id, []).append(item)
+        self.poller.add(task_id, since)
+
+    # -- settling ---------------------------------------------------------------------------
+
+    def settle(
+        self,
+        item: _Item,
+        status: OutcomeStatus,
+        *,
+        task_id: str | None = None,
+        task: Task | None = None,
+        error: GrokImagineError | None = None,
+        resumed: bool = False,
+    ) -> None:
+        outcome = Outcome(item.index, item.request, status, task_id, task, error, resumed)
+        if not resumed and self.journal is not None:
+            try:
+                self.journal.record(outcome)
+            except JournalError as exc:
+                logger.error("%s (outcome %s, task %s)", exc, status.value, task_id)
+        self.ready.append(outcome)
+        self.arrived.set()
+
+    def _on_poll(self, result: PollResult) -> None:
+        for item in self.by_task.pop(result.task_id):
+            if result.error is not None:
+                error = TaskPollError(result.task_id, result.error, result.task)
+                error.__cause__ = result.error
+                self.settle(item, OutcomeStatus.ERROR, task_id=result.task_id, error=error)
+            elif result.task is not None and result.task.state is TaskState.COMPLETED:
+                self.settle(item, OutcomeStatus.COMPLETED, task_id=result.task_id, task=result.task)
+            else:
+                assert result.task is not None
+                self.settle(
+                    item,
+                    OutcomeStatus.FAILED,
+                    task_id=result.task_id,
+                    task=result.task,
+                    error=TaskFailedError(result.task),
+                )
+
+    # -- running ----------------------------------------------------------------------------
+
+    def more_coming(self) -> bool:
+        return bool(self.queue) or self.submitting > 0
+
+    def done(self) -> bool:
+        return not self.queue and not self.submitting and not len(self.poller)
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and anyio.current_time() >= self.deadline
+
+    async def run(self, stop: Callable[[], bool]) -> None:
+        """Submit and poll until ``stop()``; returns with nothing in flight."""
+        poller = self.poller
+        slots = anyio.CapacityLimiter(self.concurrency)
+
+        async def submit(item: _Item, token: object) -> None:
+            try:
+                with anyio.CancelScope() as scope:
+                    self.scopes[item.index] = scope
+                    self.unsent.add(item.index)
+                    await self._submit(item)
+                if scope.cancelled_caught:
+                    self.credits.refund()
+                    self.settle(item, OutcomeStatus.SKIPPED, error=self.stop_reason)
+            finally:
+                self.scopes.pop(item.index, None)
+                self.unsent.discard(item.index)
+                self.submitting -= 1
+                if not self.submitting:
+                    self.quiet.set()
+                    self.quiet = anyio.Event()
+                slots.release_on_behalf_of(token)
+                poller.wake()
+
+        # While submissions are queued they get most of the budget: polls can wait a
+        # little, and every submission out early shortens the batch's tail.
+        poller.max_in_flight = max(2, self.concurrency // 5) if self.queue else MAX_POLLS_IN_FLIGHT
+
+        async def feed(tg: TaskGroup) -> None:
+            try:
+                while self.queue and not stop() and not self.past_deadline():
+                    token = object()
+                    await slots.acquire_on_behalf_of(token)
+                    if stop() or not self.queue or self.past_deadline():
+                        slots.release_on_behalf_of(token)
+                        break
+                    self.submitting += 1
+                    tg.start_soon(submit, self.queue.popleft(), token)
+            finally:
+                if not self.queue:
+                    poller.max_in_flight = MAX_POLLS_IN_FLIGHT
+                    poller.wake()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(feed, tg)
+            await poller.run(stop=stop, deadline=self.deadline, more_coming=self.more_coming)
+        if self.past_deadline():
+            self._expire()
+
+    async def run_all(self) -> None:
+        try:
+            while not self.done():
+                await self.run(stop=lambda: False)
+        finally:
+            self.finished = True
+            self.arrived.set()
+
+    def _expire(self) -> None:
+        for task_id, last in self.poller.pending().items():
+            for item in self.by_task.pop(task_id):
+                error = TaskTimeoutError(task_id, self.timeout or 0.0, last)
+                self.settle(item, OutcomeStatus.TIMED_OUT, task_id=task_id, task=last, error=error)
+        self.poller = self._new_poller()
+        while self.queue:
+            error = TaskTimeoutError("(not submitted)", self.timeout or 0.0, None)
+            self.settle(self.queue.popleft(), OutcomeStatus.SKIPPED, error=error)
+
+    async def _submit(self, item: _Item) -> None:
+        assert item.request is not None
+        refused = self.credits.reserve()
+        if refused is not None:
+            self.settle(item, OutcomeStatus.SKIPPED, error=refused)
+            return
+
+        def before_send() -> None:
+            if self.stopping or self.past_deadline():
+                raise _NotSent
+            self.unsent.discard(item.index)
+            if self.journal is not None:
+                self.journal.sending(item.index)
+
+        def after_unsent() -> None:
+            # A 429 or a connection never made: nothing is on the wire until the retry.
+            if self.stopping or self.past_deadline():
+                raise _NotSent
+            self.unsent.add(item.index)
+            if self.journal is not None:
+                self.journal.unsent(item.index)
+
+        since = anyio.current_time()
+        try:
+            task_id = await self.client.submit_request(
+                item.request, before_send=before_send, after_unsent=after_unsent
+            )
+        except _NotSent:
+            self.credits.refund()
+            late = TaskTimeoutError("(not submitted)", self.timeout or 0.0, None)
+            reason = self.stop_reason if self.stopping else late
+            self.settle(item, OutcomeStatus.SKIPPED, error=reason)
+            return
+        except SubmitUncertainError as exc:
+            self.settle(item, OutcomeStatus.UNCERTAIN, error=exc)
+            return
+        except GrokImagineError as exc:
+            never_sent = isinstance(exc, APIConnectionError) and not exc.request_sent
+            if not (isinstance(exc, APIConnectionError) and exc.request_sent):
+                self.credits.refund()
+            self.settle(item, OutcomeStatus.ERROR, error=exc)
+            if isinstance(exc, AuthenticationError) or never_sent:
+                # A refused token, or a host that could not be reached through every
+                # retry: every other request would end the same way.
+                self.stop(exc)
+            return
+        self._follow(item, task_id, since)
+        if self.journal is not None:
+            try:
+                self.journal.submitted(item.index, task_id)
+            except JournalError as exc:
+                logger.error("%s: task %s is followed all the same", exc, task_id)
+
+    # -- stopping and closing ---------------------------------------------------------------
+
+    def stop(self, reason: GrokImagineError) -> None:
+        self.stopping = True
+        self.stop_reason = reason
+        for index in list(self.unsent):
+            self.scopes[index].cancel()
+        while self.queue:
+            self.settle(self.queue.popleft(), OutcomeStatus.SKIPPED, error=reason)
+
+    async def wait_submitted(self) -> None:
+        while self.submitting:
+            await self.quiet.wait()
+
+    def progress(self) -> PipelineProgress:
+        running = sum(len(items) for items in self.by_task.values())
+        queued = len(self.queue)
+        settled = self.total - queued - self.submitting - running
+        return PipelineProgress(
+            self.total, queued, self.submitting, running, settled, self.credits.spent
+        )
+
+    async def next(self) -> Outcome:
+        if not self.started:
+            await self.start()
+        while not self.ready:
+            if self.done() or self.finished:
+                self.close()
+                raise StopAsyncIteration
+            if self.background:
+                self.arrived = anyio.Event()
+                if not self.ready:
+                    await self.arrived.wait()
+            else:
+                await self.run(stop=lambda: bool(self.ready))
+        return self.ready.popleft()
+
+    def close(self) -> None:
+        """Let go of the journal and its lock; nothing more is sent."""
+        self.finished = True
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+
+
+class GenerationPipeline:
+    """The async iterator :meth:`AsyncClient.generate_many` returns: an
+    :class:`Outcome` per request, as each settles.
+
+    Use it as ``async with client.generate_many(...) as results:`` (or wrap it
+    in ``contextlib.aclosing``): leaving the block, by ``break`` or an error,
+    stops the work and lets go of the journal at once. A bare ``async for``
+    works too: the journal is let go when the loop ends, or, after a
+    ``break``, as soon as nothing refers to the pipeline any more; or call
+    :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        client: Submitter,
+        requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+        *,
+        journal: str | Path | None = None,
+        max_credits: int | None = None,
+        credits_per_video: int,
+        concurrency: int,
+        timeout: float | None = None,
+        resubmit_uncertain: bool = False,
+        resubmit_failed: bool = False,
+        poll_interval: float | None = None,
+    ) -> None:
+        self._batch = _Batch(
+            client,
+            requests,
+            journal=journal,
+            max_credits=max_credits,
+            credits_per_video=credits_per_video,
+            concurrency=concurrency,
+            timeout=timeout,
+            resubmit_uncertain=resubmit_uncertain,
+            resubmit_failed=resubmit_failed,
+            poll_interval=poll_interval,
+        )
+        self._background: TaskGroup | None = None
+        # Runs when the last reference to the pipeline goes (a `break` out of a bare
+        # `async for`): the batch does not refer back here, so no cycle delays it.
+        self._finalizer = weakref.finalize(self, self._batch.close)
+
+    @property
+    def progress(self) -> PipelineProgress:
+        """Counts of the batch's requests by stage, and the credits spent so far."""
+        return self._batch.progress()
+
+    @property
+    def unfinished(self) -> dict[str, Task | None]:
+        """Tasks submitted and not yet settled, with the last state seen of each:
+        what you would lose track of by stopping now without a journal."""
+        return self._batch.poller.pending()
+
+    def stop_submitting(self) -> None:
+        """Send no more requests, as for a graceful Ctrl-C.
+
+        Requests not yet sent settle as ``SKIPPED`` (a journal keeps them for a
+        rerun); those already on the wire finish and their task ids are kept
+        and recorded. Tasks already submitted are still followed: iterate on
+        to see them settle, or leave now and let a rerun of the journal follow
+        them. ``progress.submitting`` drops to 0 once no request is on the wire.
+        """
+        self._batch.stop(_stopped())
+
+    async def wait_submitted(self) -> None:
+        """After :meth:`stop_submitting`: return once no request is on the wire,
+        every task id that came back recorded. Bound it with a timeout of your own."""
+        await self._batch.wait_submitted()
+
+    async def aclose(self) -> None:
+        """Stop the batch's work and let go of its journal (and lock) now.
+
+        Requests not yet sent stay unsent and tasks submitted stay recorded in
+        the journal, so a rerun resumes. Safe to call more than once.
+        """
+        if self._background is not None:
+            self._background.cancel_scope.cancel()
+        self._finalizer()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Outcome:
+        return await self._batch.next()
+
+    async def __aenter__(self) -> Self:
+        batch = self._batch
+        await batch.start()
+        self._background = anyio.create_task_group()
+        await self._background.__aenter__()
+        batch.background = True
+        self._background.start_soon(batch.run_all)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._background is not None
+        self._background.cancel_scope.cancel()
+        try:
+            return await self._background.__aexit__(exc_type, exc, tb)
+        finally:
+            self._background = None
+            self._finalizer()
