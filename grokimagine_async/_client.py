@@ -27,6 +27,7 @@ from ._config import (
     Tier,
     resolve_api_key,
     resolve_base_url,
+    resolve_poll_interval,
     resolve_tier,
 )
 from ._download import download_task
@@ -63,7 +64,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0, pool=None)
 #: Enough connections for a plan's worth of requests in flight at once.
 DEFAULT_POOL = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=4.0)
 DEFAULT_WAIT_TIMEOUT = 600.0
-DEFAULT_POLL_INTERVAL = 5.0
 
 
 def _check_positive(field: str, value: float | None, example: str) -> None:
@@ -107,7 +107,9 @@ class AsyncClient:
         retry_uncertain_submits: also resend a submission that may already
             have created a paid task (off by default: see
             :class:`SubmitUncertainError`).
-        poll_interval: seconds between status polls in :meth:`wait`.
+        poll_interval: seconds between status polls in :meth:`wait`, and the
+            bulk calls' first guess of a generation's length; defaults to
+            ``GROKIMAGINE_POLL_INTERVAL``, else 5.
         http_client: your own ``httpx.AsyncClient`` (proxies, transports,
             event hooks). The client never closes it, and never sets the token
             on it: the token goes only on requests to ``base_url``.
@@ -127,7 +129,7 @@ class AsyncClient:
         max_retries: int = 3,
         backoff: float = 0.5,
         retry_uncertain_submits: bool = False,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        poll_interval: float | None = None,
         http_client: httpx.AsyncClient | None = None,
         limiter: Limiter | None = None,
     ) -> None:
@@ -147,11 +149,7 @@ class AsyncClient:
             )
         if not backoff >= 0:
             raise ConfigurationError(f"backoff must be seconds >= 0, got {backoff!r}")
-        if not poll_interval > 0:
-            raise ConfigurationError(
-                f"poll_interval must be above 0 seconds, got {poll_interval!r}"
-            )
-        self._poll_interval = float(poll_interval)
+        self._poll_interval = resolve_poll_interval(poll_interval)
         http_timeout: httpx.Timeout | httpx._client.UseClientDefault
         if isinstance(timeout, httpx.Timeout):
             http_timeout = timeout

@@ -17,6 +17,7 @@ DEFAULT_BASE_URL = "https://grokimagineapi.com"
 ENV_API_KEY = "GROKIMAGINE_API_KEY"
 ENV_BASE_URL = "GROKIMAGINE_BASE_URL"
 ENV_TIER = "GROKIMAGINE_TIER"
+ENV_POLL_INTERVAL = "GROKIMAGINE_POLL_INTERVAL"
 
 #: What one video costs, per the provider's page.
 CREDITS_PER_VIDEO = 40
@@ -133,3 +134,27 @@ def resolve_tier(tier: Tier | str | None) -> Tier | None:
     if env is None or not env.strip():
         return None
     return Tier.parse(env, source=ENV_TIER)
+
+
+#: Seconds between status polls of one task when nothing else is said.
+DEFAULT_POLL_INTERVAL = 5.0
+
+
+def resolve_poll_interval(poll_interval: float | None) -> float:
+    """The interval given, else ``GROKIMAGINE_POLL_INTERVAL``, else 5 seconds."""
+    source = "poll_interval"
+    value: object = poll_interval
+    if poll_interval is None:
+        env = os.environ.get(ENV_POLL_INTERVAL)
+        if env is None or not env.strip():
+            return DEFAULT_POLL_INTERVAL
+        source = ENV_POLL_INTERVAL
+        try:
+            value = float(env)
+        except ValueError:
+            value = env
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(
+            f"{source} must be above 0 seconds, got {value!r}: pass e.g. 5 (seconds)"
+        )
+    return float(value)

@@ -13,7 +13,12 @@ def anyio_backend() -> str:
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("GROKIMAGINE_API_KEY", "GROKIMAGINE_BASE_URL", "GROKIMAGINE_TIER"):
+    for name in (
+        "GROKIMAGINE_API_KEY",
+        "GROKIMAGINE_BASE_URL",
+        "GROKIMAGINE_TIER",
+        "GROKIMAGINE_POLL_INTERVAL",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -97,6 +97,16 @@ def test_bad_settings_are_named(kwargs: dict[str, object], needle: str) -> None:
         AsyncClient(TOKEN, **kwargs)  # type: ignore[arg-type]
 
 
+def test_the_poll_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert AsyncClient(TOKEN).poll_interval == 5.0
+    monkeypatch.setenv("GROKIMAGINE_POLL_INTERVAL", "0.25")
+    assert AsyncClient(TOKEN).poll_interval == 0.25
+    assert AsyncClient(TOKEN, poll_interval=2).poll_interval == 2.0
+    monkeypatch.setenv("GROKIMAGINE_POLL_INTERVAL", "soon")
+    with pytest.raises(ConfigurationError, match=r"GROKIMAGINE_POLL_INTERVAL.*'soon'"):
+        AsyncClient(TOKEN)
+
+
 def test_repr_hides_the_token() -> None:
     client = AsyncClient(TOKEN)
     assert TOKEN not in repr(client)

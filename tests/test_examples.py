@@ -25,6 +25,7 @@ async def test_the_bulk_script_downloads_every_video_and_resumes(
     async with sim.serve() as url:
         monkeypatch.setenv("GROKIMAGINE_API_KEY", TOKEN)
         monkeypatch.setenv("GROKIMAGINE_BASE_URL", url)
+        monkeypatch.setenv("GROKIMAGINE_POLL_INTERVAL", "0.1")  # generations of 0.2-0.5 s
         assert await bulk.main(prompts, out, None) == 0
         assert await bulk.main(prompts, out, None) == 0  # a rerun: from the journal
     printed = capsys.readouterr().out
@@ -48,6 +49,7 @@ async def test_the_bulk_script_stops_at_max_credits(
     async with sim.serve() as url:
         monkeypatch.setenv("GROKIMAGINE_API_KEY", TOKEN)
         monkeypatch.setenv("GROKIMAGINE_BASE_URL", url)
+        monkeypatch.setenv("GROKIMAGINE_POLL_INTERVAL", "0.1")  # generations of 0.2-0.5 s
         assert await bulk.main(prompts, tmp_path / "v", 80) == 1
     assert "skipped" in capsys.readouterr().out
     assert sim.stats.tasks_created == 2
