@@ -33,7 +33,9 @@ class RateLimit:
     compress time in tests (``RateLimit(requests=30, period=2.0)``).
     """
 
+    #: Requests allowed in any ``period``.
     requests: int
+    #: The window, in seconds (60 for the provider's plans; shorter for compressed tests).
     period: float = 60.0
 
     def __post_init__(self) -> None:

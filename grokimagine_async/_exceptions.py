@@ -97,8 +97,11 @@ class RequestValidationError(GrokImagineError, ValueError):
     """
 
     def __init__(self, field: str, problem: str, fix: str) -> None:
+        #: The offending field (``"prompt"``, ``"mode"``, a CLI flag, ...).
         self.field = field
+        #: What is wrong with it.
         self.problem = problem
+        #: What to do about it.
         self.fix = fix
         super().__init__(f"{field}: {problem}. {fix}")
 
@@ -111,8 +114,11 @@ class APIError(GrokImagineError):
 
     def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
         super().__init__(message)
+        #: The message, as ``str(error)``.
         self.message = message
+        #: The request's method.
         self.method = method
+        #: The request's URL (it never holds the token).
         self.url = url
 
 
@@ -127,6 +133,7 @@ class APIConnectionError(APIError):
         self, message: str, *, method: str = "", url: str = "", request_sent: bool = True
     ) -> None:
         super().__init__(message, method=method, url=url)
+        #: False only when the connection was provably never made.
         self.request_sent = request_sent
 
 
@@ -146,7 +153,9 @@ class MalformedResponseError(APIError):
         self, message: str, *, status_code: int, excerpt: str, method: str = "", url: str = ""
     ) -> None:
         super().__init__(message, method=method, url=url)
+        #: The HTTP status of the answer (0 when its body could not be decoded).
         self.status_code = status_code
+        #: The first characters of the body, for the log.
         self.excerpt = excerpt
 
 
@@ -175,12 +184,19 @@ class APIStatusError(APIError):
         url: str = "",
     ) -> None:
         super().__init__(message, method=method, url=url)
+        #: The effective code: the body's ``code`` when an HTTP 200 carried an error.
         self.status_code = status_code
+        #: The HTTP status line's code.
         self.http_status = status_code if http_status is None else http_status
+        #: The body's ``code``, if it had one.
         self.code = code
+        #: The body's ``error`` name (``"INVALID_REQUEST"``, ...), if it had one.
         self.error = error
+        #: The body's ``message``, if it had one.
         self.api_message = api_message
+        #: Seconds the server asked to wait before trying again, if it said.
         self.retry_after = retry_after
+        #: The start of a body that was not the documented JSON (a proxy's page, say).
         self.excerpt = excerpt
 
 
@@ -218,7 +234,9 @@ class SubmitUncertainError(APIError):
 
     def __init__(self, message: str, *, request: GenerateRequest, cause: Exception) -> None:
         super().__init__(message, method="POST")
+        #: The request that was sent.
         self.request = request
+        #: What went wrong (also ``__cause__``).
         self.cause = cause
 
 
@@ -236,7 +254,9 @@ class TaskFailedError(TaskError):
     and ``error_message``."""
 
     def __init__(self, task: Task) -> None:
+        #: The failed task: ``failure_kind``, ``error_message``, ``resubmit_may_succeed``.
         self.task = task
+        #: Its id.
         self.task_id = task.task_id
         kind = task.failure_kind.value if task.failure_kind is not None else "unknown"
         hint = (
@@ -254,8 +274,11 @@ class TaskTimeoutError(TaskError, TimeoutError):
     is the last state seen."""
 
     def __init__(self, task_id: str, timeout: float, last_task: Task | None) -> None:
+        #: The task's id, to look it up later.
         self.task_id = task_id
+        #: The deadline, in seconds.
         self.timeout = timeout
+        #: The last state seen (None if none was).
         self.last_task = last_task
         state: TaskState | str = last_task.state if last_task is not None else "unknown"
         super().__init__(
@@ -294,8 +317,11 @@ class TaskPollError(TaskError):
     stood; ``__cause__`` is the error."""
 
     def __init__(self, task_id: str, cause: Exception, last_task: Task | None) -> None:
+        #: The task's id: it may still be running, and paid for.
         self.task_id = task_id
+        #: The error that ended the polling (also ``__cause__`` where raised from it).
         self.cause = cause
+        #: The last state seen (None if none was).
         self.last_task = last_task
         super().__init__(f"could not follow task {task_id}: {cause}")
 

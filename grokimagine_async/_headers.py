@@ -67,15 +67,16 @@ def _number(value: str | None) -> float | None:
 
 @dataclass(frozen=True)
 class RateFeedback:
-    """What one answer said about the token's budget.
+    """What one answer said about the token's budget; any field may be None
+    when the server did not say."""
 
-    ``reset_after`` and ``retry_after`` are seconds from when the answer
-    arrived; any field may be None when the server did not say.
-    """
-
+    #: The answer's HTTP status.
     status_code: int
+    #: ``X-RateLimit-Remaining``: requests the server would still allow.
     remaining: int | None = None
+    #: ``X-RateLimit-Reset``, as seconds from when the answer arrived.
     reset_after: float | None = None
+    #: ``Retry-After``, as seconds from when the answer arrived.
     retry_after: float | None = None
 
     @property

@@ -32,6 +32,7 @@ class RateLimitStatus:
 
     #: Requests allowed per ``period`` seconds.
     limit: int
+    #: The window, in seconds.
     period: float
     #: Requests that may be sent right now without waiting.
     remaining: int

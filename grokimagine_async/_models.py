@@ -94,6 +94,7 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
+    #: What to generate; required, also with images.
     prompt: str
     #: ``fun``, ``normal`` or ``spicy``; other providers of the model default to ``normal``.
     mode: str = "normal"
@@ -295,6 +296,7 @@ class Task(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
 
+    #: The task's id, as ``submit()`` returned it.
     task_id: str
     #: The server's ``status`` word, unchanged; :attr:`state` says what it means.
     raw_status: str = Field(
@@ -302,7 +304,9 @@ class Task(BaseModel):
         validation_alias=AliasChoices("status", "raw_status"),
         serialization_alias="status",
     )
+    #: Why it failed (None unless it did); see :attr:`failure_kind`.
     error_message: str | None = None
+    #: Credits the task consumed, as the server says (a failed task may not be refunded).
     consumed_credits: int | None = None
     #: When the task was created (timezone-aware, UTC if the server gave no zone).
     created_at: datetime | None = None

@@ -212,7 +212,7 @@ import sys, anyio
 from grokimagine_async import AsyncClient, RateLimit
 
 async def main(url, journal, n):
-    async with AsyncClient("{token}", base_url=url, rate_limit=RateLimit(40, 1.0),
+    async with AsyncClient("{token}", base_url=url, rate_limit=RateLimit(80, 1.0),
                            poll_interval=0.2) as client:
         requests = [{{"prompt": f"video {{i}}"}} for i in range(n)]
         async with client.generate_many(requests, journal=journal, concurrency=2) as results:
@@ -227,7 +227,7 @@ async def test_a_killed_batch_resumes_and_creates_each_video_once(tmp_path: Path
     journal = str(tmp_path / "batch.db")
     script = tmp_path / "batch.py"
     script.write_text(BATCH_SCRIPT.format(token=TOKEN))
-    sim = Simulator(limit=40, period=1.0, generation_time=(0.3, 1.0), seed=3)
+    sim = Simulator(limit=80, period=1.0, generation_time=(0.3, 1.0), seed=3)
     n = 100
     async with sim.serve() as url:
         args = [sys.executable, str(script), url, journal, str(n)]
@@ -254,11 +254,11 @@ async def test_a_killed_batch_resumes_and_creates_each_video_once(tmp_path: Path
 
 async def test_stop_submitting_keeps_every_id_and_a_rerun_sends_the_rest(tmp_path: Path) -> None:
     journal = tmp_path / "batch.db"
-    async with running(limit=10, deadline=60, generation_time=(0.2, 0.5), seed=9) as (
+    async with running(limit=20, deadline=60, generation_time=(0.2, 0.5), seed=9) as (
         sim,
         client,
     ):
-        async with client.generate_many(prompts(30), journal=journal, concurrency=4) as run:
+        async with client.generate_many(prompts(20), journal=journal, concurrency=4) as run:
             with anyio.fail_after(10):
                 while sim.stats.tasks_created < 3:
                     await run.__anext__()  # outcomes come as the batch goes
@@ -269,13 +269,13 @@ async def test_stop_submitting_keeps_every_id_and_a_rerun_sends_the_rest(tmp_pat
             stopped = [o async for o in run]
         assert sim.stats.tasks_created == sent  # nothing was sent after the stop
         skipped = [o for o in stopped if o.status is OutcomeStatus.SKIPPED]
-        assert len(skipped) == 30 - sent
+        assert len(skipped) == 20 - sent
         assert all("stopped" in str(o.error) for o in skipped)
-        async with client.generate_many(prompts(30), journal=journal) as rerun:
+        async with client.generate_many(prompts(20), journal=journal) as rerun:
             outcomes = [o async for o in rerun]
     assert not [o for o in outcomes if o.status is OutcomeStatus.UNCERTAIN]
     assert Counter(r["prompt"] for r in sim.stats.created_requests()) == Counter(
-        p["prompt"] for p in prompts(30)
+        p["prompt"] for p in prompts(20)
     )
 
 
@@ -356,17 +356,17 @@ async def test_a_poll_error_leaves_the_task_for_a_rerun_to_follow(tmp_path: Path
 
 async def test_stopping_early_marks_nothing_unsent_as_uncertain(tmp_path: Path) -> None:
     journal = tmp_path / "batch.db"
-    async with running(limit=10, deadline=60, generation_time=(0.2, 0.5), seed=5) as (
+    async with running(limit=20, deadline=60, generation_time=(0.2, 0.5), seed=5) as (
         sim,
         client,
     ):
-        async for _ in client.generate_many(prompts(30), journal=journal, concurrency=10):
+        async for _ in client.generate_many(prompts(20), journal=journal, concurrency=10):
             break
-        async with client.generate_many(prompts(30), journal=journal) as results:
+        async with client.generate_many(prompts(20), journal=journal) as results:
             outcomes = [o async for o in results]
     assert not [o for o in outcomes if o.status is OutcomeStatus.UNCERTAIN]
     assert Counter(r["prompt"] for r in sim.stats.created_requests()) == Counter(
-        p["prompt"] for p in prompts(30)
+        p["prompt"] for p in prompts(20)
     )
 
 
