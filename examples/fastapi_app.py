@@ -22,6 +22,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from grokimagine_async import (
+    DOCUMENTED_MODES,
+    DOCUMENTED_RATIOS,
     APIStatusError,
     AsyncClient,
     GrokImagineError,
@@ -29,6 +31,15 @@ from grokimagine_async import (
     SubmitUncertainError,
     Task,
 )
+
+# What a web caller should send instead, in the JSON body's terms: the library's own
+# advice names Python arguments and classes, which mean nothing to a caller of this API.
+FIX_FOR_CALLERS = {
+    "prompt": 'send "prompt": a description of the video, not empty',
+    "mode": f'send "mode" as one of {", ".join(DOCUMENTED_MODES)}',
+    "ratio": f'send "ratio" as one of {", ".join(DOCUMENTED_RATIOS)}',
+    "images": 'send "images" as a list of http(s) URLs of images the API can fetch',
+}
 
 
 class VideoRequest(BaseModel):
@@ -69,7 +80,8 @@ def create_app(
         try:
             task_id = await client_of(request).submit(body.model_dump())
         except RequestValidationError as exc:
-            detail = {"field": exc.field, "problem": exc.problem, "fix": exc.fix}
+            fix = FIX_FOR_CALLERS.get(exc.field, "correct the field and send the request again")
+            detail = {"field": exc.field, "problem": exc.problem, "fix": fix}
             raise HTTPException(422, detail) from exc
         except SubmitUncertainError as exc:
             # Not retried here either: it may have created a paid task.

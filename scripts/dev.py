@@ -51,7 +51,9 @@ def test(args: list[str]) -> None:
     _run(BIN / "ruff", "format", "--check", ".")
     _run(PY, "-m", "mypy")
     docs(["--site-dir", str(VENV / "site")])
-    _run(PY, "-m", "pytest", *args)
+    # Workers unless the caller picks tests or workers: most tests wait on rate windows.
+    workers = [] if args else ["-n", "auto", "--maxprocesses", "4"]
+    _run(PY, "-m", "pytest", *workers, *args)
 
 
 def docs(args: list[str]) -> None:

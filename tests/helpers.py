@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import anyio
 import httpx
 
 from grokimagine_async import AsyncClient, RateLimit
+from grokimagine_async.simulator import Simulator
 
 TOKEN = "sk-test-SECRET-7f3a9c"
 SIM_URL = "http://api.test"
@@ -70,3 +73,25 @@ def load_example(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@asynccontextmanager
+async def running(
+    *, limit: int = 200, deadline: float = 30, **sim_kwargs: Any
+) -> AsyncIterator[tuple[Simulator, AsyncClient]]:
+    """The simulator on loopback and a client keeping to its ``limit`` a second."""
+    sim_kwargs.setdefault("generation_time", (0.2, 0.8))
+    sim_kwargs.setdefault("seed", 1)
+    sim = Simulator(limit=limit, period=1.0, **sim_kwargs)
+    async with (
+        sim.serve() as url,
+        AsyncClient(
+            TOKEN, base_url=url, rate_limit=RateLimit(limit, 1.0), poll_interval=0.2, backoff=0.01
+        ) as client,
+    ):
+        with anyio.fail_after(deadline):
+            yield sim, client
+
+
+def prompts(n: int) -> list[dict[str, str]]:
+    return [{"prompt": f"video {i}"} for i in range(n)]

@@ -7,7 +7,6 @@ import itertools
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,31 +29,9 @@ from grokimagine_async._exceptions import JournalError
 from grokimagine_async._journal import Journal
 from grokimagine_async.simulator import Fault, Simulator
 
-from .helpers import TOKEN
+from .helpers import TOKEN, prompts, running
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def running(
-    *, limit: int = 200, deadline: float = 30, **sim_kwargs: Any
-) -> AsyncIterator[tuple[Simulator, AsyncClient]]:
-    """The simulator on loopback and a client keeping to its ``limit`` a second."""
-    sim_kwargs.setdefault("generation_time", (0.2, 0.8))
-    sim_kwargs.setdefault("seed", 1)
-    sim = Simulator(limit=limit, period=1.0, **sim_kwargs)
-    async with (
-        sim.serve() as url,
-        AsyncClient(
-            TOKEN, base_url=url, rate_limit=RateLimit(limit, 1.0), poll_interval=0.2, backoff=0.01
-        ) as client,
-    ):
-        with anyio.fail_after(deadline):
-            yield sim, client
-
-
-def prompts(n: int) -> list[dict[str, str]]:
-    return [{"prompt": f"video {i}"} for i in range(n)]
 
 
 async def test_submit_many_keeps_input_order_and_isolates_failures() -> None:

@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import queue
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from typer.testing import CliRunner, Result
 
-from grokimagine_async import RateLimit
+from grokimagine_async import AsyncClient
+from grokimagine_async._cli import _options as options
 from grokimagine_async._cli._app import app
-from grokimagine_async._cli._batch import default_journal, estimate
 from grokimagine_async._cli._inputs import read_rows
-from grokimagine_async._exceptions import InputFileError, JournalError
-from grokimagine_async._journal import Journal, JournalEntry
+from grokimagine_async._cli.commands import batch as batch_command
+from grokimagine_async._cli.commands.batch import default_journal
+from grokimagine_async._exceptions import JournalError
+from grokimagine_async._journal import Journal
 from grokimagine_async.simulator import Simulator
 
 from .helpers import TOKEN
@@ -74,6 +81,20 @@ def api(url: str, key_file: Path) -> list[str | Path]:
     return ["--base-url", url, "--rate-limit", "60/1s", "--api-key-file", key_file]
 
 
+#: Polls as often as the simulated videos (0.1 s to 0.8 s) call for, not every 5 s.
+FAST = ["--poll-interval", "0.05"]
+
+
+def fast(url: str, key_file: Path) -> list[str | Path]:
+    """The options of a command that waits for videos, on the tests' compressed time."""
+    return [*api(url, key_file), *FAST]
+
+
+def said(result: Result) -> str:
+    """Everything a command printed, on one line: rich wraps and boxes usage errors."""
+    return " ".join(result.output.replace("\u2502", " ").split())
+
+
 def no_token_anywhere(result: Result, *files: Path) -> None:
     assert TOKEN not in result.stdout
     assert TOKEN not in result.stderr
@@ -110,6 +131,7 @@ def test_a_missing_token_is_a_usage_error_that_says_how(tmp_path: Path) -> None:
     result = grok("batch", prompts, "--out", tmp_path / "v", "--base-url", "http://127.0.0.1:9")
     assert result.exit_code == 2
     assert "GROKIMAGINE_API_KEY" in result.stderr
+    assert not (tmp_path / "v").exists()  # a failed start leaves no folder behind
 
 
 def test_an_empty_key_file_is_refused(tmp_path: Path) -> None:
@@ -136,6 +158,38 @@ def test_a_token_an_http_header_cannot_carry_is_a_usage_error(tmp_path: Path) ->
     assert "t\u00f6ken" not in result.output
 
 
+# Advice meant for Python callers, which a command line user cannot act on.
+PYTHON_ADVICE = re.compile(r"Unchecked|RateLimit\(|rate_limit[=.]|\w+=\.\.\.|Value error")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "flag"),
+    [
+        (["generate", "a fox", "--ratio", "16:9"], {}, "--allow-undocumented"),
+        (["generate", "a fox", "--mode", "cinematic"], {}, "--allow-undocumented"),
+        (["status", "task_1", "--tier", "gold"], {}, "--tier"),
+        (["status", "task_1"], {"GROKIMAGINE_TIER": "gold"}, "--rate-limit"),
+        (["status", "task_1", "--rate-limit", "0/min"], {}, "--rate-limit"),
+    ],
+)
+def test_usage_errors_name_the_flag_not_python(
+    args: list[str], env: dict[str, str], flag: str, key_file: Path
+) -> None:
+    result = grok(*args, "--api-key-file", key_file, "--base-url", "http://127.0.0.1:9", **env)
+    assert result.exit_code == 2, result.output
+    assert flag in said(result)
+    assert not PYTHON_ADVICE.search(said(result)), result.output
+
+
+def test_a_plan_that_does_not_exist_names_the_plans(key_file: Path) -> None:
+    result = grok("status", "task_1", "--tier", "gold", "--api-key-file", key_file)
+    assert result.exit_code == 2
+    assert "Invalid value for '--tier': 'gold' is not a plan: use one of free, pro, enterprise" in (
+        said(result)
+    )
+    assert "Value error" not in result.output
+
+
 # -- generate, status, download ---------------------------------------------------------
 
 
@@ -145,7 +199,7 @@ def test_generate_waits_and_downloads_then_status_and_download_find_it(
     simulator, url = sim
     out = tmp_path / "one"
     result = grok(
-        "generate", "a fox in the snow", "--ratio", "3:2", "--out", out, *api(url, key_file)
+        "generate", "a fox in the snow", "--ratio", "3:2", "--out", out, *fast(url, key_file)
     )
     assert result.exit_code == 0, result.output
     (video,) = out.glob("*.mp4")
@@ -171,7 +225,7 @@ def test_generate_refuses_bad_input_before_sending(
     sim: tuple[Simulator, str], key_file: Path
 ) -> None:
     simulator, url = sim
-    result = grok("generate", "a fox", "--ratio", "16:9", *api(url, key_file))
+    result = grok("generate", "a fox", "--ratio", "16:9", *fast(url, key_file))
     assert result.exit_code == 2
     assert "ratio" in result.stderr
     assert simulator.stats.requests == 0
@@ -180,7 +234,7 @@ def test_generate_refuses_bad_input_before_sending(
 def test_generate_reports_a_failure_with_its_kind(key_file: Path, tmp_path: Path) -> None:
     failing = Simulator(limit=60, period=1.0, generation_time=(0.1, 0.2), failure_rate=1.0)
     with failing.serve_in_thread() as failing_url:
-        result = grok("generate", "a fox", "--out", tmp_path, *api(failing_url, key_file))
+        result = grok("generate", "a fox", "--out", tmp_path, *fast(failing_url, key_file))
     assert result.exit_code == 1
     assert "failed (" in result.stderr
     assert not list(tmp_path.glob("*.mp4"))
@@ -193,17 +247,60 @@ def test_a_refused_token_is_a_usage_error_for_every_command(tmp_path: Path) -> N
     out = tmp_path / "v"
     with strict.serve_in_thread() as url:
         bad = ["--base-url", url, "--rate-limit", "60/1s"]
+        batch: list[str | Path] = ["batch", prompts, "--out", out, *bad, *FAST]
         for args in (["status", "task_1", "task_2"], ["download", "task_1", "task_2"]):
             result = grok(*args, *bad, GROKIMAGINE_API_KEY="wrong")
             assert result.exit_code == 2, result.output
             assert "401" in result.stderr
-        refused = grok("batch", prompts, "--out", out, *bad, GROKIMAGINE_API_KEY="wrong")
+        refused = grok(*batch, GROKIMAGINE_API_KEY="wrong")
         assert refused.exit_code == 2, refused.output
         assert "refused the token" in refused.stderr
         assert strict.stats.tasks_created == 0
-        fixed = grok("batch", prompts, "--out", out, *bad, GROKIMAGINE_API_KEY="good")
+        fixed = grok(*batch, GROKIMAGINE_API_KEY="good")
     assert fixed.exit_code == 0, fixed.output
     assert strict.stats.tasks_created == 3
+
+
+def test_a_refused_token_stops_the_batch_with_one_line(tmp_path: Path) -> None:
+    strict = Simulator(limit=60, period=1.0, api_keys=["good"])
+    n = 40
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"video {i}\n" for i in range(n)))
+    out = tmp_path / "v"
+    with strict.serve_in_thread() as url:
+        # 4 a second, 4 at once: were the batch not stopped, it would take 10 s.
+        args: list[str | Path] = ["batch", prompts, "--out", out, "--base-url", url]
+        args += ["--rate-limit", "4/1s"]
+        result = grok(*args, *FAST, GROKIMAGINE_API_KEY="wrong")
+    assert result.exit_code == 2, result.output
+    assert result.output.count("HTTP 401") == 1, result.output
+    assert f"refused the token, so the batch stopped ({n} rows not submitted)" in said(result)
+    assert not re.search(r"line \d+", result.output), result.output  # no line a row
+    assert strict.stats.requests < n
+    assert not out.exists()  # nothing was created, so nothing is left behind
+
+
+def test_an_unreachable_api_stops_the_batch_with_one_line(
+    tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The retries' backoff on compressed time too: 0.01 s, not 0.5 s, doubling.
+    monkeypatch.setattr(options, "AsyncClient", functools.partial(AsyncClient, backoff=0.01))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    n = 40
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"video {i}\n" for i in range(n)))
+    out = tmp_path / "v"
+    args: list[str | Path] = ["batch", prompts, "--out", out]
+    args += ["--base-url", f"http://127.0.0.1:{port}"]
+    result = grok(*args, "--api-key-file", key_file, "--rate-limit", "60/1s", *FAST)
+    assert result.exit_code == 1, result.output
+    assert result.output.count("ConnectError") == 1, result.output
+    assert f"could not be reached, so the batch stopped ({n} rows not submitted)" in said(result)
+    assert "--base-url" in said(result)
+    assert not re.search(r"line \d+", result.output), result.output
+    assert not out.exists()
 
 
 def test_an_unwritable_out_fails_before_anything_is_sent(
@@ -212,7 +309,7 @@ def test_an_unwritable_out_fails_before_anything_is_sent(
     simulator, url = sim
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\n")
-    result = grok("batch", prompts, "--out", prompts / "sub", *api(url, key_file))
+    result = grok("batch", prompts, "--out", prompts / "sub", *fast(url, key_file))
     assert result.exit_code == 2
     assert "--out" in result.stderr
     assert simulator.stats.requests == 0
@@ -227,7 +324,7 @@ def test_two_runs_of_one_batch_at_once_are_refused(
     out = tmp_path / "v"
     rows = read_rows(prompts)
     with held_elsewhere(default_journal(out), [r.request.to_payload() for r in rows]):
-        result = grok("batch", prompts, "--out", out, *api(url, key_file))
+        result = grok("batch", prompts, "--out", out, *fast(url, key_file))
     assert result.exit_code == 2
     assert "in use by another run" in result.stderr
     assert simulator.stats.requests == 0
@@ -240,6 +337,63 @@ def test_status_of_an_unknown_task_exits_1(sim: tuple[Simulator, str], key_file:
     assert "task_404" in result.stdout
 
 
+def test_ctrl_c_in_generate_names_the_task_and_the_commands_for_later(
+    key_file: Path, tmp_path: Path
+) -> None:
+    slow = Simulator(limit=60, period=1.0, generation_time=(600.0, 600.0))
+    with slow.serve_in_thread() as url:
+        args = [
+            sys.executable, "-m", "grokimagine_async", "generate", "a fox", "--out", str(tmp_path),
+            *map(str, api(url, key_file)),
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env) as proc:
+            assert proc.stderr is not None
+            first = read_line_within(proc.stderr, 30)
+            assert first.startswith("submitted task "), first
+            task_id = first.split()[2]
+            proc.send_signal(signal.SIGINT)
+            _, rest = proc.communicate(timeout=30)
+            assert proc.returncode == 130
+    words = " ".join(rest.split())
+    assert f"task {task_id} goes on" in words
+    assert f"grokimagine status {task_id}" in words
+    assert f"grokimagine download {task_id}" in words
+    assert slow.stats.tasks_created == 1
+
+
+def wait_until(condition: Callable[[], bool], *, within: float) -> None:
+    """Return once ``condition`` holds; fail the test if it does not within ``within`` s."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not so within {within}s")
+        time.sleep(0.005)  # the other process or thread moves the state: look again
+
+
+def read_line_within(stream: IO[str], seconds: float) -> str:
+    """The next line of ``stream``; fails the test if none comes within ``seconds``."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=seconds)
+    except queue.Empty:
+        pytest.fail(f"no line within {seconds}s")
+
+
+def test_simulate_on_a_port_in_use_says_so_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = grok("simulate", "--port", str(port))
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert f"port {port}" in line
+    assert "--port 0" in line
+    assert "Traceback" not in result.output
+
+
 # -- batch ------------------------------------------------------------------------------
 
 
@@ -250,7 +404,7 @@ def test_batch_generates_downloads_and_reports_every_line(
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# sample\na fox\n\na boat\na kite\n")
     out = tmp_path / "videos"
-    result = grok("batch", prompts, "--out", out, *api(url, key_file))
+    result = grok("batch", prompts, "--out", out, *fast(url, key_file))
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert [r["line"] for r in report["results"]] == [2, 4, 5]
@@ -266,7 +420,7 @@ def test_batch_generates_downloads_and_reports_every_line(
     no_token_anywhere(result, out / "report.json", default_journal(out))
     assert simulator.stats.rate_limited == 0
 
-    rerun = grok("batch", prompts, "--out", out, *api(url, key_file))
+    rerun = grok("batch", prompts, "--out", out, *fast(url, key_file))
     assert rerun.exit_code == 0, rerun.output
     assert "from the journal" in rerun.stderr
     assert simulator.stats.tasks_created == 3
@@ -284,7 +438,7 @@ def test_batch_reads_jsonl_and_csv(
         '"a kite, red",3:2,https://example.com/a.png https://example.com/b.png\n'
     )
     for path in (jsonl, csv):
-        result = grok("batch", path, "--out", tmp_path / path.suffix[1:], *api(url, key_file))
+        result = grok("batch", path, "--out", tmp_path / path.suffix[1:], *fast(url, key_file))
         assert result.exit_code == 0, result.output
     sent = simulator.stats.created_requests()
     assert sent[0] == {"prompt": "a fox", "mode": "fun", "ratio": "2:3"}
@@ -299,7 +453,7 @@ def test_a_bad_file_sends_nothing_and_names_every_bad_line(
     simulator, url = sim
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"prompt": "x", "ratio": "16:9"}\nnot json\n[1]\n')
-    result = grok("batch", bad, "--out", tmp_path / "v", *api(url, key_file))
+    result = grok("batch", bad, "--out", tmp_path / "v", *fast(url, key_file))
     assert result.exit_code == 2
     for line in ("line 2: ratio", "line 3: not JSON", "line 4: a JSON list"):
         assert line in result.stderr
@@ -314,7 +468,7 @@ def test_some_failures_exit_1_and_say_why(key_file: Path, tmp_path: Path) -> Non
     prompts = tmp_path / "p.txt"
     prompts.write_text("".join(f"video {i}\n" for i in range(8)))
     with simulator.serve_in_thread() as url:
-        result = grok("batch", prompts, "--out", tmp_path / "v", *api(url, key_file))
+        result = grok("batch", prompts, "--out", tmp_path / "v", *fast(url, key_file))
     assert result.exit_code == 1
     report = json.loads((tmp_path / "v" / "report.json").read_text())
     failed = [r for r in report["results"] if r["status"] == "failed"]
@@ -346,13 +500,124 @@ def test_a_big_spend_needs_yes_off_a_terminal(
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\nb\nc\n")
     out = tmp_path / "v"
-    args = ["batch", prompts, "--out", out, "--confirm-over", "80", *api(url, key_file)]
+    args = ["batch", prompts, "--out", out, "--confirm-over", "80", *fast(url, key_file)]
     refused = grok(*args)
     assert refused.exit_code == 2
     assert "--yes" in refused.stderr
     assert simulator.stats.requests == 0
     assert grok(*args, "--yes").exit_code == 0
     assert simulator.stats.tasks_created == 3
+
+
+def test_declining_the_spend_sends_nothing_and_is_no_failure(
+    sim: tuple[Simulator, str], key_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    simulator, url = sim
+    monkeypatch.setattr(batch_command, "interactive", lambda: True)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nb\nc\n")
+    out = tmp_path / "v"
+    args = ["batch", prompts, "--out", out, "--confirm-over", "80", *fast(url, key_file)]
+    result = grok(*args, stdin="n\n")
+    assert result.exit_code == 0, result.output
+    assert "Spend up to 120 credits ($1.20)?" in result.output
+    assert "nothing was sent" in result.stderr
+    assert simulator.stats.requests == 0
+    assert not out.exists()
+
+
+def test_the_estimate_reads_well_for_a_small_batch(
+    sim: tuple[Simulator, str], tmp_path: Path
+) -> None:
+    _simulator, url = sim
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    result = grok("batch", prompts, "--out", tmp_path / "v", "--dry-run", "--base-url", url)
+    assert result.exit_code == 0, result.output
+    words = said(result)
+    assert "least time on the free plan, 100 requests per 60s (pass --tier for yours): " in words
+    assert "under 1s for 2 requests" in words
+    assert ") (" not in words
+    assert " 0s " not in words
+
+
+def test_a_prompt_too_long_is_refused_before_anything_is_sent(
+    sim: tuple[Simulator, str], key_file: Path, tmp_path: Path
+) -> None:
+    simulator, url = sim
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n" + "x" * 10_001 + "\n")
+    args = ["batch", prompts, "--out", tmp_path / "v", *fast(url, key_file)]
+    result = grok(*args)
+    assert result.exit_code == 2
+    assert "line 2: prompt: 10,001 characters, over the 10,000" in said(result)
+    assert "--max-prompt-chars" in result.stderr
+    assert simulator.stats.requests == 0
+    allowed = grok(*args, "--max-prompt-chars", "20000", "--dry-run")
+    assert allowed.exit_code == 0, allowed.output
+    assert "to submit now: 2 videos" in allowed.stderr
+    help_text = " ".join(grok("batch", "--help").output.replace("\u2502", " ").split())
+    assert "--max-prompt-chars" in help_text
+    assert "[default: 10000]" in help_text
+
+
+def test_retry_failed_resends_only_what_may_succeed_and_counts_it_first(
+    key_file: Path, tmp_path: Path
+) -> None:
+    failing = Simulator(
+        limit=60,
+        period=1.0,
+        generation_time=(0.1, 0.2),
+        failure_rate=1.0,
+        failure_messages={
+            "grok imagine build failed": 1.0,
+            "Inappropriate content, please try another prompt.": 1.0,
+        },
+        seed=3,
+    )
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"video {i}\n" for i in range(6)))
+    out = tmp_path / "v"
+    with failing.serve_in_thread() as url:
+        first = grok("batch", prompts, "--out", out, *fast(url, key_file))
+    assert first.exit_code == 1, first.output
+    report = json.loads((out / "report.json").read_text())
+    retriable = {r["line"] for r in report["results"] if r["resubmit_may_succeed"]}
+    assert 0 < len(retriable) < 6
+    assert "--retry-failed resends it" in first.stderr
+
+    healthy = Simulator(limit=60, period=1.0, generation_time=(0.1, 0.2), seed=3)
+    with healthy.serve_in_thread() as url:
+        args = ["batch", prompts, "--out", out, *fast(url, key_file)]
+        plain = grok(*args, "--dry-run")
+        assert "to submit now: 0 videos" in plain.stderr
+        assert f"{len(retriable)} failed video" in plain.stderr
+        priced = grok(*args, "--retry-failed", "--dry-run")
+        credits = 40 * len(retriable)
+        assert f"to submit now: {len(retriable)} video" in priced.stderr
+        assert f"up to {credits} credits" in priced.stderr
+        # The spend question counts the resends too.
+        asked = grok(*args, "--retry-failed", "--confirm-over", str(credits - 1))
+        assert asked.exit_code == 2
+        assert "--yes" in asked.stderr
+        assert healthy.stats.requests == 0
+        retried = grok(*args, "--retry-failed")
+        again = grok(*args, "--retry-failed")
+    assert retried.exit_code == 1, retried.output  # the refused ones stay failed
+    assert healthy.stats.tasks_created == len(retriable)
+    final = json.loads((out / "report.json").read_text())
+    completed = {r["line"] for r in final["results"] if r["status"] == "completed"}
+    assert completed == retriable
+    assert again.exit_code == 1
+    assert healthy.stats.tasks_created == len(retriable)  # nothing resent twice
+
+
+def test_retry_failed_needs_the_journal(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\n")
+    result = grok("batch", prompts, "--no-journal", "--retry-failed", "--dry-run")
+    assert result.exit_code == 2
+    assert "--no-journal" in result.stderr
 
 
 def test_max_credits_skips_the_rest_and_exits_1(
@@ -362,7 +627,7 @@ def test_max_credits_skips_the_rest_and_exits_1(
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\nb\nc\n")
     result = grok(
-        "batch", prompts, "--out", tmp_path / "v", "--max-credits", "80", *api(url, key_file)
+        "batch", prompts, "--out", tmp_path / "v", "--max-credits", "80", *fast(url, key_file)
     )
     assert result.exit_code == 1
     assert "skipped" in result.stdout
@@ -377,8 +642,8 @@ def test_a_journal_of_another_batch_is_refused(
     first, second = tmp_path / "a.txt", tmp_path / "b.txt"
     first.write_text("a fox\n")
     second.write_text("a boat\n")
-    assert grok("batch", first, "--out", out, *api(url, key_file)).exit_code == 0
-    result = grok("batch", second, "--out", out, *api(url, key_file))
+    assert grok("batch", first, "--out", out, *fast(url, key_file)).exit_code == 0
+    result = grok("batch", second, "--out", out, *fast(url, key_file))
     assert result.exit_code == 2
     assert "different batch" in result.stderr
     assert simulator.stats.tasks_created == 1
@@ -389,7 +654,7 @@ def test_live_progress_renders(sim: tuple[Simulator, str], key_file: Path, tmp_p
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\nb\n")
     result = grok(
-        "batch", prompts, "--out", tmp_path / "v", "--progress", "live", *api(url, key_file)
+        "batch", prompts, "--out", tmp_path / "v", "--progress", "live", *fast(url, key_file)
     )
     assert result.exit_code == 0, result.output
     assert "2/2 settled" in result.stderr
@@ -399,24 +664,27 @@ def test_live_progress_renders(sim: tuple[Simulator, str], key_file: Path, tmp_p
 def test_ctrl_c_exits_130_and_the_rerun_pays_for_nothing_twice(
     key_file: Path, tmp_path: Path
 ) -> None:
-    simulator = Simulator(limit=10, period=1.0, generation_time=(0.3, 0.8), seed=8)
+    # The server allows more than the first run asks for, so that the rerun can go fast.
+    simulator = Simulator(limit=100, period=1.0, generation_time=(0.3, 0.8), seed=8)
     n = 40
     prompts = tmp_path / "p.txt"
     prompts.write_text("".join(f"video {i}\n" for i in range(n)))
     out = tmp_path / "v"
     with simulator.serve_in_thread() as url:
-        args: list[str] = [
+        command: list[str] = [
             sys.executable, "-m", "grokimagine_async", "batch", str(prompts), "--out", str(out),
-            "--base-url", url, "--rate-limit", "10/1s", "--api-key-file", str(key_file),
-            "--progress", "plain",
+            "--base-url", url, "--api-key-file", str(key_file), "--progress", "plain", *FAST,
         ]  # fmt: skip
+        # Slow enough that the Ctrl-C lands with most of the batch unsent.
+        args = [*command, "--rate-limit", "10/1s"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(args, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 60
-        while simulator.stats.tasks_created < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)  # the state waited on is the simulator's; a deadline bounds it
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        )
+        wait_until(lambda: simulator.stats.tasks_created >= 5, within=60)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 130
+        summary, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 130
         report = json.loads((out / "report.json").read_text())
         assert report["interrupted"] is True
         created_before = simulator.stats.tasks_created
@@ -425,7 +693,17 @@ def test_ctrl_c_exits_130_and_the_rerun_pays_for_nothing_twice(
         statuses = Counter(r["status"] for r in report["results"])
         assert statuses["uncertain"] == 0
         assert statuses["skipped"] == n - created_before
-        rerun = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+        # The rows not sent are one line of the summary, not one line each.
+        unsent = f"{n - created_before} rows not submitted; rerun the same command to resume"
+        assert unsent in summary
+        assert "skipped:" not in summary
+        rerun = subprocess.run(
+            [*command, "--rate-limit", "100/1s"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
     assert rerun.returncode == 0, rerun.stderr
     per_prompt = Counter(r["prompt"] for r in simulator.stats.created_requests())
     assert max(per_prompt.values()) == 1
@@ -437,7 +715,7 @@ def test_ctrl_c_exits_130_and_the_rerun_pays_for_nothing_twice(
 
 def test_demo_runs_a_batch_into_the_folder(tmp_path: Path) -> None:
     out = tmp_path / "videos"
-    result = grok("demo", "--out", out)
+    result = grok("demo", "--out", out, "--time-scale", "0.2")
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     completed = [r for r in report["results"] if r["status"] == "completed"]
@@ -448,92 +726,7 @@ def test_demo_runs_a_batch_into_the_folder(tmp_path: Path) -> None:
     assert "0 answered 429" in result.stderr
 
 
-# -- the parts ----------------------------------------------------------------------------
-
-
-def test_text_files_skip_blanks_and_comments(tmp_path: Path) -> None:
-    rows = read_rows(tmp_path / "p.txt", text="# title\n\n  a fox  \n#x\nb\n")
-    assert [(r.line, r.request.prompt) for r in rows] == [(3, "a fox"), (5, "b")]
-
-
-@pytest.mark.parametrize(
-    ("name", "text", "problem"),
-    [
-        ("p.txt", "# only a comment\n", "holds no requests"),
-        ("p.csv", "prompt,colour\na,red\n", "unknown column(s) colour"),
-        ("p.csv", "ratio\n1:1\n", "prompt is required"),
-        ("p.csv", "prompt,ratio\na,1:1,extra\n", "more cells than the header"),
-        ("p.jsonl", '{"prompt": "a", "size": 3}\n', "line 1: size"),
-    ],
-)
-def test_bad_files_say_where_and_why(name: str, text: str, problem: str, tmp_path: Path) -> None:
-    with pytest.raises(InputFileError) as info:
-        read_rows(tmp_path / name, text=text)
-    assert problem in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ('prompt,ratio\r\n"two\nlines",3:2\r\nc,1:1\r\n', [(2, "two\nlines"), (4, "c")]),
-        ('prompt,images\nx,"https://a/1.png, https://a/2.png"\n', [(2, "x")]),
-    ],
-)
-def test_csv_rows_keep_their_first_line(
-    text: str, expected: list[tuple[int, str]], tmp_path: Path
-) -> None:
-    rows = read_rows(tmp_path / "p.csv", text=text)
-    assert [(r.line, r.request.prompt) for r in rows] == expected
-    if "images" in text:
-        assert rows[0].request.images == ("https://a/1.png", "https://a/2.png")
-
-
-def test_an_open_quote_is_an_error_not_one_long_prompt(tmp_path: Path) -> None:
-    with pytest.raises(InputFileError, match="line 2: not CSV"):
-        read_rows(tmp_path / "p.csv", text='prompt\n"a,3:2\nb\n')
-
-
-def test_only_newlines_end_a_prompt(tmp_path: Path) -> None:
-    rows = read_rows(tmp_path / "p.txt", text="a\u2028still a\x0cand a\r\nb\n")
-    assert [r.request.prompt for r in rows] == ["a\u2028still a\x0cand a", "b"]
-
-
-def test_an_unreadable_file_is_an_input_error(tmp_path: Path) -> None:
-    with pytest.raises(InputFileError, match="cannot be read"):
-        read_rows(tmp_path / "missing.txt")
-
-
-def test_undocumented_values_pass_only_when_allowed(tmp_path: Path) -> None:
-    with pytest.raises(InputFileError):
-        read_rows(tmp_path / "p.jsonl", text='{"prompt": "a", "ratio": "16:9"}\n')
-    (row,) = read_rows(
-        tmp_path / "p.jsonl", text='{"prompt": "a", "ratio": "16:9"}\n', allow_undocumented=True
-    )
-    assert row.request.ratio == "16:9"
-
-
-def test_the_estimate_counts_only_what_is_left_to_pay_for(tmp_path: Path) -> None:
-    rows = read_rows(tmp_path / "p.txt", text="a\nb\nc\nd\ne\n")
-    entries = [
-        JournalEntry(0, Journal.DONE, "t0", None, None, "completed"),
-        JournalEntry(1, Journal.SUBMITTED, "t1", None, None, None),
-        JournalEntry(2, Journal.SENDING, None, None, None, None),
-        JournalEntry(3, Journal.NEW, None, None, None, None),
-        JournalEntry(4, Journal.NEW, None, None, None, None),
-    ]
-    plan = estimate(rows, entries, RateLimit(100, 60), max_credits=None, resubmit_uncertain=False)
-    assert (plan.settled, plan.in_flight, plan.uncertain, plan.to_submit) == (1, 1, 1, 2)
-    assert plan.credits == 80
-    resend = estimate(rows, entries, RateLimit(100, 60), max_credits=None, resubmit_uncertain=True)
-    assert resend.to_submit == 3
-    capped = estimate(rows, entries, RateLimit(100, 60), max_credits=160, resubmit_uncertain=False)
-    # Three may already have cost 40 each: room for one more.
-    assert capped.to_submit == 1
-    resend_capped = estimate(
-        rows, entries, RateLimit(100, 60), max_credits=160, resubmit_uncertain=True
-    )
-    # Resent, the uncertain one costs again: two paid before, room for two.
-    assert (resend_capped.to_submit, resend_capped.credits) == (2, 80)
+# -- the journal the batch relies on ------------------------------------------------------
 
 
 def test_a_journal_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -17,14 +19,21 @@ from .helpers import SIM_URL, TOKEN
 pytestmark = pytest.mark.anyio
 
 
-async def test_videos_are_streamed_whole_under_unique_names(tmp_path: Path) -> None:
-    sim = Simulator(generation_time=(0.1, 0.3), videos_per_task=2, seed=1)
+@asynccontextmanager
+async def running(**sim_kwargs: Any) -> AsyncIterator[tuple[Simulator, AsyncClient]]:
+    """The simulator on loopback, and a client that polls it often."""
+    sim = Simulator(**sim_kwargs)
     async with (
         sim.serve() as url,
         AsyncClient(
             TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0), poll_interval=0.05
         ) as client,
     ):
+        yield sim, client
+
+
+async def test_videos_are_streamed_whole_under_unique_names(tmp_path: Path) -> None:
+    async with running(generation_time=(0.1, 0.3), videos_per_task=2, seed=1) as (sim, client):
         with anyio.fail_after(20):
             tasks = [await client.generate(prompt=f"p{i}") for i in range(2)]
             paths = [p for t in tasks for p in await client.download(t, tmp_path)]
@@ -59,13 +68,7 @@ async def test_an_expired_link_says_so_and_how_to_get_a_fresh_one(tmp_path: Path
 async def test_a_folder_that_cannot_be_written_is_a_download_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    sim = Simulator(generation_time=(0.1, 0.2), seed=2)
-    async with (
-        sim.serve() as url,
-        AsyncClient(
-            TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0), poll_interval=0.05
-        ) as client,
-    ):
+    async with running(generation_time=(0.1, 0.2), seed=2) as (_, client):
         with anyio.fail_after(20):
             task = await client.generate(prompt="p")
             with pytest.raises(DownloadError, match="cannot write"):
@@ -73,13 +76,7 @@ async def test_a_folder_that_cannot_be_written_is_a_download_error(tmp_path: Pat
 
 
 async def test_a_redirected_video_is_followed_without_the_token(tmp_path: Path) -> None:
-    sim = Simulator(generation_time=(0.1, 0.2), video_redirect=True, seed=3)
-    async with (
-        sim.serve() as url,
-        AsyncClient(
-            TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0), poll_interval=0.05
-        ) as client,
-    ):
+    async with running(generation_time=(0.1, 0.2), video_redirect=True, seed=3) as (sim, client):
         with anyio.fail_after(20):
             task = await client.generate(prompt="p")
             (path,) = await client.download(task, tmp_path)

@@ -42,6 +42,9 @@ async def test_start_follow_and_stream_a_video(monkeypatch: pytest.MonkeyPatch) 
                             events.append(json.loads(line[6:]))
     assert bad.status_code == 422
     assert bad.json()["detail"]["field"] == "ratio"
+    # Advice for the web caller, in the JSON body's terms, not for a Python caller.
+    assert bad.json()["detail"]["fix"] == 'send "ratio" as one of 1:1, 2:3, 3:2'
+    assert "Unchecked" not in bad.text
     assert started.status_code == 202
     assert first["task_id"] == task_id
     assert first["state"] in ("pending", "running")

@@ -24,8 +24,7 @@ from grokimagine_async import (
 )
 from grokimagine_async.simulator import Fault
 
-from .helpers import Recorder, api_error, make_client, ok
-from .test_bulk import prompts, running
+from .helpers import Recorder, api_error, make_client, ok, prompts, running
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import OutcomeStatus
-from ._batch import Snapshot, duration, usd
+from ._format import duration, usd
+from ._runner import Snapshot
 
 
 def _counts(s: Snapshot) -> list[tuple[str, str, str]]:

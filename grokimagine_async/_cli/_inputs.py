@@ -6,13 +6,28 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import DOCUMENTED_MODES, DOCUMENTED_RATIOS, GenerateRequest, Unchecked
 from .._exceptions import InputFileError, RequestValidationError
-from .._models import GenerateRequest, Unchecked
+
+#: The longest prompt a batch line may hold unless ``--max-prompt-chars`` says more.
+#: The provider documents no limit; a prompt past this is most likely a pasted file,
+#: and every byte of it would go to the API, the journal and the report.
+DEFAULT_MAX_PROMPT_CHARS = 10_000
+
+_DOCUMENTED = {"mode": DOCUMENTED_MODES, "ratio": DOCUMENTED_RATIOS}
+
+# Advice written for Python callers: a keyword argument, or a class to wrap a value in.
+_PYTHON_ADVICE = re.compile(r"\w=|Unchecked|GenerateRequest")
+
+_FIELD_ADVICE = {
+    "prompt": "Give every request a prompt: what the video should show",
+    "images": 'Give image URLs as a JSON list (["https://..."]) or, in CSV, separated by spaces',
+}
 
 
 @dataclass(frozen=True)
@@ -23,13 +38,39 @@ class Row:
     request: GenerateRequest
 
 
-def build_request(fields: dict[str, Any], *, allow_undocumented: bool) -> GenerateRequest:
-    """A checked request; with ``allow_undocumented`` a new mode or ratio goes through."""
-    if allow_undocumented:
-        for key in ("mode", "ratio"):
-            if isinstance(fields.get(key), str):
-                fields[key] = Unchecked(fields[key])
-    return GenerateRequest.build(fields)
+def option_name(field: str) -> str:
+    """The ``generate`` argument or option that sets a request's field."""
+    return {"prompt": "PROMPT", "images": "--image"}.get(field, f"--{field}")
+
+
+def build_request(
+    fields: dict[str, Any], *, allow_undocumented: bool, name: Callable[[str], str] = str
+) -> GenerateRequest:
+    """A checked request; with ``allow_undocumented`` a new mode or ratio goes through.
+
+    Errors name a field as ``name`` says (a column, or an option) and advise the
+    command line's flags rather than Python.
+    """
+    for key, documented in _DOCUMENTED.items():
+        value = fields.get(key)
+        if not isinstance(value, str):
+            continue
+        if allow_undocumented:
+            fields[key] = Unchecked(value)
+        elif value.strip() and value.strip().lower() not in documented:
+            raise RequestValidationError(
+                name(key),
+                f"{value!r} is not a documented {key} (documented: {', '.join(documented)})",
+                "Fix the spelling, or if the provider has added it, pass "
+                "--allow-undocumented to send it as it is",
+            )
+    try:
+        return GenerateRequest.build(fields)
+    except RequestValidationError as exc:
+        fix = exc.fix
+        if _PYTHON_ADVICE.search(fix):
+            fix = _FIELD_ADVICE.get(exc.field, "See grokimagine batch --help for the formats")
+        raise RequestValidationError(name(exc.field), exc.problem, fix) from None
 
 
 def file_format(path: Path) -> str:
@@ -43,7 +84,11 @@ def file_format(path: Path) -> str:
 
 
 def read_rows(
-    path: Path, *, text: str | None = None, allow_undocumented: bool = False
+    path: Path,
+    *,
+    text: str | None = None,
+    allow_undocumented: bool = False,
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
 ) -> list[Row]:
     """Every request in ``path`` (or in ``text``, read as if it were that file).
 
@@ -51,7 +96,8 @@ def read_rows(
     skipped. JSON Lines: one object a line with the request's fields
     (``prompt``, ``mode``, ``ratio``, ``images``), or a bare string prompt.
     CSV: a header row naming those fields; ``images`` holds URLs separated by
-    spaces. Raises :class:`InputFileError` listing every bad line.
+    spaces. A prompt longer than ``max_prompt_chars`` is refused. Raises
+    :class:`InputFileError` listing every bad line.
     """
     name = str(path)
     if text is None:
@@ -68,9 +114,18 @@ def read_rows(
             problems.append(f"  line {line}: {fields}")
             continue
         try:
-            rows.append(Row(line, build_request(fields, allow_undocumented=allow_undocumented)))
+            request = build_request(fields, allow_undocumented=allow_undocumented)
         except RequestValidationError as exc:
             problems.append(f"  line {line}: {exc}")
+            continue
+        if len(request.prompt) > max_prompt_chars:
+            problems.append(
+                f"  line {line}: prompt: {len(request.prompt):,} characters, over the "
+                f"{max_prompt_chars:,} a prompt may hold. Shorten it, or pass "
+                "--max-prompt-chars to allow more"
+            )
+            continue
+        rows.append(Row(line, request))
     if problems:
         raise InputFileError(name, problems)
     if not rows:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import sys
 from collections.abc import Sequence
 from typing import Any, get_args
 
@@ -103,9 +105,37 @@ def parse_args(
 def main(
     argv: Sequence[str] | None = None, *, prog: str = "python -m grokimagine_async.simulator"
 ) -> None:
-    """Parse the command line and serve until interrupted."""
+    """Parse the command line and serve until interrupted.
+
+    An address it cannot listen on ends it with one line and exit code 2, as
+    argparse ends a bad option.
+    """
     config, host, port, seed = parse_args(argv, prog=prog)
-    Simulator(config, seed=seed).run(host, port)
+    try:
+        Simulator(config, seed=seed).run(host, port)
+    except OSError as exc:
+        problem = _cannot_listen(exc, host, port)
+        if problem is None:
+            raise
+        sys.stderr.write(f"{prog}: error: {problem}\n")
+        raise SystemExit(2) from None
+
+
+def _cannot_listen(exc: OSError, host: str, port: int) -> str | None:
+    """What to do about an address the server could not listen on; None for other errors."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is in use, by another simulator or server: stop it, or "
+            "pass another --port (--port 0 picks a free one)"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"port {port} on {host} needs privileges to listen on: pass a --port above 1023 "
+            "(--port 0 picks a free one)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"--host {host} is not an address of this machine: pass 127.0.0.1"
+    return None
 
 
 if __name__ == "__main__":

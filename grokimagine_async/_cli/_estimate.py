@@ -1,0 +1,87 @@
+"""What a batch would send and spend, from its file and its journal, before it runs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .._config import CREDITS_PER_VIDEO, RateLimit
+from .._journal import Journal, JournalEntry, Resume
+from ._inputs import Row
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a batch would send and spend, from its file and its journal."""
+
+    total: int
+    #: Settled in an earlier run of the journal (failed rows to resend included).
+    settled: int
+    #: Submitted in an earlier run, still to be followed.
+    in_flight: int
+    #: Under way when an earlier run stopped: may have created a task.
+    uncertain: int
+    #: Not yet submitted: what this run would pay for.
+    to_submit: int
+    credits: int
+    #: Seconds the plan's rate allows at the least: a submission and one status
+    #: poll a video, past the first window's whole budget.
+    least_seconds: float
+    rate: RateLimit
+    #: Settled as failed in an earlier run in a way a new submission may cure:
+    #: sent again (and paid for again) with ``--retry-failed``.
+    retriable: int = 0
+
+    @property
+    def requests(self) -> int:
+        return 2 * self.to_submit + self.in_flight
+
+
+def estimate(
+    rows: Sequence[Row],
+    entries: Sequence[JournalEntry],
+    rate: RateLimit,
+    *,
+    max_credits: int | None,
+    resubmit_uncertain: bool,
+    retry_failed: bool = False,
+) -> Estimate:
+    """The cost and the least time of running ``rows`` now, given the journal's
+    ``entries``: each row is taken as the journal's own rule says a rerun takes it."""
+    if not entries:
+        to_submit, settled, in_flight, uncertain, retriable, already = len(rows), 0, 0, 0, 0, 0
+    else:
+        plan = [
+            (e, e.resume(resubmit_uncertain=resubmit_uncertain, resubmit_failed=retry_failed))
+            for e in entries
+        ]
+        actions = Counter(action for _, action in plan)
+        to_submit = actions[Resume.SEND]
+        in_flight = actions[Resume.FOLLOW]
+        uncertain = actions[Resume.UNCERTAIN]
+        settled = sum(1 for e in entries if e.state == Journal.DONE)
+        retriable = sum(1 for e in entries if e.resubmit_may_succeed)
+        # What earlier runs may already have paid for, as the pipeline counts it.
+        already = sum(
+            1
+            for e, action in plan
+            if (e.state == Journal.DONE and action is Resume.SEND)
+            or (action is not Resume.SEND and e.may_have_paid)
+        )
+    if max_credits is not None:
+        room = max(0, max_credits - already * CREDITS_PER_VIDEO)
+        to_submit = min(to_submit, room // CREDITS_PER_VIDEO)
+    requests = 2 * to_submit + in_flight
+    least = max(0, requests - rate.requests) / rate.per_second
+    return Estimate(
+        len(rows),
+        settled,
+        in_flight,
+        uncertain,
+        to_submit,
+        to_submit * CREDITS_PER_VIDEO,
+        least,
+        rate,
+        retriable,
+    )

@@ -1,0 +1,199 @@
+"""The options the commands share, and the connection they describe: token, address, plan."""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .. import AsyncClient
+from .._config import ENV_API_KEY, ENV_TIER, RateLimit, Tier
+from .._exceptions import ConfigurationError
+
+_PLANS = ", ".join(t.value for t in Tier)
+
+
+def parse_rate(value: str | None) -> RateLimit | None:
+    """``--rate-limit``'s REQUESTS/PERIOD as a budget; a usage error naming the flag's form."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*(s|sec|m|min)?\s*", value)
+    if not match or (match[2] == "" and match[3] is None):
+        raise typer.BadParameter(
+            f"{value!r} is not a rate: write REQUESTS/PERIOD, e.g. 1000/min or 60/2s"
+        )
+    try:
+        period = float(match[2] or 1) * (60 if match[3] in ("m", "min") else 1)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a rate: write REQUESTS/PERIOD, e.g. 1000/min or 60/2s"
+        ) from None
+    requests = int(match[1])
+    if requests < 1 or not (period > 0 and math.isfinite(period)):
+        raise typer.BadParameter(
+            f"{value!r} allows no requests: write at least 1 request in a period above 0, "
+            "e.g. 1000/min or 60/2s"
+        )
+    return RateLimit(requests, period)
+
+
+def parse_tier(value: str | None) -> Tier | None:
+    """``--tier``'s plan; a usage error naming the plans (not pydantic's words)."""
+    if value is None:
+        return None
+    try:
+        return Tier(value.strip().lower())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a plan: use one of {_PLANS}, "
+            "or --rate-limit REQUESTS/PERIOD for a contract of your own"
+        ) from None
+
+
+def _check_rate(value: str | None) -> str | None:
+    parse_rate(value)
+    return value
+
+
+def _check_tier(value: str | None) -> str | None:
+    parse_tier(value)
+    return value
+
+
+class Progress(str, enum.Enum):
+    AUTO = "auto"
+    LIVE = "live"
+    PLAIN = "plain"
+
+
+ApiKeyFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--api-key-file",
+        help="Read the API token from this file (default: the GROKIMAGINE_API_KEY variable).",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+BaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url",
+        help="The API's address (default: GROKIMAGINE_BASE_URL, else the provider's).",
+        show_default=False,
+    ),
+]
+TierOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tier",
+        metavar="[free|pro|enterprise]",
+        callback=_check_tier,
+        help="Your plan, for its rate limit (default: GROKIMAGINE_TIER, else learned "
+        "from the API's headers, starting at free).",
+        show_default=False,
+    ),
+]
+RateOption = Annotated[
+    str | None,
+    typer.Option(
+        "--rate-limit",
+        callback=_check_rate,
+        help="A custom limit, REQUESTS/PERIOD (e.g. 1000/min, 60/2s); overrides --tier.",
+        show_default=False,
+    ),
+]
+UndocumentedOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-undocumented",
+        help="Send modes or ratios the API does not document (new ones, say).",
+    ),
+]
+ProgressOption = Annotated[
+    Progress,
+    typer.Option(help="auto (a live view on a terminal), live, or plain log lines."),
+]
+PollIntervalOption = Annotated[
+    float | None,
+    typer.Option(
+        "--poll-interval",
+        min=0.01,
+        show_default="GROKIMAGINE_POLL_INTERVAL, else 5",
+        help="Seconds between status polls at first; a batch then learns how long videos "
+        "take. Every poll counts against the rate limit: lower it only for a local "
+        "simulator.",
+    ),
+]
+
+#: What ``--poll-interval`` defaults to: the library's own (5 s, or the environment's).
+DEFAULT_POLL_INTERVAL: float | None = None
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the API is and who is asking: the options every API command shares."""
+
+    api_key_file: Path | None
+    base_url: str | None
+    tier: str | None
+    rate: str | None
+
+    def client(self, **kwargs: Any) -> AsyncClient:
+        key: str | None = None
+        if self.api_key_file is not None:
+            try:
+                key = self.api_key_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigurationError(
+                    f"--api-key-file {self.api_key_file}: cannot be read "
+                    f"({type(exc).__name__}). Pass a file holding only the token."
+                ) from None
+            if not key:
+                raise ConfigurationError(
+                    f"--api-key-file {self.api_key_file} is empty. Put the token in it."
+                )
+        elif not os.environ.get(ENV_API_KEY):
+            raise ConfigurationError(
+                f"no API token: set the {ENV_API_KEY} environment variable to the token "
+                "from your Grok Imagine dashboard, or pass --api-key-file FILE"
+            )
+        return AsyncClient(
+            key,
+            base_url=self.base_url,
+            tier=self.plan(),
+            rate_limit=parse_rate(self.rate),
+            **kwargs,
+        )
+
+    def plan(self) -> Tier | None:
+        """``--tier``, else ``GROKIMAGINE_TIER``, else None (learned from the API)."""
+        if self.tier is not None:
+            return parse_tier(self.tier)
+        raw = os.environ.get(ENV_TIER, "").strip()
+        if not raw:
+            return None
+        try:
+            return Tier.parse(raw, source=ENV_TIER)
+        except ConfigurationError:
+            # The library's message advises Python callers; this one names the flag.
+            raise ConfigurationError(
+                f"{ENV_TIER}={raw!r} is not a plan: set it to one of {_PLANS}, or unset it "
+                "and pass --rate-limit REQUESTS/PERIOD for a contract of your own"
+            ) from None
+
+    def plan_rate(self) -> tuple[RateLimit, str, str]:
+        """The rate a batch's estimate assumes, where it comes from, and a hint."""
+        custom = parse_rate(self.rate)
+        if custom is not None:
+            return custom, "--rate-limit", ""
+        tier = self.plan()
+        if tier is not None:
+            return tier.rate_limit, f"the {tier.value} plan", ""
+        return Tier.FREE.rate_limit, "the free plan", "pass --tier for yours"

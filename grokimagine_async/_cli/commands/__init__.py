@@ -1,0 +1,1 @@
+"""The ``grokimagine`` commands, one a module; ``.._app`` registers them."""
