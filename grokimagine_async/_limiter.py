@@ -9,14 +9,14 @@ many processes) only has to implement :class:`Limiter`.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
+
+from anyio.lowlevel import RunVar
 
 from ._config import RateLimit
 from ._headers import RateFeedback
@@ -80,9 +80,8 @@ class _Entry:
     explicit: bool
 
 
-_registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], _Entry]] = (
-    weakref.WeakKeyDictionary()
-)
+#: One limiter per (base URL, token hash) for each running event loop, whatever its kind.
+_registry: RunVar[dict[tuple[str, str], _Entry]] = RunVar("grokimagine_async_limiters")
 
 
 def shared_limiter(
@@ -99,7 +98,11 @@ def shared_limiter(
     guessed for an unstated plan; when two clients state different figures
     for one token, the stricter rate wins. The token is kept only as a hash.
     """
-    per_loop = _registry.setdefault(asyncio.get_running_loop(), {})
+    try:
+        per_loop = _registry.get()
+    except LookupError:
+        per_loop = {}
+        _registry.set(per_loop)
     key = (base_url, hashlib.sha256(api_key.encode()).hexdigest())
     entry = per_loop.get(key)
     if entry is None:

@@ -50,13 +50,14 @@ Corrections from the server
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+
+import anyio
 
 from ._config import RateLimit
 from ._headers import RateFeedback
@@ -303,6 +304,17 @@ class _Slot:
         self._limiter._finish(self, feedback, sent)
 
 
+class _Waiter:
+    """One task waiting for a slot: granted a ticket, or nudged to look again."""
+
+    __slots__ = ("event", "granted_at", "ticket")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.ticket: int | None = None
+        self.granted_at = 0.0
+
+
 class SlidingWindowLimiter:
     """Keeps one token's requests within ``rate`` in any window on the server's clock.
 
@@ -311,7 +323,8 @@ class SlidingWindowLimiter:
     ``rate.period`` seconds holds more than that many requests, however the
     server counts (the module doc has the proof, and what the server's headers
     change). Waiters are served first come, first served. Cancelling a waiter
-    gives its place back and leaves nothing behind.
+    gives its place back and leaves nothing behind. Works under any event
+    loop anyio runs on (asyncio, trio).
 
     Args:
         rate: the figures to keep to.
@@ -330,9 +343,9 @@ class SlidingWindowLimiter:
     ) -> None:
         self._clock = clock
         self._budget = WindowBudget(rate, upgrades=upgrades, initial_time=self._now())
-        self._waiters: deque[asyncio.Future[tuple[int, float]]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        # The first waiter keeps the time: it sleeps until the budget's next change,
+        # the others until they are granted a slot or become first.
+        self._waiters: deque[_Waiter] = deque()
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else time.monotonic()
@@ -345,8 +358,7 @@ class SlidingWindowLimiter:
     def set_rate(self, rate: RateLimit) -> None:
         """Keep to ``rate`` from now on; plans are no longer guessed."""
         self._budget.set_rate(rate)
-        if self._waiters:
-            self._wake()
+        self._wake()
 
     def status(self) -> RateLimitStatus:
         """The budget as the limiter sees it now."""
@@ -357,7 +369,7 @@ class SlidingWindowLimiter:
             period=budget.period,
             remaining=budget.free(now),
             resets_in=budget.resets_in(now),
-            waiting=sum(1 for w in self._waiters if not w.done()),
+            waiting=len(self._waiters),
             in_flight=budget.in_flight,
         )
 
@@ -381,22 +393,33 @@ class SlidingWindowLimiter:
             ticket = self._budget.take(now)
             if ticket is not None:
                 return _Slot(self, ticket, now)
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[tuple[int, float]] = loop.create_future()
+        waiter = _Waiter()
         self._waiters.append(waiter)
-        self._wake()
         try:
-            ticket, granted_at = await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                # Granted in the same instant we were cancelled: pass it on.
-                self._budget.give_back(waiter.result()[0])
-                self._wake()
+            while waiter.ticket is None:
+                self._grant()
+                if waiter.ticket is not None:
+                    break
+                delay = math.inf
+                if self._waiters[0] is waiter:
+                    now = self._now()
+                    when = self._budget.next_change(now)
+                    if when is not None:
+                        delay = max(0.0, when - now)
+                waiter.event = anyio.Event()
+                with anyio.move_on_after(delay):
+                    await waiter.event.wait()
+        except BaseException:
+            # Cancelled: a slot granted in the same instant passes on; a place in the
+            # queue is given up, and whoever is first now keeps the time.
+            if waiter.ticket is not None:
+                self._budget.give_back(waiter.ticket)
             else:
                 with suppress(ValueError):
                     self._waiters.remove(waiter)
+            self._wake()
             raise
-        return _Slot(self, ticket, granted_at)
+        return _Slot(self, waiter.ticket, waiter.granted_at)
 
     def _finish(self, slot: _Slot, feedback: RateFeedback | None, sent: bool) -> None:
         if sent:
@@ -405,30 +428,24 @@ class SlidingWindowLimiter:
             self._budget.give_back(slot.ticket)
         self._wake()
 
-    def _wake(self) -> None:
-        self._timer_at = math.inf
+    def _grant(self) -> None:
         now = self._now()
+        granted = False
         while self._waiters:
-            waiter = self._waiters[0]
-            if waiter.done():
-                self._waiters.popleft()
-                continue
             ticket = self._budget.take(now)
             if ticket is None:
                 break
-            self._waiters.popleft()
-            waiter.set_result((ticket, now))
-        self._schedule()
+            waiter = self._waiters.popleft()
+            waiter.ticket = ticket
+            waiter.granted_at = now
+            waiter.event.set()
+            granted = True
+        if granted and self._waiters:
+            # A new first waiter: it keeps the time from now on.
+            self._waiters[0].event.set()
 
-    def _schedule(self) -> None:
-        if not self._waiters:
-            return
-        now = self._now()
-        when = self._budget.next_change(now)
-        if when is None or when >= self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer_at = when
-        self._timer = loop.call_at(loop.time() + max(0.0, when - now), self._wake)
+    def _wake(self) -> None:
+        """The budget changed: grant what it allows, and have the first waiter look again."""
+        self._grant()
+        if self._waiters:
+            self._waiters[0].event.set()
