@@ -107,6 +107,11 @@ class AsyncClient:
         retry_uncertain_submits: also resend a submission that may already
             have created a paid task (off by default: see
             :class:`SubmitUncertainError`).
+        rate_limit_patience: seconds one call waits out 429s (the server
+            saying "slow down") before it raises :class:`RateLimitError`; by
+            default three periods of the rate limit (3 minutes on the
+            provider's plans). 429s do not use up ``max_retries``, and a
+            ``generate_many`` batch never fails a request for one.
         poll_interval: seconds between status polls in :meth:`wait`, and the
             bulk calls' first guess of a generation's length; defaults to
             ``GROKIMAGINE_POLL_INTERVAL``, else 5.
@@ -129,6 +134,7 @@ class AsyncClient:
         max_retries: int = 3,
         backoff: float = 0.5,
         retry_uncertain_submits: bool = False,
+        rate_limit_patience: float | None = None,
         poll_interval: float | None = None,
         http_client: httpx.AsyncClient | None = None,
         limiter: Limiter | None = None,
@@ -149,6 +155,12 @@ class AsyncClient:
             )
         if not backoff >= 0:
             raise ConfigurationError(f"backoff must be seconds >= 0, got {backoff!r}")
+        if rate_limit_patience is not None and not (
+            isinstance(rate_limit_patience, (int, float)) and rate_limit_patience >= 0
+        ):
+            raise ConfigurationError(
+                f"rate_limit_patience must be seconds >= 0 (or None), got {rate_limit_patience!r}"
+            )
         self._poll_interval = resolve_poll_interval(poll_interval)
         http_timeout: httpx.Timeout | httpx._client.UseClientDefault
         if isinstance(timeout, httpx.Timeout):
@@ -175,6 +187,7 @@ class AsyncClient:
                 initial_backoff=backoff,
                 max_backoff=max(8.0, backoff),
                 retry_uncertain_submits=retry_uncertain_submits,
+                rate_limit_patience=rate_limit_patience,
             ),
             limiter=self._get_limiter,
             user_agent=f"grokimagine-async/{__version__}",
@@ -483,22 +496,26 @@ class AsyncClient:
         limit = anyio.CapacityLimiter(concurrency or self._default_concurrency())
         outcomes: list[SubmitOutcome | None] = [None] * len(items)
 
-        async def one(index: int, item: Any) -> None:
-            request = try_build(item)
-            if isinstance(request, RequestValidationError):
-                outcomes[index] = SubmitOutcome(index, None, error=request)
-                return
-            async with limit:
-                try:
-                    task_id = await self.submit_request(request)
-                except GrokImagineError as exc:
-                    outcomes[index] = SubmitOutcome(index, request, error=exc)
-                else:
-                    outcomes[index] = SubmitOutcome(index, request, task_id=task_id)
+        async def one(index: int, request: GenerateRequest, token: object) -> None:
+            try:
+                task_id = await self.submit_request(request)
+            except GrokImagineError as exc:
+                outcomes[index] = SubmitOutcome(index, request, error=exc)
+            else:
+                outcomes[index] = SubmitOutcome(index, request, task_id=task_id)
+            finally:
+                limit.release_on_behalf_of(token)
 
         async with anyio.create_task_group() as tg:
             for index, item in enumerate(items):
-                tg.start_soon(one, index, item)
+                request = try_build(item)
+                if isinstance(request, RequestValidationError):
+                    outcomes[index] = SubmitOutcome(index, None, error=request)
+                    continue
+                # Taken here, in input order: an event loop may start new tasks in any order.
+                token = object()
+                await limit.acquire_on_behalf_of(token)
+                tg.start_soon(one, index, request, token)
         return [o for o in outcomes if o is not None]
 
     def watch(

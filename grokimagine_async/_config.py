@@ -31,12 +31,21 @@ class RateLimit:
 
     Pass one as ``AsyncClient(rate_limit=...)`` for a custom contract, or to
     compress time in tests (``RateLimit(requests=30, period=2.0)``).
+
+    ``burst`` is for servers known to count more finely than their plan (a
+    gateway that enforces 100 a minute as a few at once, then one every 0.6 s):
+    at most ``burst`` requests go at once, then one every ``period / requests``
+    seconds. Left out, the client sends the plan's whole budget at once and
+    learns a finer shape from the server's 429s if it has one.
     """
 
     #: Requests allowed in any ``period``.
     requests: int
     #: The window, in seconds (60 for the provider's plans; shorter for compressed tests).
     period: float = 60.0
+    #: Requests the server admits at once, if it is known to count more finely
+    #: than ``requests`` per ``period`` (None: the whole budget at once).
+    burst: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.requests, bool) or not isinstance(self.requests, int):
@@ -49,6 +58,16 @@ class RateLimit:
             raise ConfigurationError(f"rate_limit.period must be seconds, got {self.period!r}")
         if self.period <= 0:
             raise ConfigurationError(f"rate_limit.period must be above 0, got {self.period}")
+        if self.burst is not None and (
+            isinstance(self.burst, bool)
+            or not isinstance(self.burst, int)
+            or not 1 <= self.burst <= self.requests
+        ):
+            raise ConfigurationError(
+                f"rate_limit.burst must be a whole number from 1 to requests "
+                f"({self.requests}), got {self.burst!r}; leave it out to send the whole "
+                "budget at once"
+            )
 
     @property
     def per_second(self) -> float:

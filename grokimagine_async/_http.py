@@ -3,8 +3,11 @@
 Every attempt passes the token's rate limiter here. What is retried depends
 on what a resend could cost:
 
-* reads (``GET``) are retried on connection errors, timeouts, 408, 429, 5xx and
-  unreadable bodies;
+* reads (``GET``) are retried on connection errors, timeouts, 408, 5xx and
+  unreadable bodies, ``max_retries`` times;
+* a 429 is the server saying "slow down", not "no": any request is sent again
+  once the limiter lets it, for as long as the call's patience lasts (a few
+  rate-limit periods by default), without using up ``max_retries``;
 * a submission (``POST /v1/generate``) creates a paid task and the API has no
   idempotency key, so it is resent only when the task provably was not
   created: a 429, or a connection that was never made. Once an attempt may
@@ -68,6 +71,10 @@ class RetryPolicy:
     max_backoff: float = 8.0
     #: A server that asks for a longer wait than this is not waited for: the error is raised.
     max_retry_after: float = 120.0
+    #: Seconds one call waits out 429s before raising ``RateLimitError``; None means
+    #: :data:`PATIENCE_PERIODS` periods of the token's rate limit. 429s don't use up
+    #: ``max_retries``: the server said "slow down", not "no".
+    rate_limit_patience: float | None = None
     #: Resend a submission even when it may already have created a paid task.
     retry_uncertain_submits: bool = False
 
@@ -76,6 +83,9 @@ class RetryPolicy:
         base = min(self.max_backoff, self.initial_backoff * 2.0 ** (attempt - 1))
         return base * (0.75 + random.random() * 0.25)
 
+
+#: How many rate-limit periods a call waits out 429s by default.
+PATIENCE_PERIODS = 3.0
 
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _SALVAGE_TASK_ID = re.compile(r'"task_id"\s*:\s*"([^"\\]{1,200})"')
@@ -145,9 +155,10 @@ class Wire:
         url = self._base_url.copy_with(path=self._base_url.path.rstrip("/") + path)
         submit = kind is RequestKind.SUBMIT
         may_have_created = False
-        attempt = 0
+        # Retries after other failures; 429s are waited out against the patience instead.
+        failures = 0
+        refused_since: float | None = None
         while True:
-            attempt += 1
             try:
                 return await self._attempt(method, url, kind, params, json_body, before_send)
             except _Failure as failure:
@@ -157,8 +168,17 @@ class Wire:
                     raise outcome.error
                 may_have_created = True
                 outcome.retryable = self.retry.retry_uncertain_submits
-            retries_left = attempt <= self.retry.max_retries
-            delay = self.retry.backoff(attempt)
+            if isinstance(outcome.error, RateLimitError) and not may_have_created:
+                now = anyio.current_time()
+                refused_since = now if refused_since is None else refused_since
+                # The limiter holds every request back while the server asks; this
+                # call's own wait is only what the server said, or a short backoff.
+                delay = outcome.wait_at_least or self.retry.backoff(1)
+                retries_left = now + delay - refused_since <= self._patience()
+            else:
+                failures += 1
+                retries_left = failures <= self.retry.max_retries
+                delay = self.retry.backoff(failures)
             if outcome.wait_at_least is not None:
                 if outcome.wait_at_least > self.retry.max_retry_after:
                     retries_left = False
@@ -170,16 +190,32 @@ class Wire:
                 raise outcome.error
             if submit and not may_have_created and after_unsent is not None:
                 after_unsent()
-            logger.info(
-                "retrying %s %s in %.2fs (attempt %d of %d) after: %s",
-                method,
-                url.path,
-                delay,
-                attempt + 1,
-                self.retry.max_retries + 1,
-                outcome.error,
-            )
+            if refused_since is not None and isinstance(outcome.error, RateLimitError):
+                logger.info(
+                    "retrying %s %s in %.2fs: the server said slow down (waited %.3gs of %.3gs)",
+                    method,
+                    url.path,
+                    delay,
+                    anyio.current_time() - refused_since,
+                    self._patience(),
+                )
+            else:
+                logger.info(
+                    "retrying %s %s in %.2fs (retry %d of %d) after: %s",
+                    method,
+                    url.path,
+                    delay,
+                    failures,
+                    self.retry.max_retries,
+                    outcome.error,
+                )
             await anyio.sleep(delay)
+
+    def _patience(self) -> float:
+        patience = self.retry.rate_limit_patience
+        if patience is None:
+            patience = PATIENCE_PERIODS * self._limiter().rate.period
+        return patience
 
     async def _attempt(
         self,

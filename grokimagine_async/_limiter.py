@@ -42,6 +42,12 @@ class RateLimitStatus:
     waiting: int
     #: Requests sent and not yet answered.
     in_flight: int
+    #: Requests a second the limiter spaces sends to, when the server has shown (by
+    #: a 429 the plan does not explain) or been said (``RateLimit.burst``) to count
+    #: more finely than its plan; None while the plan's whole budget may go at once.
+    pace: float | None = None
+    #: Requests that may go at once while pacing (None while not pacing).
+    burst: int | None = None
 
 
 class Slot(Protocol):

@@ -28,6 +28,7 @@ from ._exceptions import (
     BudgetExceededError,
     GrokImagineError,
     JournalError,
+    RateLimitError,
     RequestValidationError,
     SubmitUncertainError,
     TaskFailedError,
@@ -401,6 +402,18 @@ class _Batch:
             return
         except SubmitUncertainError as exc:
             self.settle(item, OutcomeStatus.UNCERTAIN, error=exc)
+            return
+        except RateLimitError as exc:
+            # The server said "slow down" for longer than the client's patience: that
+            # is no verdict on the request, which goes back to the head of the queue.
+            self.credits.refund()
+            if self.stopping:
+                self.settle(item, OutcomeStatus.SKIPPED, error=self.stop_reason)
+                return
+            logger.info("request %d goes back in the queue: %s", item.index, exc)
+            if self.journal is not None:
+                self.journal.unsent(item.index)
+            self.queue.appendleft(item)
             return
         except GrokImagineError as exc:
             never_sent = isinstance(exc, APIConnectionError) and not exc.request_sent

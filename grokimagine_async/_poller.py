@@ -17,7 +17,8 @@ How a task's polls are timed
 * Budget that would otherwise go unused (the rate limiter has free slots,
   nobody waiting for them, and more than the polls already due within a
   period will need) goes on earlier polls of tasks old enough to be done, in
-  turn, so when the budget is plentiful a finished video waits little.
+  turn, each at most every twentieth of the median generation, so when the
+  budget is plentiful a finished video waits little.
 
 Memory: a watched task costs a few hundred bytes.
 """
@@ -147,7 +148,14 @@ class Poller:
 
     @property
     def min_gap(self) -> float:
-        return self.prior / 5
+        """The shortest gap between two polls of one task: a fifth of the first
+        guess of a generation's length, and once generations have been timed, at
+        most a twentieth of the median one, so a finished video waits little
+        whatever the time scale."""
+        gap = self.prior / 5
+        if self._model.ready:
+            gap = min(gap, self._model.quantile(0.5) / 20)
+        return gap
 
     @property
     def model(self) -> DurationModel:

@@ -42,7 +42,7 @@ Corrections from the server
   moves up to the largest plan that the headers prove: a ``Remaining`` above
   what the current limit allows.
 * A 429 that happens anyway closes the gate for every waiter until
-  ``Retry-After`` (else ``X-RateLimit-Reset``, else a quarter period), and
+  ``Retry-After`` (else ``X-RateLimit-Reset``, else two of the plan's intervals), and
   reserves what was left of the budget; that reservation fades over the
   following period, so the gate reopens at the plan's steady rate rather
   than to a burst.
@@ -51,6 +51,7 @@ Corrections from the server
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import time
 from collections import deque
@@ -65,6 +66,8 @@ from ._limiter import RateLimitStatus
 
 __all__ = ["SlidingWindowLimiter", "WindowBudget"]
 
+logger = logging.getLogger("grokimagine_async")
+
 
 class WindowBudget:
     """The limiter's bookkeeping, without any waiting: every method takes ``now``.
@@ -72,6 +75,9 @@ class WindowBudget:
     Kept apart from :class:`SlidingWindowLimiter` so that it can be driven by
     a simulated clock.
     """
+
+    #: Requests in flight at once, at the least, once round trips are known.
+    MIN_IN_FLIGHT = 4
 
     def __init__(
         self, rate: RateLimit, *, upgrades: Sequence[RateLimit] = (), initial_time: float = 0.0
@@ -98,11 +104,20 @@ class WindowBudget:
         self._others: deque[int] = deque(maxlen=5)
         # How many answered requests have left the window so far.
         self._expired = 0
-        # The freshest Remaining: (remaining, its request's ticket, _expired then, valid until).
-        self._cap: tuple[int, int, int, float] | None = None
-        # Until one answer has told us what the server sees, send one request at a
-        # time: someone else may already be spending the token.
-        self._probing = True
+        # The freshest Remaining: (remaining, its request's ticket, _expired then, valid
+        # until, when it came).
+        self._cap: tuple[int, int, int, float, float] | None = None
+        # One request until an answer has told what the server sees (someone else may
+        # be spending the token). If it says nothing of its count (no Remaining), a
+        # slow start: one more unanswered request for each answer that is not a 429,
+        # doubling each round trip up to the plan, so a server that counts more
+        # finely than its plan refuses a few requests, not a burst.
+        self._ramp: int | None = 1
+        self._refused_in_a_row = 0
+        # Round trips of the last answers, and when each request in flight was sent.
+        self._rtts: deque[float] = deque(maxlen=32)
+        self._sent: dict[int, float] = {}
+        self._pacer = _Pacer(rate, initial_time)
 
     # -- reading --------------------------------------------------------------------
 
@@ -137,20 +152,44 @@ class WindowBudget:
         if now < self._gate_until:
             return 0
         free = max(0, self.limit - self.used(now))
-        if self._probing:
-            return min(free, 1 - self.in_flight)
-        return min(free, self._server_allows(now))
+        allows = min(self._server_allows(now), self._pacer.free(now))
+        if self._ramp is not None:
+            free = min(free, self._ramp - self.in_flight)
+        if self._pacer.pace is not None or self.reserved(now):
+            free = min(free, self._flight_room(now))
+        return max(0, min(free, allows))
+
+    def _flight_room(self, now: float) -> int:
+        """More requests that may be in flight, while someone else spends the token
+        or the server counts finely: no more than the rate needs, so that a window
+        filled by someone else is learnt of with few of ours on the way. Alone, a
+        burst of the whole budget is safe. A request out for long (a hung
+        connection) no longer counts against it."""
+        if not self._rtts:
+            return self.limit
+        needed = math.ceil(2 * self.limit / self.period * min(self._rtts))
+        stale = self._stale_after()
+        young = sum(1 for sent in self._sent.values() if now - sent < stale)
+        return max(self.MIN_IN_FLIGHT, needed) - young
+
+    def _stale_after(self) -> float:
+        """How long a request may be out before it stops counting as in flight."""
+        rtts = sorted(self._rtts)
+        return max(4 * rtts[len(rtts) // 2], self.period / 30)
 
     def _server_allows(self, now: float) -> int:
-        """What the freshest Remaining leaves: less ours sent since, plus ours gone."""
+        """What the freshest Remaining leaves: less ours sent since, plus what has
+        come back since (ours gone from the window, or the plan's rate of refill,
+        whichever is more: a bucket refills whether or not we sent)."""
         if self._cap is None:
             return self.limit
-        remaining, ticket, expired, until = self._cap
+        remaining, ticket, expired, until, at = self._cap
         if now >= until:
             self._cap = None
             return self.limit
         sent_since = self._next_seq - ticket - 1
-        return max(0, remaining - sent_since + (self._expired - expired))
+        refilled = max(self._expired - expired, math.floor((now - at) * self.limit / self.period))
+        return max(0, remaining - sent_since + refilled)
 
     def next_change(self, now: float) -> float | None:
         """The earliest time after ``now`` at which :meth:`free` may grow."""
@@ -162,6 +201,13 @@ class WindowBudget:
             times.append(self._gate_until)
         if self._cap is not None:
             times.append(self._cap[3])
+            rate, at = self.limit / self.period, self._cap[4]
+            times.append(at + (math.floor((now - at) * rate) + 1) / rate)
+        if self._sent and self._rtts:
+            times.append(min(self._sent.values()) + self._stale_after())
+        paced = self._pacer.next_free(now)
+        if paced is not None:
+            times.append(paced)
         n = self.reserved(now)
         if n > 0:
             if now < self._fade_start:
@@ -187,6 +233,16 @@ class WindowBudget:
         ends.append(self._gate_until)
         return max(ends) - now
 
+    @property
+    def pace(self) -> float | None:
+        """Requests a second sends are spaced to, if the server counts finely (else None)."""
+        return self._pacer.pace
+
+    @property
+    def burst(self) -> int | None:
+        """Requests that may go at once while pacing (None while not pacing)."""
+        return self._pacer.burst if self._pacer.pace is not None else None
+
     # -- changing -------------------------------------------------------------------
 
     def set_rate(self, rate: RateLimit) -> None:
@@ -194,20 +250,24 @@ class WindowBudget:
         self.limit = rate.requests
         self.period = rate.period
         self._upgrades = []
+        self._pacer.set_rate(rate)
 
     def take(self, now: float) -> int | None:
         """Take a slot if one is free: its ticket (the send order), else None."""
         if self.free(now) <= 0:
             return None
         self.in_flight += 1
+        self._pacer.sent(now)
         seq = self._next_seq
         self._next_seq += 1
+        self._sent[seq] = now
         self._window.append(seq)
         return seq
 
     def give_back(self, ticket: int) -> None:
         """Return a slot whose request was never sent."""
         self.in_flight -= 1
+        self._sent.pop(ticket, None)
         self._forget(ticket)
 
     def answered(
@@ -219,20 +279,41 @@ class WindowBudget:
         ``ticket`` is what :meth:`take` gave, ``sent_at`` when.
         """
         self.in_flight -= 1
+        self._sent.pop(ticket, None)
         self._expire(now)
         self._held.append((now + self.period, ticket))
         if feedback is None:
             return
-        self._probing = False
+        self._rtts.append(max(0.0, now - sent_at))
         if feedback.rate_limited:
+            self._refused_in_a_row += 1
+            self._ramp = None
             self._on_rate_limited(now, feedback)
-        elif feedback.remaining is not None:
+            self._pacer.refused(now, sent_at, resume_at=self._gate_until)
+        elif feedback.remaining is None:
+            self._refused_in_a_row = 0
+            # No word on the server's count: the slow start goes on.
+            if self._ramp is not None:
+                self._ramp = self._ramp + 1 if self._ramp + 1 < self.limit else None
+        else:
+            self._refused_in_a_row = 0
+            # The server says how much is left: that caps every burst from now on.
+            self._ramp = None
             self._upgrade(feedback.remaining, sent_at)
-            self._on_remaining(now, feedback.remaining, ticket)
+            self._on_remaining(now, feedback.remaining, ticket, feedback.reset_after)
             if self._cap is None or ticket > self._cap[1]:
-                self._cap = (feedback.remaining, ticket, self._expired, now + self.period)
+                self._cap = (feedback.remaining, ticket, self._expired, now + self.period, now)
 
-    def _on_remaining(self, now: float, remaining: int, ticket: int) -> None:
+    def _on_remaining(
+        self, now: float, remaining: int, ticket: int, reset_after: float | None = None
+    ) -> None:
+        if reset_after is not None and reset_after * self.limit / self.period < (
+            self.limit - remaining - len(self._window)
+        ):
+            # All back sooner than the plan's rate could free what is missing: the
+            # server holds fewer than the plan at once (a bucket with a small burst),
+            # not someone else's requests. The cap on bursts covers it.
+            return
         # Ours sent before this one were, as a rule, counted before it. A request
         # that overtook another on the way makes one estimate too high or too low,
         # so the median of the last few is taken.
@@ -258,7 +339,12 @@ class WindowBudget:
         if wait is None:
             wait = feedback.reset_after
         if wait is None:
-            wait = self.period / 4
+            # The server gave no time: a couple of the plan's intervals, enough for a
+            # gateway that counts per second to let one more in, doubling with each
+            # refusal in a row (a counter that counts refusals too must be left to
+            # fall); the pacing and the reservation below keep what follows from a burst.
+            base = min(self.period / 4, 2 * self.period / self.limit)
+            wait = min(self.period / 2, base * 2 ** min(self._refused_in_a_row - 1, 16))
         self._gate_until = max(self._gate_until, now + min(wait, self.period * 2))
         # The server's window was full. When the gate opens, what our own slots don't
         # cover is not known to be free: let it out over a period, not in one burst.
@@ -286,6 +372,128 @@ class WindowBudget:
         if best is not None:
             self.limit = best.requests
             self._upgrades = [p for p in self._upgrades if p.requests > best.requests]
+            self._pacer.set_rate(best)
+
+
+class _Pacer:
+    """How finely the server is known to count: sends spaced to ``pace`` requests
+    a second, at most ``burst`` at once (a GCRA), or no spacing at all.
+
+    Off until a 429 shows that the server counts more finely than the plan
+    (a small burst, then so many a second) or counts someone else too; or on
+    from the start when the user states a ``burst``. Each 429 of a request
+    sent under the current setting tightens it: first the burst halves, down
+    to one, then the pace drops. After a quiet spell with no such 429 it
+    relaxes one step (the pace back up to the plan's rate, then the burst
+    doubling, then off); a 429 right after relaxing doubles the next quiet
+    spell, so probing the server costs fewer refusals the longer it goes on.
+    """
+
+    #: The pace never drops below this share of the plan's rate.
+    FLOOR = 0.25
+    #: Each tightening of the pace keeps this share of it.
+    BACKOFF = 0.85
+    #: Quiet spells before relaxing a step, in periods: the first, and the longest.
+    QUIET, MAX_QUIET = 2.0, 16.0
+
+    def __init__(self, rate: RateLimit, now: float) -> None:
+        self._stated = rate.burst
+        self._plan = rate
+        self.pace: float | None = rate.per_second if rate.burst is not None else None
+        self.burst = rate.burst if rate.burst is not None else rate.requests
+        # The GCRA's theoretical arrival time: the next send's slot, were it paced.
+        self._tat = now
+        # When the setting last changed; 429s of requests sent before don't judge it.
+        self._changed = now
+        self._quiet = self.QUIET * rate.period
+        self._relaxed = False
+
+    def set_rate(self, rate: RateLimit) -> None:
+        """The plan changed (stated, or proved bigger): keep what was learnt of its shape."""
+        if rate.burst is not None:
+            self._stated = rate.burst
+        if self._stated is not None:
+            self._stated = min(self._stated, rate.requests)
+            self.pace = self.pace or rate.per_second
+            self.burst = min(self.burst, self._stated)
+        self._plan = RateLimit(rate.requests, rate.period, self._stated)
+        self._quiet = max(self._quiet, self.QUIET * rate.period)
+
+    def free(self, now: float) -> int:
+        """Requests the spacing lets go at once now."""
+        self._relax(now)
+        if self.pace is None:
+            return self._plan.requests
+        allowed = math.floor((now - self._tat) * self.pace + self.burst + 1e-9)
+        return max(0, min(self.burst, allowed))
+
+    def next_free(self, now: float) -> float | None:
+        """When the spacing next lets a request go, if it holds one back now."""
+        if self.pace is None or self.free(now) > 0:
+            return None
+        return self._tat - (self.burst - 1) / self.pace
+
+    def sent(self, now: float) -> None:
+        if self.pace is not None:
+            self._tat = max(self._tat, now) + 1 / self.pace
+
+    def refused(self, now: float, sent_at: float, *, resume_at: float) -> None:
+        """A 429 answered a request sent at ``sent_at``; sending resumes at ``resume_at``."""
+        # Nothing is owed from before the refusal: at most a burst goes when sending resumes.
+        self._tat = max(self._tat, resume_at)
+        if sent_at < self._changed:
+            return  # sent before the current setting: no verdict on it
+        plan_rate = self._plan.per_second
+        if self._relaxed and now - self._changed < self._quiet:
+            self._quiet = min(self.MAX_QUIET * self._plan.period, self._quiet * 2)
+        if self.pace is None:
+            self.pace = plan_rate
+            self.burst = 1
+        elif self.burst > 1:
+            self.burst = max(1, self.burst // 2)
+        else:
+            self.pace = max(plan_rate * self.FLOOR, self.pace * self.BACKOFF)
+        self._changed = now
+        self._relaxed = False
+        logger.info(
+            "the server refused a request the plan allows (%d per %gs): it counts more "
+            "finely, or someone else spends the token; pacing to %.3g requests/s, %d at once",
+            self._plan.requests,
+            self._plan.period,
+            self.pace,
+            self.burst,
+        )
+
+    def _relax(self, now: float) -> None:
+        stepped = False
+        while self.pace is not None and now - self._changed >= self._quiet:
+            plan_rate = self._plan.per_second
+            cap = self._stated or self._plan.requests
+            if self.pace < plan_rate:
+                self.pace = min(plan_rate, self.pace / self.BACKOFF)
+            elif self.burst < cap:
+                self.burst = min(cap, self.burst * 2)
+            elif self._stated is None:
+                self.pace = None
+                self.burst = self._plan.requests
+            else:
+                break
+            # One step a quiet spell, however late the limiter looks.
+            self._changed += self._quiet
+            self._relaxed = stepped = True
+        if not stepped:
+            return
+        if self.pace is None:
+            logger.info(
+                "no 429 for %.3gs: the plan's whole budget may go at once again", self._quiet
+            )
+        else:
+            logger.info(
+                "no 429 for %.3gs: pacing relaxed to %.3g requests/s, %d at once",
+                self._quiet,
+                self.pace,
+                self.burst,
+            )
 
 
 class _Slot:
@@ -371,6 +579,8 @@ class SlidingWindowLimiter:
             resets_in=budget.resets_in(now),
             waiting=len(self._waiters),
             in_flight=budget.in_flight,
+            pace=budget.pace,
+            burst=budget.burst,
         )
 
     def slot(self) -> AbstractAsyncContextManager[_Slot]:
@@ -409,6 +619,9 @@ class SlidingWindowLimiter:
                 waiter.event = anyio.Event()
                 with anyio.move_on_after(delay):
                     await waiter.event.wait()
+            # Granted in the instant the caller was cancelled: the slot passes on
+            # rather than count as a request sent.
+            await anyio.lowlevel.checkpoint_if_cancelled()
         except BaseException:
             # Cancelled: a slot granted in the same instant passes on; a place in the
             # queue is given up, and whoever is first now keeps the time.

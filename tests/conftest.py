@@ -1,14 +1,80 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
 
+#: The anyio backends an async test may run on. The client's own modules mark themselves
+#: for both (``pytestmark``); modules asyncio by nature (uvicorn served in the running
+#: loop, the aiohttp and FastAPI examples) carry no mark and stay on asyncio.
+BACKENDS = ("asyncio", "trio")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "backends(*names, reason=None): the anyio backends (asyncio, trio) an async test "
+        "runs on, once each; without the mark, asyncio alone. On a module, a test or a "
+        "pytest.param: a test runs on the backends every one of its marks names, so a test "
+        "or a case narrows its module's mark (say why with reason=).",
+    )
+
+
+def _backends(marks: Iterable[pytest.Mark], where: str) -> set[str]:
+    """The backends every ``backends`` mark in ``marks`` allows."""
+    allowed = set(BACKENDS)
+    for mark in marks:
+        if mark.name != "backends":
+            continue
+        if not mark.args or set(mark.args) - set(BACKENDS):
+            raise pytest.UsageError(
+                f"{where}: backends{mark.args} names no backend or an unknown one; "
+                f"choose from {', '.join(BACKENDS)}"
+            )
+        allowed &= set(mark.args)
+    return allowed
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each async test once on each backend its module's and its own marks allow."""
+    if "anyio_backend" not in metafunc.fixturenames:
+        return
+    definition = metafunc.definition
+    if definition.get_closest_marker("backends") is None:
+        return  # asyncio, the fixture's default
+    names = [
+        name
+        for name in BACKENDS
+        if name in _backends(definition.iter_markers("backends"), definition.nodeid)
+    ]
+    if not names:
+        raise pytest.UsageError(f"{definition.nodeid}: its backends marks leave no backend")
+    if names != ["asyncio"]:
+        metafunc.parametrize("anyio_backend", names, indirect=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Drop the runs a case's own mark (``pytest.param(..., marks=...)``) rules out.
+
+    Parametrizing sees the test's and its module's marks only, so a run a case's mark
+    rules out is made, then dropped here: as if never made, like a trio run of a test
+    marked for asyncio alone, not reported as deselected.
+    """
+
+    def wanted(item: pytest.Item) -> bool:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or "anyio_backend" not in callspec.params:
+            return True
+        return callspec.params["anyio_backend"] in _backends(callspec.marks, item.nodeid)
+
+    items[:] = [item for item in items if wanted(item)]
+
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The backend of this run: asyncio unless the test's ``backends`` marks allow others."""
+    return str(getattr(request, "param", "asyncio"))
 
 
 @pytest.fixture(autouse=True)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import httpx
+import sniffio
 
 from grokimagine_async import AsyncClient, RateLimit
 from grokimagine_async.simulator import Simulator
@@ -76,21 +78,59 @@ def load_example(name: str) -> ModuleType:
 
 
 @asynccontextmanager
+async def serving(sim: Simulator) -> AsyncIterator[str]:
+    """``sim`` on loopback, whatever the backend; yields its base URL.
+
+    ``sim.serve()`` runs uvicorn in the running loop, which must be asyncio's; on any
+    other backend the simulator serves from its own loop in a thread, and the waits for
+    that thread to start and stop happen in a worker thread, not in the loop.
+    """
+    if sniffio.current_async_library() == "asyncio":
+        async with sim.serve() as url:
+            yield url
+        return
+    served = sim.serve_in_thread()
+    url = await anyio.to_thread.run_sync(served.__enter__)
+    try:
+        yield url
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(served.__exit__, None, None, None)
+
+
+@asynccontextmanager
 async def running(
     *, limit: int = 200, deadline: float = 30, **sim_kwargs: Any
 ) -> AsyncIterator[tuple[Simulator, AsyncClient]]:
-    """The simulator on loopback and a client keeping to its ``limit`` a second."""
-    sim_kwargs.setdefault("generation_time", (0.2, 0.8))
+    """The simulator and a client keeping to its ``limit`` a second.
+
+    Under asyncio the simulator serves on loopback. Under trio it answers in-process
+    (``sim.transport()``), with no server thread to start and stop for every test: the
+    trio runs of test_integration, test_download and test_rate_limiting cover sockets.
+    """
+    sim_kwargs.setdefault("generation_time", (0.1, 0.4))
     sim_kwargs.setdefault("seed", 1)
     sim = Simulator(limit=limit, period=1.0, **sim_kwargs)
-    async with (
-        sim.serve() as url,
-        AsyncClient(
-            TOKEN, base_url=url, rate_limit=RateLimit(limit, 1.0), poll_interval=0.2, backoff=0.01
-        ) as client,
-    ):
-        with anyio.fail_after(deadline):
-            yield sim, client
+    async with AsyncExitStack() as stack:
+        http: httpx.AsyncClient | None = None
+        if sniffio.current_async_library() == "asyncio":
+            url = await stack.enter_async_context(serving(sim))
+        else:
+            url = SIM_URL
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(transport=sim.transport(), timeout=30.0)
+            )
+        client = AsyncClient(
+            TOKEN,
+            base_url=url,
+            http_client=http,
+            rate_limit=RateLimit(limit, 1.0),
+            poll_interval=0.1,
+            backoff=0.01,
+        )
+        async with client:
+            with anyio.fail_after(deadline):
+                yield sim, client
 
 
 def prompts(n: int) -> list[dict[str, str]]:

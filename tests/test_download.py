@@ -14,9 +14,9 @@ import pytest
 from grokimagine_async import AsyncClient, DownloadError, RateLimit, Task, VideoExpiredError
 from grokimagine_async.simulator import ManualClock, Simulator
 
-from .helpers import SIM_URL, TOKEN
+from .helpers import SIM_URL, TOKEN, serving
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.backends("asyncio", "trio")]
 
 
 @asynccontextmanager
@@ -24,7 +24,7 @@ async def running(**sim_kwargs: Any) -> AsyncIterator[tuple[Simulator, AsyncClie
     """The simulator on loopback, and a client that polls it often."""
     sim = Simulator(**sim_kwargs)
     async with (
-        sim.serve() as url,
+        serving(sim) as url,
         AsyncClient(
             TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0), poll_interval=0.05
         ) as client,
@@ -53,7 +53,7 @@ async def test_an_expired_link_says_so_and_how_to_get_a_fresh_one(tmp_path: Path
     clock = ManualClock()
     sim = Simulator(clock=clock, generation_time=(1.0, 1.0), video_ttl=5.0, seed=2)
     async with (
-        sim.serve() as url,
+        serving(sim) as url,
         AsyncClient(TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0)) as client,
     ):
         task_id = await client.submit(prompt="p")
@@ -116,7 +116,7 @@ async def test_every_failed_video_of_a_task_is_reported(tmp_path: Path) -> None:
         clock=clock, generation_time=(1.0, 1.0), video_ttl=5.0, videos_per_task=3, seed=2
     )
     async with (
-        sim.serve() as url,
+        serving(sim) as url,
         AsyncClient(TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0)) as client,
     ):
         task_id = await client.submit(prompt="p")

@@ -9,9 +9,9 @@ import pytest
 
 from grokimagine_async.simulator import Simulator
 
-from .helpers import TOKEN, load_example
+from .helpers import TOKEN, load_example, serving
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.backends("asyncio", "trio")]
 
 
 async def test_the_bulk_script_downloads_every_video_and_resumes(
@@ -22,7 +22,7 @@ async def test_the_bulk_script_downloads_every_video_and_resumes(
     prompts.write_text("a fox\n\na boat\na kite\na lighthouse\n")
     out = tmp_path / "videos"
     sim = Simulator(generation_time=(0.2, 0.5), seed=1)
-    async with sim.serve() as url:
+    async with serving(sim) as url:
         monkeypatch.setenv("GROKIMAGINE_API_KEY", TOKEN)
         monkeypatch.setenv("GROKIMAGINE_BASE_URL", url)
         monkeypatch.setenv("GROKIMAGINE_POLL_INTERVAL", "0.1")  # generations of 0.2-0.5 s
@@ -46,7 +46,7 @@ async def test_the_bulk_script_stops_at_max_credits(
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a\nb\nc\n")
     sim = Simulator(generation_time=(0.2, 0.5), seed=2)
-    async with sim.serve() as url:
+    async with serving(sim) as url:
         monkeypatch.setenv("GROKIMAGINE_API_KEY", TOKEN)
         monkeypatch.setenv("GROKIMAGINE_BASE_URL", url)
         monkeypatch.setenv("GROKIMAGINE_POLL_INTERVAL", "0.1")  # generations of 0.2-0.5 s

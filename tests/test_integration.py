@@ -22,11 +22,15 @@ from grokimagine_async import (
 )
 from grokimagine_async.simulator import Fault, Simulator
 
-from .helpers import TOKEN
+from .helpers import TOKEN, serving
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.backends("asyncio", "trio")]
 
 FAST = {"generation_time": (0.05, 0.2), "queue_fraction": 0.3}
+
+# What the server's words mean is parsing, the same on every backend (test_client runs
+# it on each): trio runs here what a socket shows, the happy path and the faults.
+WORDS = pytest.mark.backends("asyncio", reason="what the answers mean is the same on trio")
 
 
 @asynccontextmanager
@@ -36,7 +40,7 @@ async def running(
     client_kwargs.setdefault("rate_limit", RateLimit(1000, 1.0))
     client_kwargs.setdefault("poll_interval", 0.02)
     client_kwargs.setdefault("backoff", 0.01)
-    async with sim.serve() as url, AsyncClient(TOKEN, base_url=url, **client_kwargs) as client:
+    async with serving(sim) as url, AsyncClient(TOKEN, base_url=url, **client_kwargs) as client:
         with anyio.fail_after(20):
             yield sim, client
 
@@ -56,6 +60,7 @@ async def test_a_video_from_submit_to_completion(in_200: bool) -> None:
 
 
 @pytest.mark.parametrize("in_200", [False, True])
+@WORDS
 async def test_errors_raise_their_class_under_both_readings(in_200: bool) -> None:
     sim = Simulator(seed=1, api_keys={TOKEN}, errors_as_http_200=in_200, **FAST)  # type: ignore[arg-type]
     async with running(sim) as (sim, client):
@@ -68,6 +73,7 @@ async def test_errors_raise_their_class_under_both_readings(in_200: bool) -> Non
     assert sim.stats.tasks_created == 0
 
 
+@WORDS
 async def test_other_status_words_and_failures_are_understood() -> None:
     words = {
         "pending": "queued",
@@ -91,6 +97,7 @@ async def test_other_status_words_and_failures_are_understood() -> None:
     assert not task.resubmit_may_succeed
 
 
+@WORDS
 async def test_completed_with_no_videos_is_fine() -> None:
     sim = Simulator(seed=3, videos_per_task=0, **FAST)  # type: ignore[arg-type]
     async with running(sim) as (sim, client):
@@ -136,6 +143,10 @@ async def test_an_ambiguous_submission_is_never_resent(fault: Fault, created: in
     assert sim.stats.by_endpoint.get("generate") == 1
 
 
+@pytest.mark.backends(
+    "asyncio",
+    reason="a 429 over sockets closes the gate and is retried on trio in test_rate_limiting",
+)
 async def test_a_forced_429_on_submit_is_retried_and_creates_one_task() -> None:
     sim = Simulator(seed=6, **FAST)  # type: ignore[arg-type]
     async with running(sim) as (sim, client):

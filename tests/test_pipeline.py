@@ -26,7 +26,7 @@ from grokimagine_async.simulator import Fault
 
 from .helpers import Recorder, api_error, make_client, ok, prompts, running
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.backends("asyncio", "trio")]
 
 LOCK_PROBE = """
 import fcntl, sys

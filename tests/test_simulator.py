@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import email.utils
 import json
+import random
 import re
 import subprocess
 import sys
@@ -13,15 +15,18 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from grokimagine_async._cli._app import app as cli_app
 from grokimagine_async.simulator import (
     FAILURE_MESSAGES,
     Fault,
     ManualClock,
+    RateModel,
     RequestRecord,
     SimulatedDisconnect,
     Simulator,
@@ -31,6 +36,7 @@ from grokimagine_async.simulator import (
 )
 from grokimagine_async.simulator.__main__ import main as cli_main
 from grokimagine_async.simulator.__main__ import parse_args
+from grokimagine_async.simulator._counters import make_limiter
 
 TOKEN = "sim-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -441,7 +447,7 @@ def classify_reset(value: int) -> str:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("model", ["fixed", "sliding", "gcra"])
+@pytest.mark.parametrize("model", ["fixed", "sliding", "gcra", "leaky"])
 @pytest.mark.parametrize("reset_format", ["epoch_s", "epoch_ms", "delta_s"])
 async def test_reset_header_formats(clock: ManualClock, model: str, reset_format: str) -> None:
     sim = Simulator(clock=clock, limit=2, period=60.0, rate_model=model, reset_format=reset_format)
@@ -533,6 +539,248 @@ async def test_count_rejected(
         assert [r.status_code for r in await send_at(http, clock, 5.0)] == [429]
         later = await send_at(http, clock, 10.0, 2)
     assert [r.status_code for r in later] == expected
+
+
+@pytest.mark.anyio
+async def test_leaky_bucket_admits_a_burst_then_one_request_per_interval(
+    clock: ManualClock,
+) -> None:
+    # 60 per 2 s: one request every 1/30 s, an interval whose float sums drift.
+    sim = Simulator(
+        clock=clock, limit=60, period=2.0, rate_model="leaky", burst=3, reset_format="delta_s"
+    )
+    assert repr(sim) == "Simulator(limit=60, period=2.0, rate_model='leaky', burst=3)"
+    interval = 2.0 / 60
+    async with client(sim) as http:
+        burst = await send_at(http, clock, 0.0, 4)
+        assert [rate(r) for r in burst] == [
+            (200, 2, "1"),
+            (200, 1, "1"),
+            (200, 0, "1"),
+            (429, 0, "1"),
+        ]
+        assert burst[3].headers["retry-after"] == "1"
+        for n in range(1, 241):
+            paced = await send_at(http, clock, n * interval, 2)
+            between = await send_at(http, clock, (n + 0.5) * interval)
+            assert [r.status_code for r in [*paced, *between]] == [200, 429, 429], n
+    # Refused requests do not fill the bucket, so the pace never slips.
+    assert sim.stats.by_status[200] == 3 + 240
+
+
+@pytest.mark.anyio
+async def test_leaky_bucket_depth_defaults_to_each_tokens_limit(clock: ManualClock) -> None:
+    whole = Simulator(
+        clock=clock,
+        limit=5,
+        period=10.0,
+        rate_model="leaky",
+        tokens={"big": 8},
+        reset_format="delta_s",
+    )
+    shallow = Simulator(
+        clock=clock,
+        limit=5,
+        period=10.0,
+        rate_model="leaky",
+        burst=2,
+        tokens={"big": 8},
+        reset_format="delta_s",
+    )
+    async with (
+        client(whole) as whole_small,
+        client(whole, token="big") as whole_big,
+        client(shallow) as shallow_small,
+        client(shallow, token="big") as shallow_big,
+    ):
+        https = [whole_small, whole_big, shallow_small, shallow_big]
+        bursts = [await send_at(http, clock, 0.0, 10) for http in https]
+        # Each token drains at its own limit per period: one every 2 s, or every 1.25 s.
+        later = [await send_at(http, clock, 2.5, 3) for http in https]
+    assert [sum(r.status_code == 200 for r in b) for b in bursts] == [5, 8, 2, 2]
+    assert [sum(r.status_code == 200 for r in b) for b in later] == [1, 2, 1, 2]
+    # The bucket is empty again once every request in it has drained.
+    assert [b[0].headers["x-ratelimit-reset"] for b in bursts] == ["2", "2", "2", "2"]
+    assert [rate(b[-1]) for b in bursts] == [
+        (429, 0, "10"),
+        (429, 0, "10"),
+        (429, 0, "4"),
+        (429, 0, "3"),
+    ]
+
+
+@pytest.mark.anyio
+async def test_approximate_counter_weighs_the_previous_window(clock: ManualClock) -> None:
+    sim = Simulator(
+        clock=clock, limit=10, period=10.0, rate_model="approximate", reset_format="delta_s"
+    )
+    async with client(sim) as http:
+        first = await send_at(http, clock, 2.0, 8)
+        assert [rate(r)[:2] for r in first] == [(200, n) for n in range(9, 1, -1)]
+        # Its count weighs on the next window until that one ends.
+        assert first[-1].headers["x-ratelimit-reset"] == "18"
+
+        # Just after the boundary the previous window weighs 0.95: 8 * 0.95 = 7.6, so
+        # three go (7.6, 8.6, 9.6 < 10) where a sliding window lets two and a fixed one ten.
+        boundary = await send_at(http, clock, 10.5, 4)
+        assert [rate(r) for r in boundary] == [
+            (200, 2, "20"),
+            (200, 1, "20"),
+            (200, 0, "20"),
+            (429, 0, "20"),
+        ]
+        # 3 + 8 * (1 - f) < 10 once f > 1/8, at 11.25 s.
+        assert boundary[3].headers["retry-after"] == "1"
+        assert [r.status_code for r in await send_at(http, clock, 11.2)] == [429]
+        assert [r.status_code for r in await send_at(http, clock, 11.3, 2)] == [200, 429]
+
+        # At the next boundary the whole previous window counts: 4 of 10.
+        assert [r.status_code for r in await send_at(http, clock, 20.0, 7)] == [200] * 6 + [429]
+        # Half-way through the window after, half of those 6 still count.
+        halfway = await send_at(http, clock, 35.0, 8)
+    assert [r.status_code for r in halfway] == [200] * 7 + [429]
+    assert rate(halfway[0])[:2] == (200, 6)
+
+
+@pytest.mark.anyio
+async def test_approximate_counter_that_counts_refusals_shuts_out_a_hammering_client(
+    clock: ManualClock,
+) -> None:
+    sim = Simulator(
+        clock=clock, limit=10, period=10.0, rate_model="approximate", count_rejected=True
+    )
+    async with client(sim) as hammering, client(sim, token="patient") as patient:
+        for http in (hammering, patient):
+            burst = await send_at(http, clock, 0.0, 11)
+            assert [r.status_code for r in burst] == [200] * 10 + [429]
+        # At twice the plan's rate the count stays near 20, however long it goes on.
+        hammered = []
+        for n in range(1, 80):
+            hammered.extend(await send_at(hammering, clock, n * 0.5))
+            if n == 22:
+                # 11 * 0.9 = 9.9: waiting one tenth of the next window was enough.
+                waited = await patient.post("/v1/generate", json={"prompt": "p"})
+                assert waited.status_code == 200
+        assert {r.status_code for r in hammered} == {429}
+        # Stopping and waiting as long as the last 429 says lets it in again.
+        wait = int(hammered[-1].headers["retry-after"])
+        assert [r.status_code for r in await send_at(hammering, clock, 39.5 + wait)] == [200]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("model", "burst"), [("leaky", 3), ("leaky", None), ("approximate", None)])
+async def test_rate_headers_of_the_new_models_say_what_the_next_requests_get(
+    clock: ManualClock, model: str, burst: int | None
+) -> None:
+    sim = Simulator(
+        clock=clock,
+        limit=6,
+        period=60.0,
+        rate_model=model,
+        burst=burst,
+        reset_format="delta_s",
+    )
+    at_once = burst or 6
+    pauses = random.Random(7)
+    at = 0.0
+    async with client(sim) as http:
+        for step in range(12):
+            at += pauses.uniform(0.0, 25.0)
+            first = (await send_at(http, clock, at))[0]
+            status, remaining, _ = rate(first)
+            if status == 200:
+                more = await send_at(http, clock, at, remaining + 1)
+                assert [r.status_code for r in more] == [200] * remaining + [429], step
+                refused = more[-1]
+            else:
+                assert remaining == 0
+                refused = first
+            assert refused.headers["x-ratelimit-remaining"] == "0"
+            wait = int(refused.headers["retry-after"])
+            if wait > 1:
+                early = await send_at(http, clock, at + wait - 1)
+                assert early[0].status_code == 429, step
+            at += wait
+            allowed = (await send_at(http, clock, at))[0]
+            assert allowed.status_code == 200, step
+            if step % 3 == 2:
+                at += int(allowed.headers["x-ratelimit-reset"])
+                fresh = (await send_at(http, clock, at))[0]
+                assert rate(fresh)[:2] == (200, at_once - 1), step
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("model", "burst"), [("leaky", 2), ("leaky", None), ("approximate", None)])
+async def test_background_share_and_token_limits_with_the_new_models(
+    model: str, burst: int | None
+) -> None:
+    async def visible(share: float, token: str = TOKEN) -> tuple[int, SimulatorStats]:
+        own_clock = ManualClock(START)
+        sim = Simulator(
+            clock=own_clock,
+            limit=5,
+            period=10.0,
+            tokens={TOKEN: 10},
+            rate_model=model,
+            burst=burst,
+            background_share=share,
+        )
+        allowed = 0
+        async with client(sim, token=token) as http:
+            for _ in range(200):
+                response = await http.post("/v1/generate", json={"prompt": "p"})
+                allowed += response.status_code == 200
+                own_clock.advance(0.5)
+        return allowed, sim.stats
+
+    alone, alone_stats = await visible(0.0)
+    shared, shared_stats = await visible(0.5)
+    other, other_stats = await visible(0.5, token="other")
+    # About one a second over 100 s on the token's own limit of 10 per 10 s...
+    assert 95 <= alone <= 110
+    assert alone_stats.background_requests == 0
+    # ...of which the background client takes its half, and the visible one the rest.
+    assert 45 <= shared_stats.background_requests <= 51
+    assert 40 <= alone - shared <= 55
+    assert shared_stats.requests == 200
+    # A token on the default limit of 5 per 10 s shares half of that.
+    assert 22 <= other_stats.background_requests <= 26
+    assert 20 <= other <= 32
+
+
+@pytest.mark.parametrize("model", get_args(RateModel))
+@pytest.mark.parametrize("count_rejected", [False, True])
+def test_every_models_window_matches_what_it_then_admits(
+    model: RateModel, count_rejected: bool
+) -> None:
+    # Large clock readings, as time.monotonic() gives, make float rounding show up.
+    schedules = random.Random(f"{model}-{count_rejected}")
+    for _ in range(300):
+        limit = schedules.randint(1, 12)
+        period = schedules.choice([0.1, 2.0, 60.0])
+        burst = schedules.randint(1, 15)
+        origin = schedules.uniform(0.0, 1e6)
+        limiter = make_limiter(model, limit, period, origin, burst)
+        full = burst if model == "leaky" else limit
+        now = origin + schedules.uniform(0.0, 3 * period)
+        for _ in range(schedules.randint(0, 40)):
+            now += schedules.expovariate(limit / period * schedules.uniform(0.5, 3.0))
+            limiter.acquire(now, count_rejected=count_rejected)
+        now += schedules.uniform(0.0, period)
+        window = limiter.window(now)
+
+        probe = copy.deepcopy(limiter)
+        admitted = 0
+        while admitted <= full and probe.acquire(now, count_rejected=False):
+            admitted += 1
+        assert admitted == window.remaining
+        if not window.remaining:
+            assert now < window.retry_at
+            assert copy.deepcopy(limiter).acquire(window.retry_at, count_rejected=False)
+            if window.retry_at - now > 1e-3:
+                early = window.retry_at - 1e-3
+                assert not copy.deepcopy(limiter).acquire(early, count_rejected=False)
+        assert copy.deepcopy(limiter).window(window.reset_at).remaining == full
 
 
 # Faults
@@ -866,7 +1114,10 @@ def test_config_tiers_overrides_and_validation() -> None:
     bad: list[dict[str, Any]] = [
         {"limit": 0},
         {"period": 0},
-        {"rate_model": "leaky"},
+        {"rate_model": "token_bucket"},
+        {"burst": 0},
+        {"burst": 2.5},
+        {"burst": True},
         {"reset_format": "iso"},
         {"background_share": 1.5},
         {"generation_time": (5.0, 1.0)},
@@ -979,7 +1230,15 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
         cli_main(["--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--port", "--tier", "--rate-model", "--generation-time", "--background-share"):
+    for flag in (
+        "--port",
+        "--tier",
+        "--rate-model",
+        "--burst",
+        "--no-rate-headers",
+        "--generation-time",
+        "--background-share",
+    ):
         assert flag in out
 
 
@@ -1018,6 +1277,27 @@ def test_cli_arguments_become_config() -> None:
     assert config.retry_after is None
     assert config.errors_as_http_200
     assert parse_args(["--limit", "7"])[0].limit == 7
+
+
+def test_cli_rate_models_burst_and_no_rate_headers(capsys: pytest.CaptureFixture[str]) -> None:
+    config = parse_args(["--rate-model", "leaky", "--burst", "3", "--no-rate-headers"])[0]
+    assert (config.rate_model, config.burst, config.rate_headers) == ("leaky", 3, False)
+    default = parse_args([])[0]
+    assert (default.burst, default.rate_headers) == (None, True)
+    approximate = parse_args(["--rate-model", "approximate", "--count-rejected"])[0]
+    assert (approximate.rate_model, approximate.count_rejected) == ("approximate", True)
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--burst", "3"])
+    assert exited.value.code == 2
+    assert "--burst needs --rate-model leaky" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="burst"):
+        parse_args(["--rate-model", "leaky", "--burst", "0"])
+
+    # grokimagine simulate hands its arguments to the same parser.
+    shown = CliRunner().invoke(cli_app, ["simulate", "--help"])
+    assert shown.exit_code == 0
+    for text in ("--burst", "--no-rate-headers", "leaky", "approximate"):
+        assert text in shown.output
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,12 @@
 """A local stand-in for the Grok Imagine video API, for tests, demos and benchmarks.
 
 The simulator plays the server side of the contract: bearer auth, per-token rate
-limiting (fixed window, sliding window or token bucket, with the documented headers),
-tasks that move from pending through running to completed or failed on a clock you
-control, fake mp4 downloads that can expire, and injectable faults (proxy HTML pages,
-500s, errors inside HTTP 200, forced 429s, truncated or empty bodies, dropped
-connections, slow answers). It shares no code with the client it tests.
+limiting (fixed window, sliding window, token bucket, a gateway's leaky bucket with a
+small burst, or an approximate two-window counter; with the documented headers or
+without), tasks that move from pending through running to completed or failed on a
+clock you control, fake mp4 downloads that can expire, and injectable faults (proxy
+HTML pages, 500s, errors inside HTTP 200, forced 429s, truncated or empty bodies,
+dropped connections, slow answers). It shares no code with the client it tests.
 
 In-process::
 

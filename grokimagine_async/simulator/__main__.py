@@ -31,7 +31,23 @@ def build_parser(prog: str = "python -m grokimagine_async.simulator") -> argpars
     )
     parser.add_argument("--limit", type=int, help="requests per period per token")
     parser.add_argument("--period", type=float, help="rate period in seconds (default 60)")
-    parser.add_argument("--rate-model", choices=get_args(RateModel), help="how requests count")
+    parser.add_argument(
+        "--rate-model",
+        choices=get_args(RateModel),
+        help=(
+            "how requests count: fixed windows, a sliding window, a token bucket (gcra), "
+            "a leaky bucket (see --burst), or an approximate two-window counter"
+        ),
+    )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        metavar="N",
+        help=(
+            "with --rate-model leaky: requests that may go at once before the rest are "
+            "paced at one every period/limit seconds (default: the limit)"
+        ),
+    )
     parser.add_argument(
         "--reset-format", choices=get_args(ResetFormat), help="format of X-RateLimit-Reset"
     )
@@ -39,6 +55,11 @@ def build_parser(prog: str = "python -m grokimagine_async.simulator") -> argpars
         "--retry-after",
         choices=["seconds", "http-date", "none"],
         help="format of Retry-After on 429s, or none to leave it out",
+    )
+    parser.add_argument(
+        "--no-rate-headers",
+        action="store_true",
+        help="leave out X-RateLimit-Remaining and X-RateLimit-Reset, as many gateways do",
     )
     parser.add_argument(
         "--count-rejected", action="store_true", help="count 429'd requests against the limit"
@@ -73,7 +94,10 @@ def parse_args(
     argv: Sequence[str] | None = None, *, prog: str = "python -m grokimagine_async.simulator"
 ) -> tuple[SimulatorConfig, str, int, int | None]:
     """The config, host, port and seed a command line asks for."""
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.burst is not None and args.rate_model != "leaky":
+        parser.error("--burst needs --rate-model leaky")
     fields: dict[str, Any] = {}
     if args.tier is not None:
         fields["tier"] = args.tier
@@ -81,6 +105,7 @@ def parse_args(
         "limit",
         "period",
         "rate_model",
+        "burst",
         "reset_format",
         "failure_rate",
         "background_share",
@@ -94,6 +119,8 @@ def parse_args(
         fields["generation_time"] = tuple(args.generation_time)
     if args.retry_after is not None:
         fields["retry_after"] = None if args.retry_after == "none" else args.retry_after
+    if args.no_rate_headers:
+        fields["rate_headers"] = False
     if args.count_rejected:
         fields["count_rejected"] = True
     if args.errors_as_http_200:

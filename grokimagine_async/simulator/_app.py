@@ -293,7 +293,7 @@ class SimulatorApp:
             decision = self.limiters.hit(token, now)
             if config.rate_headers:
                 rate_headers = rate_limit_headers(
-                    decision.window, now, wall_offset, config.reset_format
+                    decision.window, now, wall_offset, config.reset_format, config.time_scale
                 )
             if not decision.allowed:
                 reply = self._error(429)
@@ -301,7 +301,11 @@ class SimulatorApp:
                 if config.retry_after is not None:
                     reply.headers.append(
                         retry_after_header(
-                            decision.window.retry_at, now, wall_offset, config.retry_after
+                            decision.window.retry_at,
+                            now,
+                            wall_offset,
+                            config.retry_after,
+                            config.time_scale,
                         )
                     )
                 self.stats.rate_limited += 1
@@ -355,10 +359,14 @@ class SimulatorApp:
                 reset_at=max(window.reset_at, now + seconds),
                 retry_at=now + seconds,
             )
-            reply.headers = rate_limit_headers(forced, now, wall_offset, config.reset_format)
+            reply.headers = rate_limit_headers(
+                forced, now, wall_offset, config.reset_format, config.time_scale
+            )
         if config.retry_after is not None:
             reply.headers.append(
-                retry_after_header(now + seconds, now, wall_offset, config.retry_after)
+                retry_after_header(
+                    now + seconds, now, wall_offset, config.retry_after, config.time_scale
+                )
             )
         return reply
 

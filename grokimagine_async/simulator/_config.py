@@ -9,13 +9,25 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
-RateModel = Literal["fixed", "sliding", "gcra"]
+RateModel = Literal["fixed", "sliding", "gcra", "leaky", "approximate"]
 """How the server counts requests per token.
 
 ``"fixed"``: a counter per window, windows aligned to multiples of ``period`` since the
 simulator started. ``"sliding"``: a log of request times; a request counts for exactly
 ``period`` seconds after it was made. ``"gcra"``: a token bucket holding ``limit``
 requests that refills at ``limit / period`` per second.
+
+``"leaky"``: a leaky bucket ``burst`` requests deep (``limit`` when ``burst`` is
+``None``, which makes it ``"gcra"``) that drains at ``limit / period`` per second:
+``burst`` requests may go at once, then one every ``period / limit`` seconds, as an API
+gateway enforces a per-minute plan per second.
+
+``"approximate"``: the two-window counter of many gateways: fixed windows as for
+``"fixed"``; a request is allowed while the current window's count plus the previous
+window's count, weighted by the share of the current window still to run, is below
+``limit``. Like the real ones it can let more than ``limit`` through within one
+sliding period. Its ``X-RateLimit-Reset`` is when that count is back at zero: the end
+of the next window at the latest.
 """
 
 ResetFormat = Literal["epoch_s", "epoch_ms", "delta_s"]
@@ -71,16 +83,25 @@ class SimulatorConfig:
         otherwise only those listed, anything else gets a 401. ``count_status`` makes
         status polls count (the contract's reading: every request counts).
         ``count_rejected`` makes refused (429) requests count against the window as
-        well, which keeps a client that hammers the server locked out.
+        well (they fill the bucket of ``"gcra"`` and ``"leaky"``), which keeps a client
+        that hammers the server locked out.
+        ``rate_model`` says how the server counts (see
+        :data:`~grokimagine_async.simulator.RateModel`). ``burst`` is the depth of the
+        ``"leaky"`` bucket: how many requests may go at once before the rest are paced
+        at one every ``period / limit`` seconds. ``None`` makes it each token's own
+        limit (the whole plan at once); a number applies to every token. The other
+        models accept ``burst`` and ignore it.
         ``background_share`` (0..1) adds an invisible second client on every token
         that spends that share of the limit, spread evenly over time; it is counted by
         the limiter but never appears in the request log.
 
     Headers:
         ``X-RateLimit-Remaining`` is how many requests the token could still send right
-        now; ``X-RateLimit-Reset`` is when the full limit is available again, written as
-        ``reset_format`` says. ``rate_headers=False`` leaves both out. ``retry_after``
-        chooses how ``Retry-After`` is written on 429s (``None`` leaves it out).
+        now, one after another; ``X-RateLimit-Reset`` is when the token's counter is
+        empty again (its full limit, or the leaky bucket's ``burst``, available),
+        written as ``reset_format`` says. ``rate_headers=False`` leaves both out, as
+        many gateways do. ``retry_after`` chooses how ``Retry-After`` (when one more
+        request is allowed) is written on 429s (``None`` leaves it out).
 
     Generation:
         Each task takes ``generation_time`` (uniform, seconds) from creation to its
@@ -116,6 +137,7 @@ class SimulatorConfig:
     tokens: Mapping[str, int] | None = None
     api_keys: Collection[str] | None = None
     rate_model: RateModel = "sliding"
+    burst: int | None = None
     reset_format: ResetFormat = "epoch_s"
     rate_headers: bool = True
     retry_after: RetryAfterFormat | None = "seconds"
@@ -141,6 +163,12 @@ class SimulatorConfig:
     video_base_url: str | None = None
     video_redirect: bool = False
 
+    #: Seconds of the simulator's clock per second of the time it stands for: 2/60
+    #: for a 2-second "minute". Headers that carry whole seconds (Retry-After, a
+    #: Reset delta) are then rounded to whole seconds of that time, as a real server
+    #: rounds on the real clock (``Retry-After: 0.0333`` for one such second).
+    time_scale: float = 1.0
+
     def __post_init__(self) -> None:
         self._check_rates()
         self._check_generation()
@@ -155,6 +183,8 @@ class SimulatorConfig:
             object.__setattr__(self, "video_base_url", self.video_base_url.rstrip("/"))
 
     def _check_rates(self) -> None:
+        if not (self.time_scale > 0 and math.isfinite(self.time_scale)):
+            raise ValueError(f"time_scale must be a positive number, got {self.time_scale}")
         if self.limit < 1:
             raise ValueError(f"limit must be at least 1, got {self.limit}")
         if not (self.period > 0 and math.isfinite(self.period)):
@@ -165,6 +195,13 @@ class SimulatorConfig:
         if self.api_keys is not None and isinstance(self.api_keys, str):
             raise TypeError("api_keys must be a collection of tokens, not one string")
         _check_choice("rate_model", self.rate_model, get_args(RateModel))
+        burst = self.burst
+        if burst is not None and (
+            isinstance(burst, bool) or not isinstance(burst, int) or burst < 1
+        ):
+            raise ValueError(
+                f"burst must be a whole number of requests >= 1 or None, got {burst!r}"
+            )
         _check_choice("reset_format", self.reset_format, get_args(ResetFormat))
         if self.retry_after is not None:
             _check_choice("retry_after", self.retry_after, get_args(RetryAfterFormat))

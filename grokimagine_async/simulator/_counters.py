@@ -25,9 +25,10 @@ def _slack(t: float) -> float:
 class Window:
     """What a token's limiter looks like at one instant (all times on the simulator clock)."""
 
-    #: Requests the token could still send right now.
+    #: Requests the token could still send right now, one after another.
     remaining: int
-    #: When the token's full limit is available again (``now`` if it already is).
+    #: When the token's counter is empty again, so its full limit (or burst) is
+    #: available (``now`` if it already is).
     reset_at: float
     #: When at least one request is allowed again (``now`` if one is allowed now).
     retry_at: float
@@ -39,6 +40,11 @@ class Limiter(ABC):
     def __init__(self, limit: int, period: float) -> None:
         self.limit = limit
         self.period = period
+
+    @property
+    def memory(self) -> float:
+        """How long after it a request can still change what the limiter decides."""
+        return self.period
 
     @abstractmethod
     def acquire(self, now: float, *, count_rejected: bool) -> bool:
@@ -111,38 +117,138 @@ class SlidingWindowLimiter(Limiter):
         )
 
 
-class GcraLimiter(Limiter):
-    """A token bucket (as GCRA): bursts up to ``limit``, refills ``limit / period`` per second."""
+class BucketLimiter(Limiter):
+    """A bucket drained at ``limit / period`` requests a second, ``burst`` deep (as GCRA).
 
-    def __init__(self, limit: int, period: float) -> None:
+    A request is allowed while the bucket's level (after draining) is at most
+    ``burst - 1``; it then adds one to the level. With ``burst == limit`` this is the
+    token bucket that lets a whole plan through at once; with a small ``burst`` it is
+    the leaky bucket of a gateway that enforces the plan per second.
+    """
+
+    def __init__(self, limit: int, period: float, burst: int | None = None) -> None:
         super().__init__(limit, period)
+        #: How many requests may go at once from an empty bucket.
+        self.burst = limit if burst is None else burst
         self._interval = period / limit
+        self._depth = self.burst * self._interval
+        # The theoretical arrival time: when the bucket would be empty again.
         self._tat = -math.inf
+
+    @property
+    def memory(self) -> float:
+        return max(self.period, self._depth)
 
     def acquire(self, now: float, *, count_rejected: bool) -> bool:
         start = max(self._tat, now)
-        allowed = start + self._interval - now <= self.period + _slack(start)
+        allowed = start + self._interval - now <= self._depth + _slack(start)
         if allowed or count_rejected:
             self._tat = start + self._interval
         return allowed
 
     def window(self, now: float) -> Window:
         start = max(self._tat, now)
-        free = math.floor((now + self.period - start) / self._interval + _EPS)
+        free = math.floor((self._depth + _slack(start) - (start - now)) / self._interval)
         return Window(
-            remaining=min(self.limit, max(0, free)),
+            remaining=min(self.burst, max(0, free)),
             reset_at=start,
-            retry_at=max(now, start + self._interval - self.period),
+            retry_at=max(now, start + self._interval - self._depth),
         )
 
 
-def make_limiter(model: RateModel, limit: int, period: float, origin: float) -> Limiter:
-    """A fresh limiter of the given model."""
+class ApproximateLimiter(Limiter):
+    """Two fixed windows, the previous one weighted by how much of it a period still covers.
+
+    Windows are aligned to multiples of ``period`` after ``origin``. At a time ``t`` a
+    fraction ``f`` into the current window the count is ``current + previous * (1 - f)``,
+    and a request is allowed while that count is below ``limit``.
+    """
+
+    def __init__(self, limit: int, period: float, origin: float) -> None:
+        super().__init__(limit, period)
+        self._origin = origin
+        self._index = 0
+        self._current = 0
+        self._previous = 0
+
+    @property
+    def memory(self) -> float:
+        return 2 * self.period
+
+    def _roll(self, now: float) -> None:
+        index = math.floor((now - self._origin) / self.period + _EPS)
+        if index != self._index:
+            self._previous = self._current if index == self._index + 1 else 0
+            self._current = 0
+            self._index = index
+
+    def _start(self) -> float:
+        return self._origin + self._index * self.period
+
+    def _tolerance(self, previous: int, now: float) -> float:
+        # The previous window's weight comes from a clock reading; its rounding error,
+        # scaled by that window's count, must not turn an allowed request into a refusal
+        # at the instant window() promised.
+        return _EPS + previous * _slack(now) / self.period
+
+    def _headroom(self, now: float) -> float:
+        """``limit`` minus the weighted count, less the rounding tolerance."""
+        fraction = (now - self._start()) / self.period
+        weight = min(1.0, max(0.0, 1.0 - fraction))
+        count = self._current + self._previous * weight
+        return self.limit - count - self._tolerance(self._previous, now)
+
+    def acquire(self, now: float, *, count_rejected: bool) -> bool:
+        self._roll(now)
+        allowed = self._headroom(now) > 0
+        if allowed or count_rejected:
+            self._current += 1
+        return allowed
+
+    def window(self, now: float) -> Window:
+        self._roll(now)
+        # Rounded up: a count of 9.4 out of 10 still lets one more through.
+        remaining = max(0, math.ceil(self._headroom(now)))
+        start = self._start()
+        if self._current:
+            reset_at = start + 2 * self.period
+        elif self._previous:
+            reset_at = max(now, start + self.period)
+        else:
+            reset_at = now
+        return Window(
+            remaining=remaining,
+            reset_at=reset_at,
+            retry_at=now if remaining else max(now, self._retry_at(now, start)),
+        )
+
+    def _retry_at(self, now: float, start: float) -> float:
+        # Aim a little inside the allowed region (twice the tolerance) so that a request
+        # at exactly this instant is allowed despite rounding.
+        if self._current < self.limit:
+            # Only the previous window's fading weight is in the way.
+            margin = 2 * self._tolerance(self._previous, now)
+            weight = (self.limit - self._current - margin) / self._previous
+            return start + self.period * (1.0 - weight)
+        # The current window alone is full; in the next one it is the fading part.
+        margin = 2 * self._tolerance(self._current, now)
+        weight = (self.limit - margin) / self._current
+        return start + self.period * (2.0 - weight)
+
+
+def make_limiter(
+    model: RateModel, limit: int, period: float, origin: float, burst: int | None = None
+) -> Limiter:
+    """A fresh limiter of the given model (``burst`` is used by ``"leaky"`` only)."""
     if model == "fixed":
         return FixedWindowLimiter(limit, period, origin)
     if model == "sliding":
         return SlidingWindowLimiter(limit, period)
-    return GcraLimiter(limit, period)
+    if model == "leaky":
+        return BucketLimiter(limit, period, burst)
+    if model == "approximate":
+        return ApproximateLimiter(limit, period, origin)
+    return BucketLimiter(limit, period)
 
 
 @dataclass
@@ -188,7 +294,9 @@ class RateLimiterBank:
             limit = config.limit_for(token)
             share = config.background_share
             state = _TokenState(
-                limiter=make_limiter(config.rate_model, limit, config.period, self._origin),
+                limiter=make_limiter(
+                    config.rate_model, limit, config.period, self._origin, config.burst
+                ),
                 phantom_interval=config.period / (share * limit) if share > 0 else None,
                 next_phantom=now,
                 phantom_blocked_until=now,
@@ -200,9 +308,9 @@ class RateLimiterBank:
         interval = state.phantom_interval
         if interval is None:
             return
-        # After a long idle spell only the last couple of periods can still affect the
-        # limiter, so older background requests are skipped instead of replayed.
-        horizon = now - 2 * self._config.period
+        # After a long idle spell only the last requests can still affect the limiter,
+        # so older background requests are skipped instead of replayed.
+        horizon = now - 2 * state.limiter.memory
         if state.next_phantom < horizon:
             skipped = math.ceil((horizon - state.next_phantom) / interval)
             state.next_phantom += skipped * interval
@@ -243,19 +351,34 @@ def ceil_seconds(seconds: float) -> int:
     return math.ceil(seconds - _EPS)
 
 
+def _scaled(seconds: float, time_scale: float) -> str:
+    """Whole seconds of the compressed clock, rounded up, as a header writes them."""
+    if time_scale == 1.0:
+        return str(max(1, ceil_seconds(seconds)))
+    return f"{max(1, ceil_seconds(seconds / time_scale)) * time_scale:.6g}"
+
+
 def rate_limit_headers(
-    window: Window, now: float, wall_offset: float, reset_format: ResetFormat
+    window: Window,
+    now: float,
+    wall_offset: float,
+    reset_format: ResetFormat,
+    time_scale: float = 1.0,
 ) -> list[tuple[bytes, bytes]]:
     """``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` for ``window``.
 
-    ``wall_offset`` turns simulator clock times into epoch seconds.
+    ``wall_offset`` turns simulator clock times into epoch seconds; with a
+    ``time_scale``, a delta is whole seconds of the compressed clock.
     """
     if reset_format == "epoch_s":
         reset = ceil_seconds(window.reset_at + wall_offset)
     elif reset_format == "epoch_ms":
         reset = ceil_seconds((window.reset_at + wall_offset) * 1000)
     elif window.reset_at > now:
-        reset = max(1, ceil_seconds(window.reset_at - now))
+        return [
+            (b"x-ratelimit-remaining", str(window.remaining).encode()),
+            (b"x-ratelimit-reset", _scaled(window.reset_at - now, time_scale).encode()),
+        ]
     else:
         reset = 0
     return [
@@ -265,11 +388,16 @@ def rate_limit_headers(
 
 
 def retry_after_header(
-    retry_at: float, now: float, wall_offset: float, fmt: RetryAfterFormat
+    retry_at: float,
+    now: float,
+    wall_offset: float,
+    fmt: RetryAfterFormat,
+    time_scale: float = 1.0,
 ) -> tuple[bytes, bytes]:
-    """A ``Retry-After`` header saying when a request is allowed again (at least 1 s away)."""
+    """A ``Retry-After`` header saying when a request is allowed again (at least 1 s
+    away; with a ``time_scale``, whole seconds of the compressed clock)."""
     seconds = max(1, ceil_seconds(retry_at - now))
     if fmt == "seconds":
-        return (b"retry-after", str(seconds).encode())
+        return (b"retry-after", _scaled(retry_at - now, time_scale).encode())
     when = math.ceil(now + wall_offset) + seconds
     return (b"retry-after", formatdate(when, usegmt=True).encode())

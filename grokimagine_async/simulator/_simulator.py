@@ -64,9 +64,10 @@ class Simulator:
 
     def __repr__(self) -> str:
         config = self.config
+        burst = f", burst={config.burst}" if config.burst is not None else ""
         return (
             f"Simulator(limit={config.limit}, period={config.period}, "
-            f"rate_model={config.rate_model!r})"
+            f"rate_model={config.rate_model!r}{burst})"
         )
 
     @property

@@ -1,0 +1,220 @@
+"""Servers that count more finely than their plan: pacing, waiting out 429s."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import httpx
+import pytest
+
+from grokimagine_async import (
+    ConfigurationError,
+    OutcomeStatus,
+    RateLimit,
+    RateLimitError,
+)
+from grokimagine_async._headers import RateFeedback
+from grokimagine_async._poller import Poller
+from grokimagine_async._sliding_window import WindowBudget
+
+from .helpers import Recorder, api_error, make_client, ok, prompts
+
+pytestmark = pytest.mark.anyio
+
+PERIOD = 2.0
+REFUSED = RateFeedback(429)
+
+
+def sent_at_once(budget: WindowBudget, now: float) -> int:
+    """Take every slot the budget lets go at ``now``; how many that was."""
+    n = 0
+    while budget.take(now) is not None:
+        n += 1
+    return n
+
+
+def test_a_429_the_plan_does_not_explain_starts_pacing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    budget = WindowBudget(RateLimit(60, PERIOD))
+    first = budget.take(0.0)
+    assert first is not None
+    budget.answered(0.01, RateFeedback(200, remaining=59), first, 0.0)
+    assert sent_at_once(budget, 0.02) == 59  # not paced: the whole plan at once
+    with caplog.at_level(logging.INFO, logger="grokimagine_async"):
+        budget.answered(0.05, REFUSED, 5, 0.02)
+    assert (budget.pace, budget.burst) == (30.0, 1)
+    assert "pacing to 30 requests/s, 1 at once" in caplog.text
+
+
+def test_only_requests_sent_under_a_setting_judge_it() -> None:
+    budget = WindowBudget(RateLimit(60, PERIOD))
+    tickets = [budget.take(0.0)]
+    budget.answered(0.01, RateFeedback(200, remaining=59), 0, 0.0)
+    tickets += [budget.take(0.02) for _ in range(20)]
+    # Twenty refusals of one burst, all sent before the first was seen: one verdict.
+    for ticket in tickets[1:]:
+        assert ticket is not None
+        budget.answered(0.05, REFUSED, ticket, 0.02)
+    assert (budget.pace, budget.burst) == (30.0, 1)
+    # A refusal of a request sent under the new setting tightens it again: at one at a
+    # time, the pace itself drops.
+    late = budget.take(2.5)
+    assert late is not None
+    budget.answered(2.6, REFUSED, late, 2.5)
+    assert budget.pace == pytest.approx(30.0 * 0.85)
+
+
+def test_a_server_that_says_nothing_of_its_count_gets_a_slow_start() -> None:
+    budget = WindowBudget(RateLimit(60, PERIOD))
+    at_once = []
+    now = 0.0
+    for _ in range(7):
+        tickets = []
+        while (ticket := budget.take(now)) is not None:
+            tickets.append(ticket)
+        at_once.append(len(tickets))
+        now += 0.01
+        for ticket in tickets:
+            budget.answered(now, RateFeedback(200), ticket, now - 0.01)
+    # One, then doubling each round trip, up to the plan.
+    assert at_once == [1, 2, 4, 8, 16, 29, 0]
+    # Once the ramp reached the plan it is over: what is left goes at once.
+    assert budget.free(now + PERIOD) == 60
+
+
+def test_a_429_in_the_slow_start_ends_it_with_a_few_refused() -> None:
+    budget = WindowBudget(RateLimit(60, PERIOD))
+    sent = 0
+    now = 0.0
+    refused = 0
+    for _ in range(4):
+        tickets = []
+        while (ticket := budget.take(now)) is not None:
+            tickets.append(ticket)
+        now += 0.01
+        for ticket in tickets:
+            sent += 1
+            # A gateway that takes three at once, then one every 1/30 s.
+            if sent > 3:
+                refused += 1
+            feedback = REFUSED if sent > 3 else RateFeedback(200)
+            budget.answered(now, feedback, ticket, now - 0.01)
+    assert refused <= 4
+    assert budget.pace == 30.0
+
+
+def test_pacing_spaces_sends_at_the_pace_after_the_burst() -> None:
+    budget = WindowBudget(RateLimit(60, PERIOD, burst=2))
+    assert (budget.pace, budget.burst) == (30.0, 2)
+    sends = []
+    now = 0.0
+    while now < 1.0:
+        while budget.take(now) is not None:
+            sends.append(now)
+            budget.answered(now, RateFeedback(200), len(sends) - 1, now)
+        now = round(now + 0.001, 6)
+    assert sends[:2] == [0.0, 0.0]  # the burst
+    gaps = [b - a for a, b in itertools.pairwise(sends[1:])]
+    assert all(abs(g - 1 / 30) < 0.0015 for g in gaps)
+    assert 30 <= len(sends) <= 32
+
+
+def test_a_stated_burst_is_kept_and_never_exceeded() -> None:
+    budget = WindowBudget(RateLimit(60, PERIOD, burst=4))
+    assert sent_at_once(budget, 0.0) == 1  # the first request probes the token
+    budget.answered(0.01, RateFeedback(200), 0, 0.0)
+    assert sent_at_once(budget, 100.0) <= 4
+    assert budget.burst == 4
+    assert budget.pace == 30.0
+
+
+def test_quiet_spells_relax_pacing_until_the_plan_goes_at_once_again() -> None:
+    budget = WindowBudget(RateLimit(60, PERIOD))
+    ticket = budget.take(0.0)
+    assert ticket is not None
+    budget.answered(0.01, REFUSED, ticket, 0.0)
+    assert budget.burst == 1
+    assert budget.free(0.01 + 2 * PERIOD + 0.5) == 2
+    assert budget.free(60.0) == 60
+    assert budget.pace is None
+    assert budget.burst is None
+
+
+def test_a_429_right_after_relaxing_lengthens_the_next_quiet_spell() -> None:
+    budget = WindowBudget(RateLimit(60, PERIOD))
+    ticket = budget.take(0.0)
+    assert ticket is not None
+    budget.answered(0.01, REFUSED, ticket, 0.0)
+    relaxed_at = 0.01 + 2 * PERIOD
+    assert budget.free(relaxed_at + 0.1) == 2
+    probe = budget.take(relaxed_at + 0.1)
+    assert probe is not None
+    budget.answered(relaxed_at + 0.2, REFUSED, probe, relaxed_at + 0.1)
+    assert budget.burst == 1
+    # Two periods on, it has not relaxed yet: the quiet spell doubled to four.
+    assert budget.free(relaxed_at + 0.2 + 2 * PERIOD + 0.1) == 1
+    assert budget.free(relaxed_at + 0.2 + 4 * PERIOD + 0.1) == 2
+
+
+@pytest.mark.parametrize("burst", [0, 61, 2.5, True])
+def test_a_burst_that_cannot_be_is_refused(burst: object) -> None:
+    with pytest.raises(ConfigurationError, match="burst"):
+        RateLimit(60, PERIOD, burst=burst)  # type: ignore[arg-type]
+
+
+async def test_status_shows_what_was_learnt() -> None:
+    api = Recorder(ok({"task_id": "t", "status": "running"}))
+    async with make_client(api, rate_limit=RateLimit(60, PERIOD, burst=3)) as client:
+        await client.get_task("t")
+        status = client.rate_limit_status()
+    assert (status.pace, status.burst) == (30.0, 3)
+
+
+async def test_429s_are_waited_out_beyond_max_retries() -> None:
+    refused = api_error(429, "RATE_LIMITED", "slow down")
+    api = Recorder(*[refused] * 6, ok({"task_id": "t", "status": "running"}))
+    async with make_client(api, max_retries=1, rate_limit=RateLimit(1000, 0.2)) as client:
+        task = await client.get_task("t")
+    assert task.task_id == "t"
+    assert len(api.requests) == 7
+
+
+async def test_past_its_patience_a_call_raises_rate_limit_error() -> None:
+    refused = api_error(429, "RATE_LIMITED", "slow down")
+    api = Recorder(refused)
+    async with make_client(api, rate_limit=RateLimit(1000, 0.2), rate_limit_patience=0.3) as client:
+        with pytest.raises(RateLimitError):
+            await client.get_task("t")
+    assert len(api.requests) >= 3
+
+
+async def test_a_batch_never_fails_a_request_because_the_server_said_slow_down() -> None:
+    refused = api_error(429, "RATE_LIMITED", "slow down")
+    state = {"refusals": 12}
+    done = {"task_id": "t", "status": "completed", "response": ["https://cdn.test/v.mp4"]}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and state["refusals"] > 0:
+            state["refusals"] -= 1
+            return refused
+        return ok({"task_id": "t"}) if request.method == "POST" else ok(done)
+
+    api = Recorder(answer)
+    async with (
+        make_client(
+            api, rate_limit=RateLimit(1000, 0.2), rate_limit_patience=0.05, poll_interval=0.01
+        ) as client,
+        client.generate_many(prompts(2), concurrency=1) as results,
+    ):
+        outcomes = [o async for o in results]
+    assert {o.status for o in outcomes} == {OutcomeStatus.COMPLETED}
+
+
+def test_the_shortest_gap_between_polls_follows_the_generations_timed() -> None:
+    poller = Poller(get_task=None, budget=None, on_result=None, prior=5.0)  # type: ignore[arg-type]
+    assert poller.min_gap == 1.0
+    for seconds in (4.0, 5.0, 6.0):
+        poller.model.learn(seconds)
+    assert poller.min_gap == pytest.approx(5.0 / 20)
