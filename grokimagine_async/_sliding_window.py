@@ -20,10 +20,11 @@ more than ``limit`` of this limiter's requests, whether the server counts in
 fixed windows, sliding windows or a token bucket, and whatever the network's
 latency. A sole user of a token therefore never sees a 429.
 
-The price is one round trip per request per period: at 2 ms round trips a
-60-second window is used to 99.99%, a 2-second test window to 99.9%. A fresh
-limiter sends one request, and lets the rest of the budget go at once when
-its answer has said whether someone else is spending the token too.
+The price is the time each request takes to be answered, once a period: an
+idle round trip, or after a burst the wait of the last answers behind the
+whole burst (``benchmarks/rate_limit.py`` measures what that leaves of the
+plan). A fresh limiter sends one request, and lets the rest of the budget go
+at once when its answer has said whether someone else is spending the token.
 
 Corrections from the server
 ---------------------------
@@ -36,16 +37,35 @@ Corrections from the server
   another. Corrections only ever tighten: nothing the server says lets the
   limiter send more than its plan.
 * The freshest ``Remaining`` is also a cap: less the requests of ours sent
-  after the one it answered, plus ours that have since left the window. It
-  stops a burst into a window that someone else has nearly filled.
+  after the one it answered, plus what has come back since (ours that left
+  the window, or the plan's rate of refill, whichever is more). It stops a
+  burst into a window that someone else has nearly filled. A ``Reset`` that
+  says everything is back sooner than the plan's rate could free what is
+  missing marks a bucket with a small burst, not someone else's requests.
 * A plan that is not known (``upgrades``) starts at the Free figures and
   moves up to the largest plan that the headers prove: a ``Remaining`` above
   what the current limit allows.
-* A 429 that happens anyway closes the gate for every waiter until
-  ``Retry-After`` (else ``X-RateLimit-Reset``, else two of the plan's intervals), and
-  reserves what was left of the budget; that reservation fades over the
-  following period, so the gate reopens at the plan's steady rate rather
-  than to a burst.
+
+Servers that count differently from what they say
+--------------------------------------------------
+* While the server says nothing of its count (no ``Remaining``), a slow
+  start: one request until an answer comes, then one more unanswered request
+  for each answer that is not a 429. And while it says nothing, someone else
+  spends the token, or the server counts finely, no more requests are in
+  flight than the plan's rate needs at the round trips measured (at least
+  four, a hung request not counting): a full window is learnt of with few of
+  ours on the way.
+* A 429 is a refusal our own count cannot explain (the guarantee keeps it
+  under the plan): the server counts more finely, or counts someone else.
+  The limiter then paces (:class:`_Pacer`): one request at a time at the
+  plan's rate, slower with each further 429 of a request sent under that
+  setting, relaxing a step after each quiet spell. ``RateLimit(burst=...)``
+  states the shape instead.
+* A 429 closes the gate for every waiter until ``Retry-After`` (else
+  ``X-RateLimit-Reset``, else two of the plan's intervals, doubling with each
+  refusal in a row), and reserves what was left of the budget; that
+  reservation fades over the following period, so the gate reopens at the
+  plan's steady rate rather than to a burst.
 """
 
 from __future__ import annotations
@@ -114,6 +134,8 @@ class WindowBudget:
         # finely than its plan refuses a few requests, not a burst.
         self._ramp: int | None = 1
         self._refused_in_a_row = 0
+        # Whether the server has said how much is left (X-RateLimit-Remaining).
+        self._told = False
         # Round trips of the last answers, and when each request in flight was sent.
         self._rtts: deque[float] = deque(maxlen=32)
         self._sent: dict[int, float] = {}
@@ -155,16 +177,16 @@ class WindowBudget:
         allows = min(self._server_allows(now), self._pacer.free(now))
         if self._ramp is not None:
             free = min(free, self._ramp - self.in_flight)
-        if self._pacer.pace is not None or self.reserved(now):
+        if self._pacer.pace is not None or self.reserved(now) or not self._told:
             free = min(free, self._flight_room(now))
         return max(0, min(free, allows))
 
     def _flight_room(self, now: float) -> int:
-        """More requests that may be in flight, while someone else spends the token
-        or the server counts finely: no more than the rate needs, so that a window
-        filled by someone else is learnt of with few of ours on the way. Alone, a
-        burst of the whole budget is safe. A request out for long (a hung
-        connection) no longer counts against it."""
+        """More requests that may be in flight, while someone else spends the token,
+        the server counts finely, or it says nothing of its count: no more than the
+        rate needs, so that a full window is learnt of with few of ours on the way.
+        Alone with a server that says what is left, a burst of the whole budget is
+        safe. A request out for long (a hung connection) no longer counts."""
         if not self._rtts:
             return self.limit
         needed = math.ceil(2 * self.limit / self.period * min(self._rtts))
@@ -299,6 +321,7 @@ class WindowBudget:
             self._refused_in_a_row = 0
             # The server says how much is left: that caps every burst from now on.
             self._ramp = None
+            self._told = True
             self._upgrade(feedback.remaining, sent_at)
             self._on_remaining(now, feedback.remaining, ticket, feedback.reset_after)
             if self._cap is None or ticket > self._cap[1]:

@@ -209,7 +209,11 @@ def test_a_429_closes_the_gate_and_reopens_gently() -> None:
     assert budget.free(2.0) == 1
     # Quiet spells relax it a step at a time, until the whole budget may go at once.
     assert budget.free(2.0 + 2 * PERIOD) == 2
-    assert budget.free(40.0) == 100
+    assert budget.limit - budget.used(40.0) == 100
+    # A server that has said nothing of its count gets no more in flight than the
+    # plan's rate needs (at this round trip, the least: four).
+    assert budget.free(40.0) == WindowBudget.MIN_IN_FLIGHT
+    assert budget.pace is None
     assert budget.pace is None
 
 

@@ -78,10 +78,11 @@ def test_a_server_that_says_nothing_of_its_count_gets_a_slow_start() -> None:
         now += 0.01
         for ticket in tickets:
             budget.answered(now, RateFeedback(200), ticket, now - 0.01)
-    # One, then doubling each round trip, up to the plan.
-    assert at_once == [1, 2, 4, 8, 16, 29, 0]
-    # Once the ramp reached the plan it is over: what is left goes at once.
-    assert budget.free(now + PERIOD) == 60
+    # One, then doubling each round trip, but never more in flight than the plan's
+    # rate needs at this round trip (the least, four): a full window is learnt of
+    # with few requests on the way.
+    assert at_once == [1, 2, 4, 4, 4, 4, 4]
+    assert budget.limit - budget.used(now + PERIOD) == 60
 
 
 def test_a_429_in_the_slow_start_ends_it_with_a_few_refused() -> None:
@@ -137,7 +138,7 @@ def test_quiet_spells_relax_pacing_until_the_plan_goes_at_once_again() -> None:
     budget.answered(0.01, REFUSED, ticket, 0.0)
     assert budget.burst == 1
     assert budget.free(0.01 + 2 * PERIOD + 0.5) == 2
-    assert budget.free(60.0) == 60
+    assert budget.free(60.0) == WindowBudget.MIN_IN_FLIGHT  # the server never said more
     assert budget.pace is None
     assert budget.burst is None
 
