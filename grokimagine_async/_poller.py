@@ -193,7 +193,9 @@ class Poller:
             learning and w.polls == 0 and len(self._probing) < self._probe_limit()
         ):
             self._probing.add(w.task_id)
-            due = max(w.since + model.prior, now + max(self.min_gap, age / 2.5))
+            # From a quarter of the first guess: a guess too long must not hold the
+            # first finished videos back, and the growing gaps bracket short ones.
+            due = max(w.since + model.prior / 4, now + max(self.min_gap, age / 2.5))
         elif not model.ready:
             # Rescheduled when the model is ready; this is only a fallback.
             due = max(now + self.min_gap, w.since + 10 * model.prior)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 
+import anyio
 import httpx
 import pytest
 
@@ -15,6 +16,7 @@ from grokimagine_async import (
     RateLimitError,
 )
 from grokimagine_async._headers import RateFeedback
+from grokimagine_async._limiter import RateLimitStatus
 from grokimagine_async._poller import Poller
 from grokimagine_async._sliding_window import WindowBudget
 
@@ -219,3 +221,18 @@ def test_the_shortest_gap_between_polls_follows_the_generations_timed() -> None:
     for seconds in (4.0, 5.0, 6.0):
         poller.model.learn(seconds)
     assert poller.min_gap == pytest.approx(5.0 / 20)
+
+
+async def test_the_first_tasks_are_probed_from_a_quarter_of_the_first_guess() -> None:
+    status = RateLimitStatus(60, PERIOD, 60, 0.0, 0, 0)
+    poller = Poller(
+        get_task=None,  # type: ignore[arg-type]
+        budget=lambda: status,
+        on_result=None,  # type: ignore[arg-type]
+        prior=5.0,
+    )
+    since = anyio.current_time()
+    poller.add("task_1", since)
+    (due, _, _), *_ = poller._heap
+    # A first guess longer than the generations must not hold the first videos back.
+    assert due == pytest.approx(since + 5.0 / 4)
