@@ -68,13 +68,8 @@ def utilisation(
     they default to the first and last of ``accepted``. NaN when the run holds
     no whole window.
     """
-    bounds = _bounds(accepted, start, end)
-    if bounds is None:
-        return math.nan
-    counts = window_counts(accepted, period, *bounds)
-    if not counts:
-        return math.nan
-    return sum(counts) / (limit * len(counts))
+    counts = _whole_window_counts(accepted, period, start, end)
+    return sum(counts) / (limit * len(counts)) if counts else math.nan
 
 
 def throughput(
@@ -85,13 +80,15 @@ def throughput(
     end: float | None = None,
 ) -> float:
     """Accepted requests per second over the same whole windows as :func:`utilisation`."""
+    counts = _whole_window_counts(accepted, period, start, end)
+    return sum(counts) / (period * len(counts)) if counts else math.nan
+
+
+def _whole_window_counts(
+    accepted: Sequence[float], period: float, start: float | None, end: float | None
+) -> list[int]:
     bounds = _bounds(accepted, start, end)
-    if bounds is None:
-        return math.nan
-    counts = window_counts(accepted, period, *bounds)
-    if not counts:
-        return math.nan
-    return sum(counts) / (period * len(counts))
+    return [] if bounds is None else list(window_counts(accepted, period, *bounds))
 
 
 def max_in_window(times: Sequence[float], period: float) -> int:

@@ -49,9 +49,13 @@ async def test_videos_are_streamed_whole_under_unique_names(tmp_path: Path) -> N
     assert sim.stats.video_requests_with_auth == 0
 
 
-async def test_an_expired_link_says_so_and_how_to_get_a_fresh_one(tmp_path: Path) -> None:
+@asynccontextmanager
+async def expired(videos: int = 1) -> AsyncIterator[tuple[AsyncClient, Task]]:
+    """A completed task whose links have expired, and a client to download it with."""
     clock = ManualClock()
-    sim = Simulator(clock=clock, generation_time=(1.0, 1.0), video_ttl=5.0, seed=2)
+    sim = Simulator(
+        clock=clock, generation_time=(1.0, 1.0), video_ttl=5.0, videos_per_task=videos, seed=2
+    )
     async with (
         serving(sim) as url,
         AsyncClient(TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0)) as client,
@@ -60,6 +64,11 @@ async def test_an_expired_link_says_so_and_how_to_get_a_fresh_one(tmp_path: Path
         clock.advance(2.0)
         task = await client.get_task(task_id)
         clock.advance(10.0)
+        yield client, task
+
+
+async def test_an_expired_link_says_so_and_how_to_get_a_fresh_one(tmp_path: Path) -> None:
+    async with expired() as (client, task):
         with pytest.raises(VideoExpiredError, match=r"expired.*get_task"):
             await client.download(task, tmp_path)
     assert not list(tmp_path.iterdir())
@@ -111,18 +120,7 @@ async def test_a_cancelled_download_leaves_no_part_file(tmp_path: Path) -> None:
 
 
 async def test_every_failed_video_of_a_task_is_reported(tmp_path: Path) -> None:
-    clock = ManualClock()
-    sim = Simulator(
-        clock=clock, generation_time=(1.0, 1.0), video_ttl=5.0, videos_per_task=3, seed=2
-    )
-    async with (
-        serving(sim) as url,
-        AsyncClient(TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0)) as client,
-    ):
-        task_id = await client.submit(prompt="p")
-        clock.advance(2.0)
-        task = await client.get_task(task_id)
-        clock.advance(10.0)
+    async with expired(videos=3) as (client, task):
         with pytest.raises(VideoExpiredError) as info:
             await client.download(task, tmp_path)
     assert len(info.value.errors) == 3
