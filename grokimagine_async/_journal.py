@@ -333,14 +333,6 @@ class Journal:
                 f"journal {self.path}: request {entry.index} not reset: {exc}"
             ) from exc
 
-    def attempts(self, index: int) -> list[str]:
-        """The task ids of a row's earlier attempts (resent after they failed)."""
-        rows = self._db.execute(
-            "SELECT task_id FROM attempts WHERE idx = ? AND task_id IS NOT NULL ORDER BY at",
-            (index,),
-        )
-        return [row[0] for row in rows]
-
     def _set(self, index: int, **fields: Any) -> None:
         names = ", ".join(f"{k} = ?" for k in fields)
         try:

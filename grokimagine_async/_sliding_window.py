@@ -139,6 +139,11 @@ class WindowBudget:
         # Round trips of the last answers, and when each request in flight was sent.
         self._rtts: deque[float] = deque(maxlen=32)
         self._sent: dict[int, float] = {}
+        # From the round trips, refreshed with each answer rather than on every look:
+        # requests in flight the rate needs, and how long one may be out before it
+        # stops counting (a hung connection). None until an answer has come.
+        self._flight_cap: int | None = None
+        self._stale = math.inf
         self._pacer = _Pacer(rate, initial_time)
 
     # -- reading --------------------------------------------------------------------
@@ -177,27 +182,27 @@ class WindowBudget:
         allows = min(self._server_allows(now), self._pacer.free(now))
         if self._ramp is not None:
             free = min(free, self._ramp - self.in_flight)
-        if self._pacer.pace is not None or self.reserved(now) or not self._told:
-            free = min(free, self._flight_room(now))
+        if self._capping_flight(now):
+            assert self._flight_cap is not None
+            young = sum(1 for sent in self._sent.values() if now - sent < self._stale)
+            free = min(free, self._flight_cap - young)
         return max(0, min(free, allows))
 
-    def _flight_room(self, now: float) -> int:
-        """More requests that may be in flight, while someone else spends the token,
-        the server counts finely, or it says nothing of its count: no more than the
-        rate needs, so that a full window is learnt of with few of ours on the way.
-        Alone with a server that says what is left, a burst of the whole budget is
-        safe. A request out for long (a hung connection) no longer counts."""
-        if not self._rtts:
-            return self.limit
-        needed = math.ceil(2 * self.limit / self.period * min(self._rtts))
-        stale = self._stale_after()
-        young = sum(1 for sent in self._sent.values() if now - sent < stale)
-        return max(self.MIN_IN_FLIGHT, needed) - young
+    def _capping_flight(self, now: float) -> bool:
+        """Whether requests in flight are kept to what the rate needs: while someone
+        else spends the token, the server counts finely, or it says nothing of its
+        count, so that a full window is learnt of with few of ours on the way. Alone
+        with a server that says what is left, a burst of the whole budget is safe."""
+        return self._flight_cap is not None and (
+            self._pacer.pace is not None or not self._told or self.reserved(now) > 0
+        )
 
-    def _stale_after(self) -> float:
-        """How long a request may be out before it stops counting as in flight."""
+    def _measured(self, rtt: float) -> None:
+        self._rtts.append(rtt)
         rtts = sorted(self._rtts)
-        return max(4 * rtts[len(rtts) // 2], self.period / 30)
+        needed = math.ceil(2 * self.limit / self.period * rtts[0])
+        self._flight_cap = max(self.MIN_IN_FLIGHT, needed)
+        self._stale = max(4 * rtts[len(rtts) // 2], self.period / 30)
 
     def _server_allows(self, now: float) -> int:
         """What the freshest Remaining leaves: less ours sent since, plus what has
@@ -225,8 +230,8 @@ class WindowBudget:
             times.append(self._cap[3])
             rate, at = self.limit / self.period, self._cap[4]
             times.append(at + (math.floor((now - at) * rate) + 1) / rate)
-        if self._sent and self._rtts:
-            times.append(min(self._sent.values()) + self._stale_after())
+        if self._sent and self._capping_flight(now):
+            times.append(min(self._sent.values()) + self._stale)
         paced = self._pacer.next_free(now)
         if paced is not None:
             times.append(paced)
@@ -306,7 +311,7 @@ class WindowBudget:
         self._held.append((now + self.period, ticket))
         if feedback is None:
             return
-        self._rtts.append(max(0.0, now - sent_at))
+        self._measured(max(0.0, now - sent_at))
         if feedback.rate_limited:
             self._refused_in_a_row += 1
             self._ramp = None
