@@ -403,7 +403,7 @@ async def measure(
     limit = args.polling_limit if workload == "polling" else args.bursts_limit
     period = args.period
     # A token of its own: a fresh limiter in this process and a fresh count on the server.
-    token = f"bench-{workload}-{server.label}-{client}"
+    token = f"bench-{workload}-{server.label}-{client}-{time.monotonic_ns()}"
     task_id = await warm_up(url, token, period)
     errors: Counter[str] = Counter()
     wall: float | None = None

@@ -107,6 +107,8 @@ class _Failure(Exception):
     retryable: bool
     #: The server asked for at least this wait.
     wait_at_least: float | None = None
+    #: Seconds the attempt waited for a slot behind other requests.
+    queued: float = 0.0
 
 
 class Wire:
@@ -158,9 +160,13 @@ class Wire:
         # Retries after other failures; 429s are waited out against the patience instead.
         failures = 0
         refused_since: float | None = None
+        # Time queued for a slot since the first 429: the queue, not the server.
+        queued = 0.0
         while True:
             try:
-                return await self._attempt(method, url, kind, params, json_body, before_send)
+                return await self._attempt(
+                    method, url, kind, params, json_body, before_send, refused_since is not None
+                )
             except _Failure as failure:
                 outcome = failure
             if submit and not _provably_not_created(outcome.error):
@@ -170,11 +176,14 @@ class Wire:
                 outcome.retryable = self.retry.retry_uncertain_submits
             if isinstance(outcome.error, RateLimitError) and not may_have_created:
                 now = anyio.current_time()
-                refused_since = now if refused_since is None else refused_since
+                if refused_since is None:
+                    refused_since = now
+                else:
+                    queued += outcome.queued
                 # The limiter holds every request back while the server asks; this
                 # call's own wait is only what the server said, or a short backoff.
                 delay = outcome.wait_at_least or self.retry.backoff(1)
-                retries_left = now + delay - refused_since <= self._patience()
+                retries_left = now + delay - refused_since - queued <= self._patience()
             else:
                 failures += 1
                 retries_left = failures <= self.retry.max_retries
@@ -196,7 +205,7 @@ class Wire:
                     method,
                     url.path,
                     delay,
-                    anyio.current_time() - refused_since,
+                    anyio.current_time() - refused_since - queued,
                     self._patience(),
                 )
             else:
@@ -225,6 +234,7 @@ class Wire:
         params: Mapping[str, str] | None,
         json_body: Mapping[str, Any] | None,
         before_send: Callable[[], None] | None = None,
+        retrying_429: bool = False,
     ) -> dict[str, Any]:
         request = self._http.build_request(
             method,
@@ -239,7 +249,14 @@ class Wire:
             timeout=self._timeout,
         )
         shown = str(request.url)
-        async with self._limiter().slot() as slot:
+        limiter = self._limiter()
+        # A retry after a 429 queued behind other requests waits for them, not for the
+        # server: that wait is not held against the call's patience. First in line, it
+        # waits out the limiter's 429 gate, which is.
+        behind_others = retrying_429 and limiter.status().waiting > 0
+        asked = anyio.current_time()
+        async with limiter.slot() as slot:
+            queued = anyio.current_time() - asked if behind_others else 0.0
             if before_send is not None:
                 try:
                     before_send()
@@ -257,14 +274,18 @@ class Wire:
                 never_sent = isinstance(error, APIConnectionError) and not error.request_sent
                 slot.record(None, sent=not never_sent)
                 logger.debug("%s %s -> %s", method, shown, error)
-                raise _Failure(error, retryable=True) from exc
+                raise _Failure(error, retryable=True, queued=queued) from exc
             feedback = RateFeedback.from_headers(
                 response.status_code, response.headers, time.time()
             )
             slot.record(feedback)
         elapsed_ms = (time.monotonic() - started) * 1000
         logger.debug("%s %s -> %d (%.0f ms)", method, shown, response.status_code, elapsed_ms)
-        return _read_answer(response, method, shown, kind, feedback)
+        try:
+            return _read_answer(response, method, shown, kind, feedback)
+        except _Failure as failure:
+            failure.queued = queued
+            raise
 
 
 def _transport_error(exc: httpx.HTTPError, method: str, url: str) -> APIError:

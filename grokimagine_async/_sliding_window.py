@@ -52,20 +52,23 @@ Servers that count differently from what they say
   start: one request until an answer comes, then one more unanswered request
   for each answer that is not a 429. And while it says nothing, someone else
   spends the token, or the server counts finely, no more requests are in
-  flight than the plan's rate needs at the round trips measured (at least
-  four, a hung request not counting): a full window is learnt of with few of
-  ours on the way.
+  flight than the plan's rate needs at the round trips measured (the lower
+  quartile, at least four in flight, a hung request not counting): a full
+  window is learnt of with few of ours on the way.
 * A 429 is a refusal our own count cannot explain (the guarantee keeps it
   under the plan): the server counts more finely, or counts someone else.
   The limiter then paces (:class:`_Pacer`): one request at a time at the
-  plan's rate, slower with each further 429 of a request sent under that
+  rate the server let through over the last period (the plan's, before a
+  period has passed), slower with each further 429 of a request sent under that
   setting, relaxing a step after each quiet spell. ``RateLimit(burst=...)``
   states the shape instead.
 * A 429 closes the gate for every waiter until ``Retry-After`` (else
   ``X-RateLimit-Reset``, else two of the plan's intervals, doubling with each
-  refusal in a row), and reserves what was left of the budget; that
-  reservation fades over the following period, so the gate reopens at the
-  plan's steady rate rather than to a burst.
+  refusal in a row; from the second refusal in a row, at least that doubled
+  wait even when the server gave a time, which proved too short), and
+  reserves what was left of the budget; that reservation fades over the
+  following period, so the gate reopens at the plan's steady rate rather
+  than to a burst.
 """
 
 from __future__ import annotations
@@ -134,6 +137,9 @@ class WindowBudget:
         # finely than its plan refuses a few requests, not a burst.
         self._ramp: int | None = 1
         self._refused_in_a_row = 0
+        # When the last 429 came: only an answer to a request sent after it ends a run
+        # of refusals (one sent before it says nothing of the server's count since).
+        self._last_refused = -math.inf
         # Whether the server has said how much is left (X-RateLimit-Remaining).
         self._told = False
         # Round trips of the last answers, and when each request in flight was sent.
@@ -145,6 +151,10 @@ class WindowBudget:
         self._flight_cap: int | None = None
         self._stale = math.inf
         self._pacer = _Pacer(rate, initial_time)
+        self._started = initial_time
+        # When the answers that were not 429s came, over the last period: the rate the
+        # server has been letting through.
+        self._accepted: deque[float] = deque()
 
     # -- reading --------------------------------------------------------------------
 
@@ -200,9 +210,12 @@ class WindowBudget:
     def _measured(self, rtt: float) -> None:
         self._rtts.append(rtt)
         rtts = sorted(self._rtts)
-        needed = math.ceil(2 * self.limit / self.period * rtts[0])
+        median = rtts[len(rtts) // 2]
+        # The lower quartile: near the server's own time, yet a quick status call
+        # now and then does not starve slower submissions.
+        needed = math.ceil(2 * self.limit / self.period * rtts[len(rtts) // 4])
         self._flight_cap = max(self.MIN_IN_FLIGHT, needed)
-        self._stale = max(4 * rtts[len(rtts) // 2], self.period / 30)
+        self._stale = max(4 * median, self.period / 30)
 
     def _server_allows(self, now: float) -> int:
         """What the freshest Remaining leaves: less ours sent since, plus what has
@@ -312,18 +325,25 @@ class WindowBudget:
         if feedback is None:
             return
         self._measured(max(0.0, now - sent_at))
+        if not feedback.rate_limited:
+            self._accepted.append(now)
         if feedback.rate_limited:
             self._refused_in_a_row += 1
+            self._last_refused = now
             self._ramp = None
             self._on_rate_limited(now, feedback)
-            self._pacer.refused(now, sent_at, resume_at=self._gate_until)
+            self._pacer.refused(
+                now, sent_at, resume_at=self._gate_until, evidence=self._let_through(now)
+            )
         elif feedback.remaining is None:
-            self._refused_in_a_row = 0
+            if sent_at >= self._last_refused:
+                self._refused_in_a_row = 0
             # No word on the server's count: the slow start goes on.
             if self._ramp is not None:
                 self._ramp = self._ramp + 1 if self._ramp + 1 < self.limit else None
         else:
-            self._refused_in_a_row = 0
+            if sent_at >= self._last_refused:
+                self._refused_in_a_row = 0
             # The server says how much is left: that caps every burst from now on.
             self._ramp = None
             self._told = True
@@ -331,6 +351,16 @@ class WindowBudget:
             self._on_remaining(now, feedback.remaining, ticket, feedback.reset_after)
             if self._cap is None or ticket > self._cap[1]:
                 self._cap = (feedback.remaining, ticket, self._expired, now + self.period, now)
+
+    def _let_through(self, now: float) -> float | None:
+        """Requests a second the server accepted over the last period, once the limiter
+        has run that long (None before)."""
+        accepted = self._accepted
+        while accepted and accepted[0] <= now - self.period:
+            accepted.popleft()
+        if now - self._started < self.period:
+            return None
+        return len(accepted) / self.period
 
     def _on_remaining(
         self, now: float, remaining: int, ticket: int, reset_after: float | None = None
@@ -363,16 +393,21 @@ class WindowBudget:
             self._reserve(now + self.period, now + 2 * self.period, others)
 
     def _on_rate_limited(self, now: float, feedback: RateFeedback) -> None:
+        # Without a time from the server: a couple of the plan's intervals, enough for
+        # a gateway that counts per second to let one more in, doubling with each
+        # refusal in a row (a counter that counts refusals too must be left to fall);
+        # the pacing and the reservation below keep what follows from a burst.
+        base = min(self.period / 4, 2 * self.period / self.limit)
+        backoff = min(self.period / 2, base * 2 ** min(self._refused_in_a_row - 1, 16))
         wait = feedback.retry_after
         if wait is None:
             wait = feedback.reset_after
         if wait is None:
-            # The server gave no time: a couple of the plan's intervals, enough for a
-            # gateway that counts per second to let one more in, doubling with each
-            # refusal in a row (a counter that counts refusals too must be left to
-            # fall); the pacing and the reservation below keep what follows from a burst.
-            base = min(self.period / 4, 2 * self.period / self.limit)
-            wait = min(self.period / 2, base * 2 ** min(self._refused_in_a_row - 1, 16))
+            wait = backoff
+        elif self._refused_in_a_row > 1:
+            # The server's time proved too short (someone else took the room it saw):
+            # from the second refusal in a row, the longer of the two.
+            wait = max(wait, backoff)
         self._gate_until = max(self._gate_until, now + min(wait, self.period * 2))
         # The server's window was full. When the gate opens, what our own slots don't
         # cover is not known to be free: let it out over a period, not in one burst.
@@ -408,9 +443,10 @@ class _Pacer:
     a second, at most ``burst`` at once (a GCRA), or no spacing at all.
 
     Off until a 429 shows that the server counts more finely than the plan
-    (a small burst, then so many a second) or counts someone else too; or on
-    from the start when the user states a ``burst``. Each 429 of a request
-    sent under the current setting tightens it: first the burst halves, down
+    (a small burst, then so many a second) or counts someone else too (it then
+    starts at the rate the server was seen to let through); or on from the start
+    when the user states a ``burst``. Each 429 of a request sent under the
+    current setting tightens it: first the burst halves, down
     to one, then the pace drops. After a quiet spell with no such 429 it
     relaxes one step (the pace back up to the plan's rate, then the burst
     doubling, then off); a 429 right after relaxing doubles the next quiet
@@ -465,8 +501,11 @@ class _Pacer:
         if self.pace is not None:
             self._tat = max(self._tat, now) + 1 / self.pace
 
-    def refused(self, now: float, sent_at: float, *, resume_at: float) -> None:
-        """A 429 answered a request sent at ``sent_at``; sending resumes at ``resume_at``."""
+    def refused(
+        self, now: float, sent_at: float, *, resume_at: float, evidence: float | None = None
+    ) -> None:
+        """A 429 answered a request sent at ``sent_at``; sending resumes at ``resume_at``.
+        ``evidence`` is the rate the server let through over the last period, if known."""
         # Nothing is owed from before the refusal: at most a burst goes when sending resumes.
         self._tat = max(self._tat, resume_at)
         if sent_at < self._changed:
@@ -475,7 +514,10 @@ class _Pacer:
         if self._relaxed and now - self._changed < self._quiet:
             self._quiet = min(self.MAX_QUIET * self._plan.period, self._quiet * 2)
         if self.pace is None:
-            self.pace = plan_rate
+            # What the server let through over the last period is the rate it bears
+            # (someone else takes the rest), within the floor and the plan.
+            pace = plan_rate if evidence is None else min(plan_rate, evidence)
+            self.pace = max(plan_rate * self.FLOOR, pace)
             self.burst = 1
         elif self.burst > 1:
             self.burst = max(1, self.burst // 2)

@@ -68,6 +68,45 @@ def test_only_requests_sent_under_a_setting_judge_it() -> None:
     assert budget.pace == pytest.approx(30.0 * 0.85)
 
 
+def test_pacing_starts_at_the_rate_the_server_let_through() -> None:
+    budget = WindowBudget(RateLimit(60, PERIOD))
+    # A period and more of answers, 21 a second accepted (someone else takes the rest).
+    now = 0.0
+    while now < 2.5:
+        ticket = budget.take(now)
+        assert ticket is not None
+        budget.answered(now + 0.01, RateFeedback(200), ticket, now)
+        now += 1 / 21
+    ticket = budget.take(now)
+    assert ticket is not None
+    budget.answered(now + 0.01, REFUSED, ticket, now)
+    assert budget.pace == pytest.approx(21.0, abs=0.6)
+    assert budget.burst == 1
+
+
+def test_refusals_in_a_row_lengthen_the_wait_past_a_retry_after_too_short() -> None:
+    budget = WindowBudget(RateLimit(60, PERIOD))
+    first = budget.take(0.0)
+    assert first is not None
+    budget.answered(0.01, RateFeedback(200, remaining=59), first, 0.0)
+    before, a = budget.take(0.02), budget.take(0.02)
+    assert before is not None
+    assert a is not None
+    told = RateFeedback(429, retry_after=0.01)
+    budget.answered(0.03, told, a, 0.02)
+    # An answer to a request sent before that refusal does not end the run of them.
+    budget.answered(0.05, RateFeedback(200), before, 0.02)
+    b = budget.take(0.12)
+    assert b is not None
+    budget.answered(0.13, told, b, 0.12)
+    # A second refusal in a row: the server's time proved too short (someone else took
+    # the room it saw), so the longer of it and the doubled wait, two of the plan's
+    # intervals twice over; the one the server gave would have reopened by 0.25.
+    reopens = 0.13 + 2 * (2 * PERIOD / 60)
+    assert budget.free(reopens - 0.01) == 0
+    assert budget.free(reopens + 0.1) > 0
+
+
 def test_a_server_that_says_nothing_of_its_count_gets_a_slow_start() -> None:
     budget = WindowBudget(RateLimit(60, PERIOD))
     at_once = []
@@ -77,13 +116,13 @@ def test_a_server_that_says_nothing_of_its_count_gets_a_slow_start() -> None:
         while (ticket := budget.take(now)) is not None:
             tickets.append(ticket)
         at_once.append(len(tickets))
-        now += 0.01
+        now += 0.1
         for ticket in tickets:
-            budget.answered(now, RateFeedback(200), ticket, now - 0.01)
+            budget.answered(now, RateFeedback(200), ticket, now - 0.1)
     # One, then doubling each round trip, but never more in flight than the plan's
-    # rate needs at this round trip (the least, four): a full window is learnt of
-    # with few requests on the way.
-    assert at_once == [1, 2, 4, 4, 4, 4, 4]
+    # rate needs at this round trip (30 a second for 0.1 s, twice over): a full window
+    # is learnt of with few requests on the way.
+    assert at_once == [1, 2, 4, 6, 6, 6, 6]
     assert budget.limit - budget.used(now + PERIOD) == 60
 
 
