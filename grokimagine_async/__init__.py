@@ -28,6 +28,7 @@ from ._exceptions import (
     MalformedResponseError,
     NotFoundError,
     RateLimitError,
+    RateLimiterUnavailableError,
     RequestValidationError,
     ServerError,
     SubmitUncertainError,
@@ -51,6 +52,7 @@ from ._models import (
 )
 from ._outcomes import Outcome, OutcomeStatus, PipelineProgress, SubmitOutcome
 from ._pipeline import GenerationPipeline
+from ._redis_limiter import RedisLimiter
 from ._sliding_window import SlidingWindowLimiter
 from ._version import __version__
 from ._watch import TaskWatch
@@ -88,6 +90,8 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "RateLimitStatus",
+    "RateLimiterUnavailableError",
+    "RedisLimiter",
     "RequestValidationError",
     "ServerError",
     "SlidingWindowLimiter",

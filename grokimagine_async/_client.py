@@ -28,6 +28,8 @@ from ._config import (
     resolve_api_key,
     resolve_base_url,
     resolve_poll_interval,
+    resolve_rate_limit,
+    resolve_redis,
     resolve_tier,
 )
 from ._download import download_task
@@ -46,10 +48,17 @@ from ._exceptions import (
     poll_error_is_final,
 )
 from ._http import RequestKind, RetryPolicy, Uncertain, Wire
-from ._limiter import Limiter, RateLimitStatus, shared_limiter
+from ._limiter import (
+    Limiter,
+    RateLimitStatus,
+    release_shared_limiter,
+    shared_limiter,
+    token_hash,
+)
 from ._models import GenerateRequest, Task, TaskState, check_task_id
 from ._outcomes import SubmitOutcome
 from ._pipeline import GenerationPipeline, RequestLike, collect_requests, try_build
+from ._redis_limiter import RedisLimiter
 from ._sliding_window import SlidingWindowLimiter
 from ._version import __version__
 from ._watch import TaskWatch
@@ -97,7 +106,18 @@ class AsyncClient:
             ``GROKIMAGINE_TIER``. Unset means: start at the Free plan's figures
             and move up to the plan the server's rate-limit headers prove.
         rate_limit: a budget that overrides the tier's, for custom contracts
-            and compressed-time tests.
+            and compressed-time tests; defaults to ``GROKIMAGINE_RATE_LIMIT``
+            (``REQUESTS/PERIOD``, such as ``1000/60s``).
+        redis_url: share the token's budget with every process that names the
+            same Redis (``redis://host:6379/0``), as a web app's workers and a
+            batch job beside them do; defaults to ``GROKIMAGINE_REDIS_URL``,
+            else the budget is this process's alone. Needs
+            ``pip install 'grokimagine-async[redis]'`` and asyncio. See
+            :class:`RedisLimiter`.
+        redis_fallback: the share of the plan (0 to 1) this process keeps to
+            on its own while that Redis is unreachable; defaults to
+            ``GROKIMAGINE_REDIS_FALLBACK``, else None: requests then fail with
+            :class:`RateLimiterUnavailableError`, unsent.
         timeout: seconds (or an ``httpx.Timeout``) for each request; by
             default 30 s to read and 10 s to connect, or your
             ``http_client``'s own timeout if you pass one.
@@ -108,7 +128,8 @@ class AsyncClient:
             have created a paid task (off by default: see
             :class:`SubmitUncertainError`).
         rate_limit_patience: seconds one call waits out 429s (the server
-            saying "slow down") before it raises :class:`RateLimitError`; by
+            saying "slow down", not counting time queued behind other requests
+            for a slot) before it raises :class:`RateLimitError`; by
             default three periods of the rate limit (3 minutes on the
             provider's plans). 429s do not use up ``max_retries``, and a
             ``generate_many`` batch never fails a request for one.
@@ -138,14 +159,14 @@ class AsyncClient:
         poll_interval: float | None = None,
         http_client: httpx.AsyncClient | None = None,
         limiter: Limiter | None = None,
+        redis_url: str | None = None,
+        redis_fallback: float | None = None,
     ) -> None:
         key = resolve_api_key(api_key)
         self._base_url = resolve_base_url(base_url)
         self._tier = resolve_tier(tier)
-        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
-            raise ConfigurationError(
-                "rate_limit must be a RateLimit, such as RateLimit(requests=100, period=60)"
-            )
+        rate_limit = resolve_rate_limit(rate_limit)
+        self._redis_url, self._redis_fallback = resolve_redis(redis_url, redis_fallback)
         self._rate_limit = rate_limit or (self._tier or Tier.FREE).rate_limit
         # A plan nobody stated may turn out bigger: the headers can prove it.
         self._explicit_rate = rate_limit is not None or self._tier is not None
@@ -176,6 +197,8 @@ class AsyncClient:
             limits=DEFAULT_POOL, timeout=DEFAULT_TIMEOUT, follow_redirects=False
         )
         self._limiter: Limiter | None = limiter
+        # Whether the limiter came from the per-loop registry (and goes back to it).
+        self._shares_limiter = False
         self._limiter_key = key
         self._wire = Wire(
             http=self._http,
@@ -227,13 +250,19 @@ class AsyncClient:
         if self._limiter is None:
             rate = self._rate_limit
             upgrades = () if self._explicit_rate else tuple(t.rate_limit for t in Tier)
+            base_url, key = str(self._base_url), self._limiter_key
+            factory: Callable[[], Limiter]
+            if self._redis_url is not None:
+                redis_url, fallback = self._redis_url, self._redis_fallback
+                factory = lambda: RedisLimiter(  # noqa: E731
+                    redis_url, rate, key=token_hash(base_url, key), fallback=fallback
+                )
+            else:
+                factory = lambda: SlidingWindowLimiter(rate, upgrades=upgrades)  # noqa: E731
             self._limiter = shared_limiter(
-                str(self._base_url),
-                self._limiter_key,
-                rate,
-                explicit=self._explicit_rate,
-                factory=lambda: SlidingWindowLimiter(rate, upgrades=upgrades),
+                base_url, key, rate, explicit=self._explicit_rate, factory=factory
             )
+            self._shares_limiter = True
         return self._limiter
 
     def rate_limit_status(self) -> RateLimitStatus:
@@ -260,6 +289,9 @@ class AsyncClient:
         """Close the connection pool (not an ``http_client`` you passed in)."""
         if not self._closed:
             self._closed = True
+            if self._shares_limiter:
+                self._shares_limiter = False
+                await release_shared_limiter(str(self._base_url), self._limiter_key)
             if self._owns_http:
                 await self._http.aclose()
 

@@ -18,6 +18,9 @@ ENV_API_KEY = "GROKIMAGINE_API_KEY"
 ENV_BASE_URL = "GROKIMAGINE_BASE_URL"
 ENV_TIER = "GROKIMAGINE_TIER"
 ENV_POLL_INTERVAL = "GROKIMAGINE_POLL_INTERVAL"
+ENV_RATE_LIMIT = "GROKIMAGINE_RATE_LIMIT"
+ENV_REDIS_URL = "GROKIMAGINE_REDIS_URL"
+ENV_REDIS_FALLBACK = "GROKIMAGINE_REDIS_FALLBACK"
 
 #: What one video costs, per the provider's page.
 CREDITS_PER_VIDEO = 40
@@ -179,3 +182,60 @@ def resolve_poll_interval(poll_interval: float | None) -> float:
             f"{source} must be above 0 seconds, got {value!r}: pass e.g. 5 (seconds)"
         )
     return float(value)
+
+
+def resolve_rate_limit(rate_limit: RateLimit | None) -> RateLimit | None:
+    """The budget given, else ``GROKIMAGINE_RATE_LIMIT`` (``REQUESTS/PERIOD``, such
+    as ``1000/60s`` or ``60/2s``), else None (the plan's)."""
+    if rate_limit is not None:
+        if not isinstance(rate_limit, RateLimit):
+            raise ConfigurationError(
+                "rate_limit must be a RateLimit, such as RateLimit(requests=100, period=60)"
+            )
+        return rate_limit
+    env = os.environ.get(ENV_RATE_LIMIT)
+    if env is None or not env.strip():
+        return None
+    requests, _, period = env.strip().partition("/")
+    try:
+        return RateLimit(int(requests), float(period.strip().removesuffix("s") or "nan"))
+    except (ValueError, ConfigurationError):
+        raise ConfigurationError(
+            f"{ENV_RATE_LIMIT} must be requests per period in seconds, such as 1000/60s "
+            f"or 60/2s, got {env!r}"
+        ) from None
+
+
+def resolve_redis(
+    redis_url: str | None, redis_fallback: float | None
+) -> tuple[str | None, float | None]:
+    """Where the shared limiter's Redis is (``redis_url``, else
+    ``GROKIMAGINE_REDIS_URL``, else None: in-process) and the fallback share
+    (``redis_fallback``, else ``GROKIMAGINE_REDIS_FALLBACK``, else None)."""
+    url = redis_url if redis_url is not None else os.environ.get(ENV_REDIS_URL) or None
+    source = "redis_url" if redis_url is not None else ENV_REDIS_URL
+    if url is not None:
+        url = url.strip()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError(
+                f"{source} must be a Redis URL such as redis://localhost:6379/0 "
+                "(rediss:// for TLS), got a value that is not one"
+            )
+    share: object = redis_fallback
+    source = "redis_fallback"
+    if redis_fallback is None:
+        env = os.environ.get(ENV_REDIS_FALLBACK)
+        if env is not None and env.strip():
+            source = ENV_REDIS_FALLBACK
+            try:
+                share = float(env)
+            except ValueError:
+                share = env
+    if share is not None and (
+        isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1
+    ):
+        raise ConfigurationError(
+            f"{source} must be the share of the plan (above 0, at most 1) each process "
+            f"keeps to while Redis is unreachable, such as 0.25; got {share!r}"
+        )
+    return url, (float(share) if share is not None else None)

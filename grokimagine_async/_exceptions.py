@@ -51,6 +51,7 @@ __all__ = [
     "MalformedResponseError",
     "NotFoundError",
     "RateLimitError",
+    "RateLimiterUnavailableError",
     "RequestValidationError",
     "ServerError",
     "SubmitUncertainError",
@@ -87,6 +88,11 @@ class ClientClosedError(GrokImagineError, RuntimeError):
 
 class ConfigurationError(GrokImagineError, ValueError):
     """The client was set up wrongly: no token, an unknown tier, a bad URL."""
+
+
+class RateLimiterUnavailableError(GrokImagineError, ConnectionError):
+    """The shared rate limiter's Redis could not be reached, so the request was not
+    sent. Set ``redis_fallback`` to keep going on a share of the plan meanwhile."""
 
 
 class RequestValidationError(GrokImagineError, ValueError):
@@ -417,3 +423,11 @@ def poll_error_is_final(error: Exception, task_age: float) -> bool:
     if isinstance(error, NotFoundError):
         return task_age > NOT_FOUND_GRACE
     return True
+
+
+def never_sent(error: BaseException | None) -> bool:
+    """Whether a request provably never reached the server: no connection was made,
+    or the shared rate limiter could not be asked, so nothing was spent."""
+    if isinstance(error, RateLimiterUnavailableError):
+        return True
+    return isinstance(error, APIConnectionError) and not error.request_sent

@@ -39,12 +39,12 @@ import httpx
 
 from . import _exceptions
 from ._exceptions import (
-    APIConnectionError,
     APIStatusError,
     ConfigurationError,
     GrokImagineError,
     JournalError,
     SubmitUncertainError,
+    never_sent,
 )
 from ._models import GenerateRequest, Task
 from ._outcomes import Outcome, OutcomeStatus
@@ -286,7 +286,7 @@ class Journal:
             return  # still submitted: a rerun follows the task
         if (
             status is OutcomeStatus.SKIPPED
-            or (isinstance(error, APIConnectionError) and not error.request_sent)
+            or never_sent(error)
             # The server's refusal: no task was made, so a rerun may try again.
             or (isinstance(error, APIStatusError) and outcome.task_id is None)
         ):

@@ -21,7 +21,7 @@ from anyio.lowlevel import RunVar
 from ._config import RateLimit
 from ._headers import RateFeedback
 
-__all__ = ["Limiter", "RateLimitStatus", "Slot", "shared_limiter"]
+__all__ = ["Limiter", "RateLimitStatus", "Slot", "release_shared_limiter", "shared_limiter"]
 
 logger = logging.getLogger("grokimagine_async")
 
@@ -84,6 +84,13 @@ class Limiter(Protocol):
 class _Entry:
     limiter: Limiter
     explicit: bool
+    #: Clients using it now.
+    users: int = 0
+
+
+def token_hash(base_url: str, api_key: str) -> str:
+    """Names a (base URL, token) without giving the token away."""
+    return hashlib.sha256(f"{base_url}\0{api_key}".encode()).hexdigest()[:32]
 
 
 #: One limiter per (base URL, token hash) for each running event loop, whatever its kind.
@@ -109,7 +116,7 @@ def shared_limiter(
     except LookupError:
         per_loop = {}
         _registry.set(per_loop)
-    key = (base_url, hashlib.sha256(api_key.encode()).hexdigest())
+    key = (base_url, token_hash(base_url, api_key))
     entry = per_loop.get(key)
     if entry is None:
         entry = per_loop[key] = _Entry(factory(), explicit)
@@ -125,4 +132,24 @@ def shared_limiter(
                 )
             entry.limiter.set_rate(rate)
         entry.explicit = True
+    entry.users += 1
     return entry.limiter
+
+
+async def release_shared_limiter(base_url: str, api_key: str) -> None:
+    """A client is done with its token's limiter. The last one out closes a limiter
+    that holds a connection of its own (the Redis one); an in-process limiter stays,
+    with what it has learnt, for the next client on this loop."""
+    try:
+        per_loop = _registry.get()
+    except LookupError:
+        return
+    key = (base_url, token_hash(base_url, api_key))
+    entry = per_loop.get(key)
+    if entry is None:
+        return
+    entry.users -= 1
+    aclose = getattr(entry.limiter, "aclose", None)
+    if entry.users <= 0 and aclose is not None:
+        del per_loop[key]
+        await aclose()

@@ -34,6 +34,7 @@ from ._exceptions import (
     TaskFailedError,
     TaskPollError,
     TaskTimeoutError,
+    never_sent,
 )
 from ._journal import Journal, JournalEntry, Resume
 from ._models import GenerateRequest, Task, TaskState
@@ -416,13 +417,14 @@ class _Batch:
             self.queue.appendleft(item)
             return
         except GrokImagineError as exc:
-            never_sent = isinstance(exc, APIConnectionError) and not exc.request_sent
+            unsent = never_sent(exc)
             if not (isinstance(exc, APIConnectionError) and exc.request_sent):
                 self.credits.refund()
             self.settle(item, OutcomeStatus.ERROR, error=exc)
-            if isinstance(exc, AuthenticationError) or never_sent:
-                # A refused token, or a host that could not be reached through every
-                # retry: every other request would end the same way.
+            if isinstance(exc, AuthenticationError) or unsent:
+                # A refused token, or a host (or the shared limiter's Redis) that could
+                # not be reached through every retry: every other request would end
+                # the same way.
                 self.stop(exc)
             return
         self._follow(item, task_id, since)

@@ -5,6 +5,8 @@ from collections.abc import Iterable, Iterator
 
 import pytest
 
+from .redis_server import RedisServer
+
 #: The anyio backends an async test may run on. The client's own modules mark themselves
 #: for both (``pytestmark``); modules asyncio by nature (uvicorn served in the running
 #: loop, the aiohttp and FastAPI examples) carry no mark and stay on asyncio.
@@ -84,6 +86,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "GROKIMAGINE_BASE_URL",
         "GROKIMAGINE_TIER",
         "GROKIMAGINE_POLL_INTERVAL",
+        "GROKIMAGINE_RATE_LIMIT",
+        "GROKIMAGINE_REDIS_URL",
+        "GROKIMAGINE_REDIS_FALLBACK",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -108,3 +113,16 @@ def log_records() -> Iterator[list[logging.LogRecord]]:
     logging.getLogger("httpx").setLevel(logging.NOTSET)
     for name in ("grokimagine_async", "httpx", "httpcore"):
         logging.getLogger(name).removeHandler(handler)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real, empty ``redis-server`` on a loopback port of its own, stopped afterwards.
+
+    One per test: starting one takes about 10 ms, so no test sees another's keys (and
+    each pytest-xdist worker runs its own).
+    """
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()

@@ -109,6 +109,27 @@ RateOption = Annotated[
         show_default=False,
     ),
 ]
+RedisUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-url",
+        help="Share the token's rate limit with every process naming this Redis "
+        "(e.g. redis://localhost:6379/0): a web app's workers, other batches "
+        "(default: GROKIMAGINE_REDIS_URL, else this process's alone).",
+        show_default=False,
+    ),
+]
+RedisFallbackOption = Annotated[
+    float | None,
+    typer.Option(
+        "--redis-fallback",
+        min=0.0,
+        max=1.0,
+        help="While that Redis is unreachable, keep to this share of the plan alone "
+        "(e.g. 0.25) instead of stopping (default: GROKIMAGINE_REDIS_FALLBACK).",
+        show_default=False,
+    ),
+]
 UndocumentedOption = Annotated[
     bool,
     typer.Option(
@@ -144,6 +165,8 @@ class Connection:
     base_url: str | None
     tier: str | None
     rate: str | None
+    redis_url: str | None = None
+    redis_fallback: float | None = None
 
     def client(self, **kwargs: Any) -> AsyncClient:
         key: str | None = None
@@ -169,6 +192,8 @@ class Connection:
             base_url=self.base_url,
             tier=self.plan(),
             rate_limit=parse_rate(self.rate),
+            redis_url=self.redis_url,
+            redis_fallback=self.redis_fallback,
             **kwargs,
         )
 

@@ -26,6 +26,8 @@ from .._options import (
     Progress,
     ProgressOption,
     RateOption,
+    RedisFallbackOption,
+    RedisUrlOption,
     TierOption,
     UndocumentedOption,
 )
@@ -124,6 +126,8 @@ def batch(
     base_url: BaseUrl = None,
     tier: TierOption = None,
     rate_limit: RateOption = None,
+    redis_url: RedisUrlOption = None,
+    redis_fallback: RedisFallbackOption = None,
 ) -> None:
     """Generate a video for every request in FILE and download each as it completes.
 
@@ -137,7 +141,7 @@ def batch(
             "--retry-failed resends the lines the journal of an earlier run holds as "
             "failed: drop --no-journal"
         )
-    connection = Connection(api_key_file, base_url, tier, rate_limit)
+    connection = Connection(api_key_file, base_url, tier, rate_limit, redis_url, redis_fallback)
     try:
         if str(file) == "-":
             rows = read_rows(

@@ -12,7 +12,15 @@ from ... import TaskState
 from ..._exceptions import AuthenticationError, ConfigurationError, GrokImagineError
 from .._exits import EXIT_FAILED, EXIT_OK, run
 from .._format import failure_line, stderr
-from .._options import ApiKeyFile, BaseUrl, Connection, RateOption, TierOption
+from .._options import (
+    ApiKeyFile,
+    BaseUrl,
+    Connection,
+    RateOption,
+    RedisFallbackOption,
+    RedisUrlOption,
+    TierOption,
+)
 from .status import TaskIds
 
 
@@ -23,9 +31,11 @@ def download(
     base_url: BaseUrl = None,
     tier: TierOption = None,
     rate_limit: RateOption = None,
+    redis_url: RedisUrlOption = None,
+    redis_fallback: RedisFallbackOption = None,
 ) -> None:
     """Download the videos of completed tasks (fresh links are fetched first)."""
-    connection = Connection(api_key_file, base_url, tier, rate_limit)
+    connection = Connection(api_key_file, base_url, tier, rate_limit, redis_url, redis_fallback)
     err = stderr()
 
     async def main() -> int:

@@ -20,6 +20,8 @@ from .._options import (
     Connection,
     PollIntervalOption,
     RateOption,
+    RedisFallbackOption,
+    RedisUrlOption,
     TierOption,
     UndocumentedOption,
 )
@@ -43,6 +45,8 @@ def generate(
     base_url: BaseUrl = None,
     tier: TierOption = None,
     rate_limit: RateOption = None,
+    redis_url: RedisUrlOption = None,
+    redis_fallback: RedisFallbackOption = None,
 ) -> None:
     """Generate one video (40 credits), wait for it and download it."""
     fields = {"prompt": prompt, "mode": mode, "ratio": ratio, "images": image or None}
@@ -50,7 +54,7 @@ def generate(
         request = build_request(fields, allow_undocumented=allow_undocumented, name=option_name)
     except RequestValidationError as exc:
         fail(str(exc))
-    connection = Connection(api_key_file, base_url, tier, rate_limit)
+    connection = Connection(api_key_file, base_url, tier, rate_limit, redis_url, redis_fallback)
     err = stderr()
     submitted: list[str] = []
 

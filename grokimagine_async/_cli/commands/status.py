@@ -13,7 +13,15 @@ from ... import Task, TaskState
 from ..._exceptions import AuthenticationError, ConfigurationError, GrokImagineError
 from .._exits import EXIT_FAILED, EXIT_OK, run
 from .._format import FAILURE_ADVICE, stdout
-from .._options import ApiKeyFile, BaseUrl, Connection, RateOption, TierOption
+from .._options import (
+    ApiKeyFile,
+    BaseUrl,
+    Connection,
+    RateOption,
+    RedisFallbackOption,
+    RedisUrlOption,
+    TierOption,
+)
 
 TaskIds = Annotated[list[str], typer.Argument(help="One or more task ids.", show_default=False)]
 
@@ -25,9 +33,11 @@ def status(
     base_url: BaseUrl = None,
     tier: TierOption = None,
     rate_limit: RateOption = None,
+    redis_url: RedisUrlOption = None,
+    redis_fallback: RedisFallbackOption = None,
 ) -> None:
     """Show where each task is: pending, running, completed (with its video URLs) or failed."""
-    connection = Connection(api_key_file, base_url, tier, rate_limit)
+    connection = Connection(api_key_file, base_url, tier, rate_limit, redis_url, redis_fallback)
 
     async def main() -> list[Task | GrokImagineError]:
         found: list[Task | GrokImagineError] = [GrokImagineError("not looked up")] * len(task_ids)

@@ -1,0 +1,575 @@
+"""One token's budget shared by every process through Redis.
+
+Algorithm
+---------
+The same as :class:`~grokimagine_async.SlidingWindowLimiter`, with the slots
+kept in Redis instead of in the process: a request takes a slot before it is
+sent (held for a lease while in flight) and frees it one period after its
+answer. Every decision runs in a Lua script on the Redis server, atomically
+and on the Redis server's clock, so:
+
+**Guarantee**: across every process that names the same Redis, base URL and
+token, no window of ``period`` seconds on the API's clock holds more than the
+plan's requests (the in-process limiter's proof, with Redis's clock standing
+in for the process's: a slot is taken before the request leaves and freed a
+period after its answer arrived). The hosts' clocks play no part.
+
+What one process learns from the answers (a 429 gate, pacing for a server
+that counts more finely, someone else's share from ``X-RateLimit-Remaining``,
+the freshest ``Remaining`` as a cap) is kept in Redis, so every process acts
+on it. The slow start and the cap on requests in flight of the in-process
+limiter, for servers that say nothing of their count, are not shared.
+
+Waiting
+-------
+Each process queues its own waiters; only the first asks Redis, for as many
+slots as are queued, and the script answers either with slots or with when a
+grant can next succeed, so nobody polls Redis in a loop. Processes that wait
+are queued in Redis by when they started: free slots go to the process that
+has waited longest, so one with a few requests gets its turn beside one with
+thousands queued.
+
+When Redis is unreachable
+-------------------------
+A call that cannot reach Redis raises :class:`RateLimiterUnavailableError`
+before anything is sent, unless a ``fallback`` share was chosen: the process
+then keeps to that share of the plan on its own (an in-process limiter), and
+rejoins Redis when it answers again. Give each of ``n`` processes a share of
+at most ``1/n`` to stay within the plan while Redis is away.
+
+A restarted Redis has lost the window. Each process re-adds the slots it still
+holds (answered within the last period, or in flight) when it next reaches
+Redis, and the first process back holds every grant for a quarter period so
+that the others can do the same.
+
+The Redis client (``redis.asyncio``) runs on asyncio only, so this limiter does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import sniffio
+
+from . import _redis_scripts as scripts
+from ._config import RateLimit
+from ._exceptions import ConfigurationError, RateLimiterUnavailableError
+from ._headers import RateFeedback
+from ._limiter import RateLimitStatus
+from ._sliding_window import SlidingWindowLimiter
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["RedisLimiter"]
+
+logger = logging.getLogger("grokimagine_async")
+
+
+class _Waiter:
+    __slots__ = ("error", "event", "grant")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.grant: tuple[str, float] | None = None
+        self.error: BaseException | None = None
+
+
+class _RedisSlot:
+    """A slot granted by Redis (``seq``) or, while Redis is away, by the fallback."""
+
+    __slots__ = ("_done", "_limiter", "local", "seq", "taken_at")
+
+    def __init__(
+        self, limiter: RedisLimiter, seq: str | None, taken_at: float, local: Any = None
+    ) -> None:
+        self._limiter = limiter
+        self.seq = seq
+        self.taken_at = taken_at
+        self.local = local
+        self._done = False
+
+    def record(self, feedback: RateFeedback | None, *, sent: bool = True) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._limiter._finish(self, feedback, sent)
+
+
+class RedisLimiter:
+    """Keeps one token's requests within ``rate`` across processes, through Redis.
+
+    Args:
+        redis_url: where Redis is, e.g. ``redis://localhost:6379/0``
+            (``rediss://`` for TLS; a password goes in the URL).
+        rate: the plan's figures.
+        key: names the token in Redis: a hash of the base URL and the token,
+            never the token itself (the client passes it).
+        fallback: the share of the plan (0 to 1) this process keeps to on its
+            own while Redis is unreachable; None (the default) raises
+            :class:`RateLimiterUnavailableError` instead.
+        lease: seconds a slot of a request in flight is held if its process
+            dies before the answer (its slot then frees on its own).
+        timeout: seconds any one Redis call may take before Redis counts as
+            unreachable.
+        redis: a ``redis.asyncio.Redis`` of your own, instead of ``redis_url``.
+    """
+
+    #: Seconds a process whose turn it is may take to ask.
+    TURN = 0.002
+
+    def __init__(
+        self,
+        redis_url: str | None,
+        rate: RateLimit,
+        *,
+        key: str,
+        fallback: float | None = None,
+        lease: float = 600.0,
+        timeout: float = 2.0,
+        redis: Redis | None = None,
+    ) -> None:
+        try:
+            from redis.asyncio import Redis
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ConfigurationError(
+                "the shared limiter needs the redis package: pip install 'grokimagine-async[redis]'"
+            ) from None
+        if sniffio.current_async_library() != "asyncio":
+            raise ConfigurationError(
+                "the shared limiter on Redis runs on asyncio only (redis.asyncio); under "
+                "another event loop, leave redis_url unset"
+            )
+        if fallback is not None and not (isinstance(fallback, (int, float)) and 0 < fallback <= 1):
+            raise ConfigurationError(
+                f"redis_fallback must be a share of the plan within (0, 1], got {fallback!r}"
+            )
+        if redis is None:
+            if not redis_url:
+                raise ConfigurationError("redis_url must be a URL such as redis://localhost:6379/0")
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            # Once more on a fresh connection: a restarted Redis closes the old ones.
+            redis = Redis.from_url(
+                redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1),
+            )
+        self._redis = redis
+        self._rate = rate
+        self._fallback_share = fallback
+        self._lease = lease
+        tag = "{" + key + "}"
+        self._keys = [f"grokimagine:{tag}:{name}" for name in ("slots", "state", "queue", "due")]
+        self._pid = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._acquire = redis.register_script(scripts.ACQUIRE)
+        self._record = redis.register_script(scripts.RECORD)
+        self._reseed = redis.register_script(scripts.RESEED)
+        self._leave = redis.register_script(scripts.LEAVE)
+        self._waiters: deque[_Waiter] = deque()
+        self._asking = False
+        self._pending: set[asyncio.Task[None]] = set()
+        # What this process holds, for re-adding after a restart: answered slots by
+        # when they free (monotonic), and how many are in flight.
+        self._held: deque[float] = deque()
+        self._in_flight = 0
+        self._epoch: str | None = None
+        self._young_redis: bool | None = None
+        # Watches for a restart while this process holds slots, so that it re-adds
+        # them even if it sends nothing more.
+        self._watcher: asyncio.Task[None] | None = None
+        self._reseeds = 0
+        self._fallback: SlidingWindowLimiter | None = None
+        self._retry_redis_at = 0.0
+        self._last: tuple[int, float, int] = (rate.requests, 0.0, rate.requests)
+        self._last_at = -math.inf
+        self._last_held = 0
+        self._refreshing = False
+
+    # -- the Limiter interface ------------------------------------------------------
+
+    @property
+    def rate(self) -> RateLimit:
+        """The figures in force now."""
+        return self._rate
+
+    def set_rate(self, rate: RateLimit) -> None:
+        """Keep to ``rate`` from now on (every process should state the same)."""
+        self._rate = rate
+        if self._fallback is not None:
+            self._fallback.set_rate(self._fallback_rate())
+
+    def status(self) -> RateLimitStatus:
+        """The budget as this process last heard it from Redis (asked again in the
+        background when that is more than a twentieth of a period old)."""
+        free, pace, burst = self._last
+        now = time.monotonic()
+        if now - self._last_at > self._rate.period / 20 and not self._refreshing:
+            with suppress(RuntimeError):  # no event loop running: the last figures do
+                self._spawn(self._refresh())
+                self._refreshing = True
+        # Until the answer comes: the slots held then free over a period at most, taken
+        # as evenly (an estimate for callers that plan ahead; grants are Redis's).
+        elapsed = min(1.0, max(0.0, now - self._last_at) / self._rate.period)
+        free = min(self._rate.requests, free + math.floor(self._last_held * elapsed))
+        self._expire_held(now)
+        return RateLimitStatus(
+            limit=self._rate.requests,
+            period=self._rate.period,
+            remaining=free,
+            resets_in=(self._held[-1] - time.monotonic()) if self._held else 0.0,
+            waiting=len(self._waiters),
+            in_flight=self._in_flight,
+            pace=pace or None,
+            burst=burst if pace else None,
+        )
+
+    def slot(self) -> AbstractAsyncContextManager[_RedisSlot]:
+        """Wait for permission to send one request (see :meth:`Limiter.slot`)."""
+        return self._slot()
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[_RedisSlot]:
+        slot = await self.acquire()
+        try:
+            yield slot
+        finally:
+            slot.record(None)
+
+    async def aclose(self) -> None:
+        """Wait for the reports still on their way to Redis, then close the connection."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._redis.aclose()
+
+    # -- waiting --------------------------------------------------------------------
+
+    async def acquire(self) -> _RedisSlot:
+        """Wait for a slot. The caller must ``record`` on it exactly once."""
+        if self._fallback is not None and not await self._rejoin():
+            return await self._acquire_locally()
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        try:
+            while waiter.grant is None and waiter.error is None:
+                if self._waiters and self._waiters[0] is waiter and not self._asking:
+                    delay = await self._ask()
+                    if waiter.grant is not None or waiter.error is not None:
+                        break
+                else:
+                    delay = math.inf
+                waiter.event = anyio.Event()
+                with anyio.move_on_after(delay):
+                    await waiter.event.wait()
+        except BaseException:
+            if waiter.grant is not None:
+                self._give_back(waiter.grant[0])
+            with suppress(ValueError):
+                self._waiters.remove(waiter)
+            if not self._waiters:
+                self._spawn(self._leave_queue())
+            self._nudge()
+            raise
+        if waiter.error is not None:
+            if isinstance(waiter.error, _FellBack):
+                return await self._acquire_locally()
+            raise waiter.error
+        seq, taken_at = waiter.grant  # type: ignore[misc]
+        self._in_flight += 1
+        self._watch()
+        return _RedisSlot(self, seq, taken_at)
+
+    async def _ask(self) -> float:
+        """Ask Redis for slots for the queued waiters; seconds until asking again."""
+        self._asking = True
+        try:
+            want = len(self._waiters)
+            try:
+                # Shielded: a grant whose answer a cancellation dropped would hold its
+                # slots for a whole lease. The call is short (``timeout``).
+                with anyio.CancelScope(shield=True):
+                    reply = await self._acquire(
+                        keys=self._keys,
+                        args=[
+                            *self._common_args(),
+                            self._pid,
+                            want,
+                            self._lease,
+                            self.TURN,
+                            await self._maybe_restarted(),
+                        ],
+                    )
+            except Exception as exc:
+                if not _unreachable(exc):
+                    raise
+                self._unreachable(exc)
+                return 0.0
+            granted, first, taken_at = int(reply[0]), int(reply[1]), float(reply[2])
+            wait = float(reply[3])
+            epoch = _text(reply[4])
+            self._heard(reply)
+            for i in range(granted):
+                if not self._waiters:
+                    # Cancelled while asking: the slot goes back unused.
+                    self._give_back(f"{epoch}:{first + i}")
+                    continue
+                waiter = self._waiters.popleft()
+                waiter.grant = (f"{epoch}:{first + i}", taken_at)
+                waiter.event.set()
+            await self._check_epoch(epoch)
+            return 0.0 if granted else wait
+        finally:
+            self._asking = False
+            self._nudge()
+
+    async def _maybe_restarted(self) -> str:
+        """ "1" if Redis may have lost slots someone holds: this process talked to it
+        before, or it started within the last couple of periods."""
+        if self._epoch is not None:
+            return "1"
+        if self._young_redis is None:
+            info = await self._redis.info("server")
+            self._young_redis = float(info.get("uptime_in_seconds", 1e9)) <= max(
+                1.0, 2 * self._rate.period
+            )
+        return "1" if self._young_redis else "0"
+
+    def _nudge(self) -> None:
+        if self._waiters:
+            self._waiters[0].event.set()
+
+    def _unreachable(self, exc: BaseException) -> None:
+        if self._fallback_share is None:
+            error = RateLimiterUnavailableError(
+                f"the shared rate limiter's Redis cannot be reached ({type(exc).__name__}); "
+                "nothing was sent. Check redis_url, or set redis_fallback (a share of the "
+                "plan each process keeps to on its own meanwhile)"
+            )
+            error.__cause__ = exc
+            fail: BaseException = error
+        else:
+            self._fall_back(exc)
+            fail = _FellBack()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.error = fail
+            waiter.event.set()
+
+    # -- Redis away: the fallback ------------------------------------------------------
+
+    def _fallback_rate(self) -> RateLimit:
+        assert self._fallback_share is not None
+        share = max(1, math.floor(self._rate.requests * self._fallback_share))
+        return RateLimit(share, self._rate.period)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        if self._fallback is None:
+            logger.warning(
+                "the shared rate limiter's Redis cannot be reached (%s): keeping to "
+                "%.0f%% of the plan in this process until it answers again",
+                type(exc).__name__,
+                100 * (self._fallback_share or 0),
+            )
+            self._fallback = SlidingWindowLimiter(self._fallback_rate())
+        self._retry_redis_at = time.monotonic() + self._rate.period / 8
+
+    async def _acquire_locally(self) -> _RedisSlot:
+        assert self._fallback is not None
+        fallback = self._fallback
+        local = await fallback.acquire()
+        if self._fallback is not fallback:
+            # Rejoined Redis while waiting here: the slot must come from Redis.
+            local.record(None, sent=False)
+            return await self.acquire()
+        self._in_flight += 1
+        return _RedisSlot(self, None, 0.0, local)
+
+    async def _rejoin(self) -> bool:
+        """Whether Redis answers again (asked at most every eighth of a period)."""
+        now = time.monotonic()
+        if now < self._retry_redis_at:
+            return False
+        self._retry_redis_at = now + self._rate.period / 8
+        try:
+            await self._reseed_slots()
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            return False
+        logger.warning("the shared rate limiter's Redis answers again: sharing the plan")
+        self._fallback = None
+        return True
+
+    # -- reporting ------------------------------------------------------------------
+
+    def _finish(self, slot: _RedisSlot, feedback: RateFeedback | None, sent: bool) -> None:
+        self._in_flight -= 1
+        now = time.monotonic()
+        if sent:
+            self._expire_held(now)
+            self._held.append(now + self._rate.period)
+        if slot.local is not None:
+            slot.local.record(feedback, sent=sent)
+        if slot.seq is not None:
+            self._spawn(self._report(slot.seq, slot.taken_at, feedback, sent))
+        self._nudge()
+
+    async def _report(
+        self, seq: str, taken_at: float, feedback: RateFeedback | None, sent: bool
+    ) -> None:
+        def opt(value: float | None) -> float:
+            return -1 if value is None else value
+
+        try:
+            reply = await self._record(
+                keys=self._keys[:2],
+                args=[
+                    *self._common_args(),
+                    seq,
+                    "1" if sent else "0",
+                    feedback.status_code if feedback is not None else 0,
+                    opt(feedback.remaining if feedback is not None else None),
+                    opt(feedback.reset_after if feedback is not None else None),
+                    opt(feedback.retry_after if feedback is not None else None),
+                    taken_at,
+                ],
+            )
+        except Exception as exc:
+            # The slot stays held until its lease runs out: safe, and Redis may be away.
+            logger.debug("could not report a request to the shared limiter: %r", exc)
+            return
+        before = self._last[1]
+        pace = float(reply[1])
+        if pace and pace != before:
+            logger.info(
+                "the shared limiter paces to %.3g requests/s, %d at once", pace, int(reply[2])
+            )
+        self._last = (self._last[0], pace, int(reply[2]))
+        await self._check_epoch(_text(reply[0]))
+
+    async def _check_epoch(self, epoch: str) -> None:
+        if self._epoch is not None and epoch != self._epoch:
+            logger.warning(
+                "the shared rate limiter's Redis lost its window (a restart?): "
+                "re-adding the slots this process holds"
+            )
+            self._epoch = epoch
+            with suppress(Exception):
+                await self._reseed_slots()
+        self._epoch = epoch
+
+    async def _reseed_slots(self) -> None:
+        now = time.monotonic()
+        self._expire_held(now)
+        holds = [round(expiry - now, 6) for expiry in self._held]
+        # In flight: held a period past now, as if answered this instant.
+        holds += [self._rate.period] * self._in_flight
+        self._reseeds += 1
+        await self._reseed(
+            keys=self._keys[:2],
+            args=[*self._common_args(), f"{self._pid}:{self._reseeds}", *holds],
+        )
+
+    def _watch(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_epoch())
+
+    async def _watch_epoch(self) -> None:
+        key = self._keys[1]
+        while True:
+            await asyncio.sleep(self._rate.period / 8)
+            self._expire_held(time.monotonic())
+            if not self._held and not self._in_flight:
+                return
+            if self._fallback is not None:
+                continue
+            try:
+                epoch = await self._redis.hget(key, "epoch")
+            except Exception as exc:
+                if not _unreachable(exc):
+                    raise
+                continue
+            if epoch is None or _text(epoch) != self._epoch:
+                # Lost with a restart: the slots go back at once, under a new state.
+                await self._ask_reseed()
+
+    async def _look(self, restarted: str) -> None:
+        """Ask Redis for the budget without taking from it."""
+        reply = await self._acquire(
+            keys=self._keys,
+            args=[*self._common_args(), self._pid, 0, self._lease, self.TURN, restarted],
+        )
+        self._heard(reply)
+        await self._check_epoch(_text(reply[4]))
+
+    def _heard(self, reply: list[Any]) -> None:
+        self._last = (int(reply[5]), float(reply[6]), int(reply[7]))
+        self._last_held = int(reply[8])
+        self._last_at = time.monotonic()
+
+    async def _refresh(self) -> None:
+        try:
+            with suppress(Exception):
+                await self._look(await self._maybe_restarted())
+        finally:
+            self._refreshing = False
+
+    async def _ask_reseed(self) -> None:
+        with suppress(Exception):
+            await self._look("1")
+
+    async def _leave_queue(self) -> None:
+        with suppress(Exception):
+            await self._leave(keys=self._keys[2:], args=[self._pid])
+
+    def _give_back(self, seq: str) -> None:
+        self._spawn(self._report(seq, 0.0, None, False))
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _common_args(self) -> list[Any]:
+        period = self._rate.period
+        # Keys outlive every slot: the longest hold (a lease, or a 429 gate and its
+        # fading reservation) and then some.
+        ttl = max(self._lease, 4 * period) + period
+        return [self._rate.requests, period, ttl]
+
+    def _expire_held(self, now: float) -> None:
+        while self._held and self._held[0] <= now:
+            self._held.popleft()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+
+class _FellBack(Exception):
+    """Redis is away and the fallback took over: wait there instead."""
+
+
+def _unreachable(exc: BaseException) -> bool:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
