@@ -33,6 +33,7 @@ from grokimagine_async._journal import Journal
 from grokimagine_async.simulator import Simulator
 
 from .helpers import TOKEN
+from .redis_server import RedisServer
 
 COMMANDS = ["generate", "batch", "status", "download", "simulate", "demo"]
 
@@ -170,6 +171,8 @@ PYTHON_ADVICE = re.compile(r"Unchecked|RateLimit\(|rate_limit[=.]|\w+=\.\.\.|Val
         (["status", "task_1", "--tier", "gold"], {}, "--tier"),
         (["status", "task_1"], {"GROKIMAGINE_TIER": "gold"}, "--rate-limit"),
         (["status", "task_1", "--rate-limit", "0/min"], {}, "--rate-limit"),
+        (["status", "task_1", "--redis-url", "http://cache:6379"], {}, "--redis-url"),
+        (["batch", "p.txt", "--redis-fallback", "2"], {}, "--redis-fallback"),
     ],
 )
 def test_usage_errors_name_the_flag_not_python(
@@ -188,6 +191,24 @@ def test_a_plan_that_does_not_exist_names_the_plans(key_file: Path) -> None:
         said(result)
     )
     assert "Value error" not in result.output
+
+
+def test_redis_url_makes_the_command_share_the_plan_through_redis(
+    sim: tuple[Simulator, str], key_file: Path, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    import redis
+
+    _, url = sim
+    out = tmp_path / "out"
+    result = grok(
+        "generate", "a fox", "--redis-url", redis_server.url, "--out", out, *fast(url, key_file)
+    )
+    assert result.exit_code == 0, result.output
+    with redis.Redis.from_url(redis_server.url) as r:
+        keys = r.keys("grokimagine:*")
+    assert keys  # the slots were taken in Redis
+    assert all(TOKEN.encode() not in k for k in keys)
+    no_token_anywhere(result)
 
 
 # -- generate, status, download ---------------------------------------------------------

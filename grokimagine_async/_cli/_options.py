@@ -61,6 +61,14 @@ def _check_rate(value: str | None) -> str | None:
     return value
 
 
+def _check_redis_url(value: str | None) -> str | None:
+    if value is not None and not value.strip().startswith(("redis://", "rediss://", "unix://")):
+        raise typer.BadParameter(
+            f"{value!r} is not a Redis URL: write e.g. redis://localhost:6379/0 (rediss:// for TLS)"
+        )
+    return value
+
+
 def _check_tier(value: str | None) -> str | None:
     parse_tier(value)
     return value
@@ -113,6 +121,7 @@ RedisUrlOption = Annotated[
     str | None,
     typer.Option(
         "--redis-url",
+        callback=_check_redis_url,
         help="Share the token's rate limit with every process naming this Redis "
         "(e.g. redis://localhost:6379/0): a web app's workers, other batches "
         "(default: GROKIMAGINE_REDIS_URL, else this process's alone).",
