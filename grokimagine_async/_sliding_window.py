@@ -58,8 +58,7 @@ Servers that count differently from what they say
 * A 429 is a refusal our own count cannot explain (the guarantee keeps it
   under the plan): the server counts more finely, or counts someone else.
   The limiter then paces (:class:`_Pacer`): one request at a time at the
-  rate the server let through over the last period (the plan's, before a
-  period has passed), slower with each further 429 of a request sent under that
+  plan's rate, slower with each further 429 of a request sent under that
   setting, relaxing a step after each quiet spell. ``RateLimit(burst=...)``
   states the shape instead.
 * A 429 closes the gate for every waiter until ``Retry-After`` (else
@@ -151,10 +150,6 @@ class WindowBudget:
         self._flight_cap: int | None = None
         self._stale = math.inf
         self._pacer = _Pacer(rate, initial_time)
-        self._started = initial_time
-        # When the answers that were not 429s came, over the last period: the rate the
-        # server has been letting through.
-        self._accepted: deque[float] = deque()
 
     # -- reading --------------------------------------------------------------------
 
@@ -325,16 +320,12 @@ class WindowBudget:
         if feedback is None:
             return
         self._measured(max(0.0, now - sent_at))
-        if not feedback.rate_limited:
-            self._accepted.append(now)
         if feedback.rate_limited:
             self._refused_in_a_row += 1
             self._last_refused = now
             self._ramp = None
             self._on_rate_limited(now, feedback)
-            self._pacer.refused(
-                now, sent_at, resume_at=self._gate_until, evidence=self._let_through(now)
-            )
+            self._pacer.refused(now, sent_at, resume_at=self._gate_until)
         elif feedback.remaining is None:
             if sent_at >= self._last_refused:
                 self._refused_in_a_row = 0
@@ -351,16 +342,6 @@ class WindowBudget:
             self._on_remaining(now, feedback.remaining, ticket, feedback.reset_after)
             if self._cap is None or ticket > self._cap[1]:
                 self._cap = (feedback.remaining, ticket, self._expired, now + self.period, now)
-
-    def _let_through(self, now: float) -> float | None:
-        """Requests a second the server accepted over the last period, once the limiter
-        has run that long (None before)."""
-        accepted = self._accepted
-        while accepted and accepted[0] <= now - self.period:
-            accepted.popleft()
-        if now - self._started < self.period:
-            return None
-        return len(accepted) / self.period
 
     def _on_remaining(
         self, now: float, remaining: int, ticket: int, reset_after: float | None = None
@@ -443,10 +424,9 @@ class _Pacer:
     a second, at most ``burst`` at once (a GCRA), or no spacing at all.
 
     Off until a 429 shows that the server counts more finely than the plan
-    (a small burst, then so many a second) or counts someone else too (it then
-    starts at the rate the server was seen to let through); or on from the start
-    when the user states a ``burst``. Each 429 of a request sent under the
-    current setting tightens it: first the burst halves, down
+    (a small burst, then so many a second) or counts someone else too; or on
+    from the start when the user states a ``burst``. Each 429 of a request
+    sent under the current setting tightens it: first the burst halves, down
     to one, then the pace drops. After a quiet spell with no such 429 it
     relaxes one step (the pace back up to the plan's rate, then the burst
     doubling, then off); a 429 right after relaxing doubles the next quiet
@@ -501,11 +481,8 @@ class _Pacer:
         if self.pace is not None:
             self._tat = max(self._tat, now) + 1 / self.pace
 
-    def refused(
-        self, now: float, sent_at: float, *, resume_at: float, evidence: float | None = None
-    ) -> None:
-        """A 429 answered a request sent at ``sent_at``; sending resumes at ``resume_at``.
-        ``evidence`` is the rate the server let through over the last period, if known."""
+    def refused(self, now: float, sent_at: float, *, resume_at: float) -> None:
+        """A 429 answered a request sent at ``sent_at``; sending resumes at ``resume_at``."""
         # Nothing is owed from before the refusal: at most a burst goes when sending resumes.
         self._tat = max(self._tat, resume_at)
         if sent_at < self._changed:
@@ -514,10 +491,7 @@ class _Pacer:
         if self._relaxed and now - self._changed < self._quiet:
             self._quiet = min(self.MAX_QUIET * self._plan.period, self._quiet * 2)
         if self.pace is None:
-            # What the server let through over the last period is the rate it bears
-            # (someone else takes the rest), within the floor and the plan.
-            pace = plan_rate if evidence is None else min(plan_rate, evidence)
-            self.pace = max(plan_rate * self.FLOOR, pace)
+            self.pace = plan_rate
             self.burst = 1
         elif self.burst > 1:
             self.burst = max(1, self.burst // 2)

@@ -68,22 +68,6 @@ def test_only_requests_sent_under_a_setting_judge_it() -> None:
     assert budget.pace == pytest.approx(30.0 * 0.85)
 
 
-def test_pacing_starts_at_the_rate_the_server_let_through() -> None:
-    budget = WindowBudget(RateLimit(60, PERIOD))
-    # A period and more of answers, 21 a second accepted (someone else takes the rest).
-    now = 0.0
-    while now < 2.5:
-        ticket = budget.take(now)
-        assert ticket is not None
-        budget.answered(now + 0.01, RateFeedback(200), ticket, now)
-        now += 1 / 21
-    ticket = budget.take(now)
-    assert ticket is not None
-    budget.answered(now + 0.01, REFUSED, ticket, now)
-    assert budget.pace == pytest.approx(21.0, abs=0.6)
-    assert budget.burst == 1
-
-
 def test_refusals_in_a_row_lengthen_the_wait_past_a_retry_after_too_short() -> None:
     budget = WindowBudget(RateLimit(60, PERIOD))
     first = budget.take(0.0)
