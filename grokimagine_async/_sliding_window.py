@@ -52,9 +52,9 @@ Servers that count differently from what they say
   start: one request until an answer comes, then one more unanswered request
   for each answer that is not a 429. And while it says nothing, someone else
   spends the token, or the server counts finely, no more requests are in
-  flight than the plan's rate needs at the round trips measured (the lower
-  quartile, at least four in flight, a hung request not counting): a full
-  window is learnt of with few of ours on the way.
+  flight than the plan's rate needs at the round trips measured (at least
+  four, a hung request not counting): a full window is learnt of with few of
+  ours on the way.
 * A 429 is a refusal our own count cannot explain (the guarantee keeps it
   under the plan): the server counts more finely, or counts someone else.
   The limiter then paces (:class:`_Pacer`): one request at a time at the
@@ -206,9 +206,7 @@ class WindowBudget:
         self._rtts.append(rtt)
         rtts = sorted(self._rtts)
         median = rtts[len(rtts) // 2]
-        # The lower quartile: near the server's own time, yet a quick status call
-        # now and then does not starve slower submissions.
-        needed = math.ceil(2 * self.limit / self.period * rtts[len(rtts) // 4])
+        needed = math.ceil(2 * self.limit / self.period * rtts[0])
         self._flight_cap = max(self.MIN_IN_FLIGHT, needed)
         self._stale = max(4 * median, self.period / 30)
 
