@@ -7,6 +7,11 @@ every request, so every request shares one connection pool and one rate
 limiter. ``POST /videos`` answers the task id at once; ``GET /videos/{id}``
 answers the task's state; ``GET /videos/{id}/events`` streams its progress as
 server-sent events until it is done.
+
+Under several workers, name one Redis so that they share the token's plan
+instead of each spending all of it (``pip install 'grokimagine-async[redis]'``)::
+
+    GROKIMAGINE_REDIS_URL=redis://localhost:6379/0 uvicorn examples.fastapi_app:app --workers 4
 """
 
 from __future__ import annotations

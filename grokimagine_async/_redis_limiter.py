@@ -159,13 +159,15 @@ class RedisLimiter:
                 raise ConfigurationError("redis_url must be a URL such as redis://localhost:6379/0")
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
 
             # Once more on a fresh connection: a restarted Redis closes the old ones.
+            # Not after a timeout: the script may have run, and would grant twice.
             redis = Redis.from_url(
                 redis_url,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 1),
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             )
         self._redis = redis
         self._rate = rate
@@ -197,6 +199,8 @@ class RedisLimiter:
         self._last_at = -math.inf
         self._last_held = 0
         self._refreshing = False
+        # Reports that did not reach Redis (it was away): (slot, sent).
+        self._unreported: list[tuple[str, bool]] = []
 
     # -- the Limiter interface ------------------------------------------------------
 
@@ -288,6 +292,8 @@ class RedisLimiter:
             raise
         if waiter.error is not None:
             if isinstance(waiter.error, _FellBack):
+                if self._fallback is None:  # rejoined meanwhile
+                    return await self.acquire()
                 return await self._acquire_locally()
             raise waiter.error
         seq, taken_at = waiter.grant  # type: ignore[misc]
@@ -301,10 +307,9 @@ class RedisLimiter:
         try:
             want = len(self._waiters)
             try:
-                # Shielded: a grant whose answer a cancellation dropped would hold its
-                # slots for a whole lease. The call is short (``timeout``).
-                with anyio.CancelScope(shield=True):
-                    reply = await self._acquire(
+                restarted = await self._maybe_restarted()
+                call = asyncio.ensure_future(
+                    self._acquire(
                         keys=self._keys,
                         args=[
                             *self._common_args(),
@@ -312,9 +317,17 @@ class RedisLimiter:
                             want,
                             self._lease,
                             self.TURN,
-                            await self._maybe_restarted(),
+                            restarted,
                         ],
                     )
+                )
+                try:
+                    reply = await asyncio.shield(call)
+                except asyncio.CancelledError:
+                    # A grant whose answer the cancellation dropped would hold its
+                    # slots for a whole lease: they go back when it comes.
+                    call.add_done_callback(self._give_back_grant)
+                    raise
             except Exception as exc:
                 if not _unreachable(exc):
                     raise
@@ -344,10 +357,16 @@ class RedisLimiter:
         if self._epoch is not None:
             return "1"
         if self._young_redis is None:
-            info = await self._redis.info("server")
-            self._young_redis = float(info.get("uptime_in_seconds", 1e9)) <= max(
-                1.0, 2 * self._rate.period
-            )
+            from redis.exceptions import ResponseError
+
+            try:
+                info = await self._redis.info("server")
+            except ResponseError:  # INFO not allowed to this user: assume the worst
+                self._young_redis = True
+            else:
+                self._young_redis = float(info.get("uptime_in_seconds", 1e9)) <= max(
+                    1.0, 2 * self._rate.period
+                )
         return "1" if self._young_redis else "0"
 
     def _nudge(self) -> None:
@@ -366,6 +385,7 @@ class RedisLimiter:
         else:
             self._fall_back(exc)
             fail = _FellBack()
+        self._spawn(self._leave_queue())
         while self._waiters:
             waiter = self._waiters.popleft()
             waiter.error = fail
@@ -451,8 +471,10 @@ class RedisLimiter:
                 ],
             )
         except Exception as exc:
-            # The slot stays held until its lease runs out: safe, and Redis may be away.
+            # Until Redis hears of it the slot stays held for its lease: safe, but long.
+            # Told again (held a period from then) once Redis answers.
             logger.debug("could not report a request to the shared limiter: %r", exc)
+            self._unreported.append((seq, sent))
             return
         before = self._last[1]
         pace = float(reply[1])
@@ -522,6 +544,10 @@ class RedisLimiter:
         self._last = (int(reply[5]), float(reply[6]), int(reply[7]))
         self._last_held = int(reply[8])
         self._last_at = time.monotonic()
+        if self._unreported:
+            late, self._unreported = self._unreported, []
+            for seq, sent in late:
+                self._spawn(self._report(seq, 0.0, None, sent))
 
     async def _refresh(self) -> None:
         try:
@@ -537,6 +563,14 @@ class RedisLimiter:
     async def _leave_queue(self) -> None:
         with suppress(Exception):
             await self._leave(keys=self._keys[2:], args=[self._pid])
+
+    def _give_back_grant(self, call: asyncio.Future[Any]) -> None:
+        if call.cancelled() or call.exception() is not None:
+            return
+        reply = call.result()
+        epoch = _text(reply[4])
+        for i in range(int(reply[0])):
+            self._give_back(f"{epoch}:{int(reply[1]) + i}")
 
     def _give_back(self, seq: str) -> None:
         self._spawn(self._report(seq, 0.0, None, False))

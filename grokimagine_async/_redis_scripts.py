@@ -31,8 +31,13 @@ local function num(k, d)
   if v then return tonumber(v) end
   return d
 end
+-- Times near 1.8e9 s need more than tostring's 14 digits to keep microseconds.
+local function f(x)
+  if x == math.floor(x) and math.abs(x) < 1e15 then return string.format('%d', x) end
+  return string.format('%.6f', x)
+end
 local function set(k, v)
-  st[k] = tostring(v)
+  if type(v) == 'number' then st[k] = f(v) else st[k] = v end
   redis.call('HSET', KEYS[2], k, st[k])
 end
 local fresh = st['epoch'] == nil
@@ -142,14 +147,22 @@ free = math.max(0, free)
 if want <= 0 then
   -- Only looking (after a restart): no place in the queue.
   touch()
-  return {0, 0, tostring(now), '0', st['epoch'], free, tostring(pace), burst, held}
+  return {0, 0, f(now), '0', st['epoch'], free, f(pace), burst, held}
 end
 local mine = redis.call('ZSCORE', KEYS[3], pid)
-local ahead
+local before
 if mine then
-  ahead = redis.call('ZCOUNT', KEYS[3], '-inf', '(' .. mine)
+  before = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. mine)
 else
-  ahead = redis.call('ZCARD', KEYS[3])
+  before = redis.call('ZRANGE', KEYS[3], 0, -1)
+end
+-- Ahead in turn: those waiting longer that are about to ask again. One asleep
+-- until later (its promise is further off) does not keep a free slot idle.
+local ahead = 0
+local soon = now + 2 * turn + 1
+for _, p in ipairs(before) do
+  local due = tonumber(redis.call('ZSCORE', KEYS[4], p) or '0')
+  if due <= soon then ahead = ahead + 1 end
 end
 local grant = math.min(want, free - ahead)
 if grant > 0 then
@@ -170,8 +183,8 @@ if grant > 0 then
     redis.call('ZADD', KEYS[4], now + turn + 1, pid)
   end
   touch()
-  return {grant, first, tostring(now), '0', st['epoch'], free - grant,
-          tostring(pace), burst, held + grant}
+  return {grant, first, f(now), '0', st['epoch'], free - grant,
+          f(pace), burst, held + grant}
 end
 
 -- Not now: when a grant can next succeed.
@@ -206,7 +219,7 @@ wait = math.max(wait, 0.001)
 redis.call('ZADD', KEYS[3], 'NX', now, pid)
 redis.call('ZADD', KEYS[4], now + wait + turn + 1, pid)
 touch()
-return {0, 0, tostring(now), tostring(wait), st['epoch'], free, tostring(pace), burst, held}
+return {0, 0, f(now), f(wait), st['epoch'], free, f(pace), burst, held}
 """
 )
 
@@ -230,7 +243,7 @@ local taken_at = tonumber(ARGV[10])
 if not sent then
   redis.call('ZREM', KEYS[1], member)
   touch()
-  return {st['epoch'], tostring(num('pace', 0)), num('burst', limit)}
+  return {st['epoch'], f(num('pace', 0)), num('burst', limit)}
 end
 -- Held a period from now; re-added if a restart lost it.
 redis.call('ZADD', KEYS[1], now + period, member)
@@ -298,7 +311,7 @@ elseif status > 0 then
   end
 end
 touch()
-return {st['epoch'], tostring(num('pace', 0)), num('burst', limit)}
+return {st['epoch'], f(num('pace', 0)), num('burst', limit)}
 """
 )
 
@@ -309,6 +322,10 @@ RESEED = (
     _COMMON
     + r"""
 local pid = ARGV[4]
+if fresh then
+  -- The first process back after a restart: hold grants while the others re-add theirs.
+  set('gate_until', now + period / 4)
+end
 for i = 5, #ARGV do
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[i]), 'r:' .. pid .. ':' .. (i - 4))
 end
