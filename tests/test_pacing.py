@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 import logging
+from collections.abc import AsyncIterator
 
 import anyio
 import httpx
@@ -16,9 +19,9 @@ from grokimagine_async import (
     RateLimitError,
 )
 from grokimagine_async._headers import RateFeedback
-from grokimagine_async._limiter import RateLimitStatus
+from grokimagine_async._limiter import RateLimitStatus, Slot
 from grokimagine_async._poller import Poller
-from grokimagine_async._sliding_window import WindowBudget
+from grokimagine_async._sliding_window import SlidingWindowLimiter, WindowBudget
 
 from .helpers import Recorder, api_error, make_client, ok, prompts
 
@@ -214,6 +217,41 @@ async def test_past_its_patience_a_call_raises_rate_limit_error() -> None:
         with pytest.raises(RateLimitError):
             await client.get_task("t")
     assert len(api.requests) >= 3
+
+
+async def test_time_queued_behind_other_requests_is_not_held_against_patience() -> None:
+    refused = api_error(429, "RATE_LIMITED", "slow down")
+    api = Recorder(refused, refused, ok({"task_id": "t", "status": "running"}))
+
+    class Crowded:
+        """A limiter with others always ahead: every slot after the first waits 0.3 s."""
+
+        def __init__(self) -> None:
+            self.inner = SlidingWindowLimiter(RateLimit(1000, 0.2))
+            self.asked = 0
+
+        @property
+        def rate(self) -> RateLimit:
+            return self.inner.rate
+
+        def status(self) -> RateLimitStatus:
+            return dataclasses.replace(self.inner.status(), waiting=5)
+
+        def set_rate(self, rate: RateLimit) -> None:
+            self.inner.set_rate(rate)
+
+        @contextlib.asynccontextmanager
+        async def slot(self) -> AsyncIterator[Slot]:
+            self.asked += 1
+            if self.asked > 1:
+                await anyio.sleep(0.3)
+            async with self.inner.slot() as slot:
+                yield slot
+
+    async with make_client(api, limiter=Crowded(), rate_limit_patience=0.2) as client:
+        task = await client.get_task("t")
+    assert task.task_id == "t"
+    assert len(api.requests) == 3
 
 
 async def test_a_batch_never_fails_a_request_because_the_server_said_slow_down() -> None:

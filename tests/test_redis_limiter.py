@@ -733,3 +733,34 @@ def test_the_redis_limiter_refuses_an_event_loop_other_than_asyncio(
                 await client.get_task("task_1")
 
     trio.run(main)
+
+
+async def test_a_grant_whose_answer_a_cancellation_dropped_is_given_back(
+    redis_server: RedisServer,
+) -> None:
+    import asyncio
+
+    key = "cancelled"
+    slots = redis_keys(key)["slots"]
+    async with (
+        limiters(redis_server.url, 1, key=key) as (limiter,),
+        raw_redis(redis_server.url) as r,
+    ):
+        script = limiter._acquire
+        answered = anyio.Event()
+
+        async def slow_answer(**kwargs: Any) -> Any:
+            reply = await script(**kwargs)  # granted in Redis...
+            await anyio.sleep(0.2)  # ...but the answer is late
+            answered.set()
+            return reply
+
+        limiter._acquire = slow_answer  # type: ignore[assignment]
+        waiter = asyncio.ensure_future(limiter.acquire())
+        await wait_for(lambda: _at_least(r.zcard(slots), 1), within=2)
+        waiter.cancel()  # as asyncio.wait_for or a web framework does
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await answered.wait()
+        # Given back at once, not held for the 600 s lease.
+        await wait_for(lambda: _equals(r.zcard(slots), 0), within=2)
