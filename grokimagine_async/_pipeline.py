@@ -163,6 +163,8 @@ class _Batch:
         self.poller = self._new_poller()
         self.started = False
         self.finished = False
+        # Closed by the caller (or at the end): nothing more is handed out.
+        self.closed = False
         self.background = False
         self.submitting = 0
         self.deadline: float | None = None
@@ -457,6 +459,10 @@ class _Batch:
         )
 
     async def next(self) -> Outcome:
+        if self.closed:
+            # Closed (aclose, or the end): outcomes settled but not yet taken stay in
+            # the journal for a rerun.
+            raise StopAsyncIteration
         if not self.started:
             await self.start()
         while not self.ready:
@@ -473,6 +479,7 @@ class _Batch:
 
     def close(self) -> None:
         """Let go of the journal and its lock; nothing more is sent."""
+        self.closed = True
         self.finished = True
         if self.journal is not None:
             self.journal.close()
