@@ -96,8 +96,8 @@ local function cap_allows()
   local until_ = num('cap_until', 0)
   if until_ <= now then return limit end
   local since = num('seq', 0) - num('cap_seq', 0)
-  local back = math.max(num('expired', 0) - num('cap_expired', 0),
-                        math.floor((now - num('cap_at', now)) * limit / period))
+  -- At the plan's rate: a bucket does not refill as requests age.
+  local back = math.floor((now - num('cap_at', now)) * limit / period)
   return math.max(0, num('cap_remaining', limit) - since + back)
 end
 

@@ -37,9 +37,10 @@ Corrections from the server
   another. Corrections only ever tighten: nothing the server says lets the
   limiter send more than its plan.
 * The freshest ``Remaining`` is also a cap: less the requests of ours sent
-  after the one it answered, plus what has come back since (ours that left
-  the window, or the plan's rate of refill, whichever is more). It stops a
-  burst into a window that someone else has nearly filled. A ``Reset`` that
+  after the one it answered, plus what has come back since at the plan's
+  rate (not ours that left the window: a bucket does not refill as our
+  requests age, and someone else takes from it too). It stops a burst into a
+  window that someone else has nearly filled. A ``Reset`` that
   says everything is back sooner than the plan's rate could free what is
   missing marks a bucket with a small burst, not someone else's requests.
 * A plan that is not known (``upgrades``) starts at the Free figures and
@@ -212,16 +213,18 @@ class WindowBudget:
 
     def _server_allows(self, now: float) -> int:
         """What the freshest Remaining leaves: less ours sent since, plus what has
-        come back since (ours gone from the window, or the plan's rate of refill,
-        whichever is more: a bucket refills whether or not we sent)."""
+        come back since at the plan's rate of refill. Not ours that left the window:
+        a bucket does not refill as our requests age (and someone else takes from
+        it), and whether the server is a bucket or a window is not known; the next
+        answers tell what really came back."""
         if self._cap is None:
             return self.limit
-        remaining, ticket, expired, until, at = self._cap
+        remaining, ticket, _, until, at = self._cap
         if now >= until:
             self._cap = None
             return self.limit
         sent_since = self._next_seq - ticket - 1
-        refilled = max(self._expired - expired, math.floor((now - at) * self.limit / self.period))
+        refilled = math.floor((now - at) * self.limit / self.period)
         return max(0, remaining - sent_since + refilled)
 
     def next_change(self, now: float) -> float | None:

@@ -158,6 +158,21 @@ def test_the_freshest_remaining_caps_a_burst() -> None:
     assert budget.free(0.02 + PERIOD / 10) == 2
 
 
+def test_our_requests_leaving_the_window_do_not_refill_the_servers_word() -> None:
+    # A bucket refills at its rate however old our requests are (and someone else
+    # takes from it too): when the server has just said 1 is left, 1 is left.
+    budget = answered_once(WindowBudget(RateLimit(10, 2.0)))
+    tickets = [budget.take(0.0) for _ in range(10)]
+    for i, ticket in enumerate(tickets):
+        assert ticket is not None
+        budget.answered(0.010 + 0.003 * i, RateFeedback(200, remaining=9 - i), ticket, 0.0)
+    fresh = budget.take(2.011)
+    assert fresh is not None
+    budget.answered(2.02, RateFeedback(200, remaining=1), fresh, 2.011)
+    # By now every one of the first ten has left our window.
+    assert budget.free(2.05) == 1
+
+
 def answered_once(budget: WindowBudget) -> WindowBudget:
     """Past the first request's probe, long ago."""
     ticket = budget.take(-100.0)
