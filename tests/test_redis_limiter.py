@@ -39,6 +39,7 @@ from grokimagine_async._config import resolve_base_url
 from grokimagine_async._headers import RateFeedback
 from grokimagine_async._limiter import token_hash
 from grokimagine_async.simulator import Simulator
+from grokimagine_async.simulator._stats import max_in_window
 
 from .helpers import serving
 from .redis_server import RedisServer
@@ -106,17 +107,6 @@ async def wait_for(
     with anyio.fail_after(within):
         while not await check():  # noqa: ASYNC110 - the state lives in Redis or the simulator
             await anyio.sleep(step)
-
-
-def max_in_window(times: Sequence[float], width: float) -> int:
-    """The most of ``times`` inside any span ``[s, s + width)``."""
-    ordered = sorted(times)
-    best = left = 0
-    for right, t in enumerate(ordered):
-        while t - ordered[left] >= width:
-            left += 1
-        best = max(best, right - left + 1)
-    return best
 
 
 def counted_times(sim: Simulator) -> list[float]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -64,13 +64,7 @@ class SimulatorStats:
         that never trips a 429 under any counting scheme keeps this at or below the limit.
         """
         width = self.period if window is None else window
-        times = sorted(r.time for r in self.log if r.counted)
-        best = left = 0
-        for right, t in enumerate(times):
-            while t - times[left] >= width:
-                left += 1
-            best = max(best, right - left + 1)
-        return best
+        return max_in_window([r.time for r in self.log if r.counted], width)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what ``GET /_sim/stats`` returns)."""
@@ -137,3 +131,14 @@ class SimulatorStats:
         self.by_endpoint[endpoint] += 1
         self.by_status[status] += 1
         self.log.append(RequestRecord(time, endpoint, status, counted))
+
+
+def max_in_window(times: Iterable[float], width: float) -> int:
+    """The most of ``times`` inside any span ``[s, s + width)``."""
+    ordered = sorted(times)
+    best = left = 0
+    for right, t in enumerate(ordered):
+        while t - ordered[left] >= width:
+            left += 1
+        best = max(best, right - left + 1)
+    return best
