@@ -36,13 +36,18 @@ Corrections from the server
   for a period after the last answer that showed it, then fading over
   another. Corrections only ever tighten: nothing the server says lets the
   limiter send more than its plan.
-* The freshest ``Remaining`` is also a cap: less the requests of ours sent
-  after the one it answered, plus what has come back since at the plan's
-  rate (not ours that left the window: a bucket does not refill as our
-  requests age, and someone else takes from it too). It stops a burst into a
-  window that someone else has nearly filled. A ``Reset`` that
+* The freshest ``Remaining`` is also a cap: less the requests of ours the
+  server may have counted after the one it answered (sent after it, or sent
+  before it and still on the way when its answer came), less what someone
+  else is reckoned to have taken since, plus what has come back since at the
+  plan's rate (not ours that left the window: a bucket does not refill as our
+  requests age, and someone else takes from it too). An older answer that
+  leaves less replaces a newer one: answers overtake each other. The cap stops
+  a burst into a window that someone else has nearly filled. A ``Reset`` that
   says everything is back sooner than the plan's rate could free what is
-  missing marks a bucket with a small burst, not someone else's requests.
+  missing marks a fixed window near its end (nothing comes back before the
+  reset, then all of it) or a bucket with a small burst, not someone else's
+  requests.
 * A plan that is not known (``upgrades``) starts at the Free figures and
   moves up to the largest plan that the headers prove: a ``Remaining`` above
   what the current limit allows.
@@ -80,6 +85,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from dataclasses import dataclass
 
 import anyio
 
@@ -125,11 +131,8 @@ class WindowBudget:
         self._gate_until = -math.inf
         # The last few estimates of someone else's use, from Remaining.
         self._others: deque[int] = deque(maxlen=5)
-        # How many answered requests have left the window so far.
-        self._expired = 0
-        # The freshest Remaining: (remaining, its request's ticket, _expired then, valid
-        # until, when it came).
-        self._cap: tuple[int, int, int, float, float] | None = None
+        # The freshest Remaining, what it leaves (see _server_allows).
+        self._cap: _Cap | None = None
         # One request until an answer has told what the server sees (someone else may
         # be spending the token). If it says nothing of its count (no Remaining), a
         # slow start: one more unanswered request for each answer that is not a 429,
@@ -159,7 +162,6 @@ class WindowBudget:
         while held and held[0][0] <= now:
             _, seq = held.popleft()
             self._forget(seq)
-            self._expired += 1
 
     def _forget(self, seq: int) -> None:
         i = bisect.bisect_left(self._window, seq)
@@ -212,20 +214,34 @@ class WindowBudget:
         self._stale = max(4 * median, self.period / 30)
 
     def _server_allows(self, now: float) -> int:
-        """What the freshest Remaining leaves: less ours sent since, plus what has
-        come back since at the plan's rate of refill. Not ours that left the window:
-        a bucket does not refill as our requests age (and someone else takes from
-        it), and whether the server is a bucket or a window is not known; the next
-        answers tell what really came back."""
-        if self._cap is None:
+        """What the freshest Remaining leaves now: less ours sent since and what
+        someone else is reckoned to have taken since, plus what has come back.
+
+        What comes back is judged by its ``Reset``. A server that says it will all
+        be back sooner than the plan's rate could free what is missing (a fixed
+        window near its end) frees nothing before then. Otherwise it comes back at
+        the plan's rate, and not as ours leave the window: a bucket does not refill
+        as our requests age (and someone else takes from it), and whether the
+        server is a bucket or a window is not known; the next answers tell what
+        really came back."""
+        cap = self._cap
+        if cap is None:
             return self.limit
-        remaining, ticket, _, until, at = self._cap
-        if now >= until:
+        if now >= cap.until:
             self._cap = None
             return self.limit
-        sent_since = self._next_seq - ticket - 1
-        refilled = math.floor((now - at) * self.limit / self.period)
-        return max(0, remaining - sent_since + refilled)
+        return max(0, self._left(cap, now))
+
+    def _left(self, cap: _Cap, now: float) -> int:
+        since = now - cap.at
+        # Ours sent after it count after it; so may ours sent before it that were still
+        # on the way when its answer came (the server may have counted them later).
+        after = self._next_seq - cap.ticket - 1 + len(cap.unsure) + cap.later
+        refilled = math.floor(since * self.limit / self.period) if cap.refills else 0
+        # Someone else spends at the rate reserved for them: the last slot the server
+        # reported may be gone before our request gets there.
+        taken = math.ceil(self.reserved(now) * since / self.period - 1e-9)
+        return cap.remaining - after + refilled - taken
 
     def next_change(self, now: float) -> float | None:
         """The earliest time after ``now`` at which :meth:`free` may grow."""
@@ -235,10 +251,12 @@ class WindowBudget:
             times.append(self._held[0][0])
         if now < self._gate_until:
             times.append(self._gate_until)
-        if self._cap is not None:
-            times.append(self._cap[3])
-            rate, at = self.limit / self.period, self._cap[4]
-            times.append(at + (math.floor((now - at) * rate) + 1) / rate)
+        cap = self._cap
+        if cap is not None:
+            times.append(cap.until)
+            if cap.refills:
+                rate = self.limit / self.period
+                times.append(cap.at + (math.floor((now - cap.at) * rate) + 1) / rate)
         if self._sent and self._capping_flight(now):
             times.append(min(self._sent.values()) + self._stale)
         paced = self._pacer.next_free(now)
@@ -318,6 +336,8 @@ class WindowBudget:
         self._sent.pop(ticket, None)
         self._expire(now)
         self._held.append((now + self.period, ticket))
+        if self._cap is not None:
+            self._cap.settle(ticket, None if feedback is None else feedback.remaining)
         if feedback is None:
             return
         self._measured(max(0.0, now - sent_at))
@@ -341,8 +361,23 @@ class WindowBudget:
             self._told = True
             self._upgrade(feedback.remaining, sent_at)
             self._on_remaining(now, feedback.remaining, ticket, feedback.reset_after)
-            if self._cap is None or ticket > self._cap[1]:
-                self._cap = (feedback.remaining, ticket, self._expired, now + self.period, now)
+            cap = self._fresh_cap(now, feedback.remaining, ticket, feedback.reset_after)
+            # The newest word, or an older one that leaves less: answers overtake each
+            # other, and the server may have counted this request after a later one.
+            old = self._cap
+            if old is None or ticket > old.ticket or self._left(cap, now) < self._left(old, now):
+                self._cap = cap
+
+    def _fresh_cap(
+        self, now: float, remaining: int, ticket: int, reset_after: float | None
+    ) -> _Cap:
+        unsure = {seq for seq in self._sent if seq < ticket}
+        missing = self.limit - remaining
+        # A slot's worth of slack either way: headers round Remaining down and Reset up.
+        if reset_after is not None and reset_after * self.limit / self.period < missing - 1:
+            # All back sooner than the plan's rate could free it: back at once, then.
+            return _Cap(remaining, ticket, now, now + reset_after, False, unsure)
+        return _Cap(remaining, ticket, now, now + self.period, True, unsure)
 
     def _on_remaining(
         self, now: float, remaining: int, ticket: int, reset_after: float | None = None
@@ -418,6 +453,34 @@ class WindowBudget:
             self.limit = best.requests
             self._upgrades = [p for p in self._upgrades if p.requests > best.requests]
             self._pacer.set_rate(best)
+
+
+@dataclass(slots=True)
+class _Cap:
+    """The freshest ``X-RateLimit-Remaining``: ``remaining`` when request
+    ``ticket``'s answer came ``at``. It holds ``until`` then (when the server said
+    all is back, or a period on), and meanwhile ``refills`` at the plan's rate, or
+    not at all.
+
+    Ours sent before ``ticket`` and still on the way when its answer came may
+    have been counted after it: ``unsure`` until their own answers tell (a
+    ``Remaining`` no higher than this one says later, and adds to ``later``)."""
+
+    remaining: int
+    ticket: int
+    at: float
+    until: float
+    refills: bool
+    unsure: set[int]
+    later: int = 0
+
+    def settle(self, ticket: int, remaining: int | None) -> None:
+        """Request ``ticket`` was answered, saying ``remaining`` (None: nothing)."""
+        if ticket not in self.unsure:
+            return
+        self.unsure.discard(ticket)
+        if remaining is None or remaining <= self.remaining:
+            self.later += 1
 
 
 class _Pacer:

@@ -166,11 +166,51 @@ def test_our_requests_leaving_the_window_do_not_refill_the_servers_word() -> Non
     for i, ticket in enumerate(tickets):
         assert ticket is not None
         budget.answered(0.010 + 0.003 * i, RateFeedback(200, remaining=9 - i), ticket, 0.0)
-    fresh = budget.take(2.011)
+    fresh = budget.take(2.041)
     assert fresh is not None
-    budget.answered(2.02, RateFeedback(200, remaining=1), fresh, 2.011)
-    # By now every one of the first ten has left our window.
-    assert budget.free(2.05) == 1
+    budget.answered(2.05, RateFeedback(200, remaining=1), fresh, 2.041)
+    # By now every one of the first ten has left our window; what the server left is 1.
+    assert budget._server_allows(2.05) == 1
+
+
+def test_the_last_slot_reported_is_kept_back_while_someone_else_spends() -> None:
+    # The server's count holds 2 of someone else's beside ours: by the time our next
+    # request gets there, the last slot it reported may be theirs.
+    def last_slot(limit: int, others: int) -> WindowBudget:
+        budget = answered_once(WindowBudget(RateLimit(limit, 2.0)))
+        tickets = [budget.take(0.0) for _ in range(limit - others - 1)]
+        for i, ticket in enumerate(tickets):
+            assert ticket is not None
+            remaining = limit - others - 1 - i
+            budget.answered(0.01, RateFeedback(200, remaining=remaining), ticket, 0.0)
+        return budget
+
+    shared = last_slot(10, others=2)
+    assert shared.reserved(0.01) > 0
+    assert shared._server_allows(0.01) == 1
+    assert shared._server_allows(0.05) == 0
+    alone = last_slot(10, others=0)
+    assert alone.reserved(0.01) == 0
+    assert alone._server_allows(0.05) == 1
+
+
+def test_a_fixed_window_near_its_end_frees_nothing_before_its_reset() -> None:
+    # The server says all 10 are back in 0.3 s, sooner than the plan's rate (one
+    # each 0.2 s) could free them: a fixed window about to start again, which frees
+    # nothing before then.
+    budget = answered_once(WindowBudget(RateLimit(10, 2.0)))
+    tickets = [budget.take(0.0) for _ in range(10)]
+    for i, ticket in enumerate(tickets):
+        assert ticket is not None
+        budget.answered(0.01, RateFeedback(200, remaining=9 - i, reset_after=0.3), ticket, 0.0)
+    assert budget._server_allows(0.25) == 0
+    assert budget._server_allows(0.31) == budget.limit
+    # A bucket says so too, but its Reset is what the plan's rate needs: it refills.
+    bucket = answered_once(WindowBudget(RateLimit(10, 2.0)))
+    ticket = bucket.take(0.0)
+    assert ticket is not None
+    bucket.answered(0.01, RateFeedback(200, remaining=9, reset_after=0.2), ticket, 0.0)
+    assert bucket._server_allows(0.25) == 9 + 1
 
 
 def answered_once(budget: WindowBudget) -> WindowBudget:
@@ -434,3 +474,26 @@ def test_overtaking_among_our_own_requests_reserves_nothing() -> None:
     # The first sent was counted fifth: four sent after it overtook it on the way.
     budget.answered(0.01, RateFeedback(200, remaining=95), tickets[0], 0.0)
     assert budget.reserved(0.01) == 0
+
+
+def test_a_remaining_counts_ours_still_on_the_way_that_were_sent_before_it() -> None:
+    # Five of ours go out, the last is answered first: the server may count the four
+    # still on the way after it, so what it said is left is four less.
+    budget = answered_once(WindowBudget(RateLimit(20, 2.0)))
+    first, second, third, _fourth, last = tickets = [budget.take(0.0) for _ in range(5)]
+    assert None not in tickets
+    assert last is not None
+    budget.answered(0.01, RateFeedback(200, remaining=15), last, 0.0)
+    assert budget._server_allows(0.01) == 15 - 4
+    # Their own answers settle it: one that saw more left was counted before it...
+    assert second is not None
+    budget.answered(0.011, RateFeedback(200, remaining=17), second, 0.0)
+    assert budget._server_allows(0.011) == 15 - 3
+    # ...one that saw no more left, after it.
+    assert third is not None
+    budget.answered(0.012, RateFeedback(200, remaining=15), third, 0.0)
+    assert budget._server_allows(0.012) == 15 - 2 - 1
+    # An older answer that leaves less than the newest one is heeded too.
+    assert first is not None
+    budget.answered(0.013, RateFeedback(200, remaining=14), first, 0.0)
+    assert budget._server_allows(0.013) == 14 - 4
