@@ -41,8 +41,7 @@ Corrections from the server
   before it and still on the way when its answer came), less what someone
   else is reckoned to have taken since, plus what has come back since at the
   plan's rate (not ours that left the window: a bucket does not refill as our
-  requests age, and someone else takes from it too). An older answer that
-  leaves less replaces a newer one: answers overtake each other. The cap stops
+  requests age, and someone else takes from it too). The cap stops
   a burst into a window that someone else has nearly filled. A ``Reset`` that
   says everything is back sooner than the plan's rate could free what is
   missing marks a fixed window near its end (nothing comes back before the
@@ -361,12 +360,8 @@ class WindowBudget:
             self._told = True
             self._upgrade(feedback.remaining, sent_at)
             self._on_remaining(now, feedback.remaining, ticket, feedback.reset_after)
-            cap = self._fresh_cap(now, feedback.remaining, ticket, feedback.reset_after)
-            # The newest word, or an older one that leaves less: answers overtake each
-            # other, and the server may have counted this request after a later one.
-            old = self._cap
-            if old is None or ticket > old.ticket or self._left(cap, now) < self._left(old, now):
-                self._cap = cap
+            if self._cap is None or ticket > self._cap.ticket:
+                self._cap = self._fresh_cap(now, feedback.remaining, ticket, feedback.reset_after)
 
     def _fresh_cap(
         self, now: float, remaining: int, ticket: int, reset_after: float | None
