@@ -85,6 +85,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
+from itertools import takewhile
 
 import anyio
 
@@ -229,9 +230,6 @@ class WindowBudget:
         if now >= cap.until:
             self._cap = None
             return self.limit
-        return max(0, self._left(cap, now))
-
-    def _left(self, cap: _Cap, now: float) -> int:
         since = now - cap.at
         # Ours sent after it count after it; so may ours sent before it that were still
         # on the way when its answer came (the server may have counted them later).
@@ -240,7 +238,7 @@ class WindowBudget:
         # Someone else spends at the rate reserved for them: the last slot the server
         # reported may be gone before our request gets there.
         taken = math.ceil(self.reserved(now) * since / self.period - 1e-9)
-        return cap.remaining - after + refilled - taken
+        return max(0, cap.remaining - after + refilled - taken)
 
     def next_change(self, now: float) -> float | None:
         """The earliest time after ``now`` at which :meth:`free` may grow."""
@@ -366,7 +364,8 @@ class WindowBudget:
     def _fresh_cap(
         self, now: float, remaining: int, ticket: int, reset_after: float | None
     ) -> _Cap:
-        unsure = {seq for seq in self._sent if seq < ticket}
+        # _sent is in send order: stop at the first sent after it.
+        unsure = set(takewhile(lambda seq: seq < ticket, self._sent))
         missing = self.limit - remaining
         # A slot's worth of slack either way: headers round Remaining down and Reset up.
         if reset_after is not None and reset_after * self.limit / self.period < missing - 1:
