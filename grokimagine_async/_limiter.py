@@ -58,6 +58,26 @@ class Slot(Protocol):
         answer came), or ``sent=False`` when it provably never left."""
 
 
+class RecordedOnce:
+    """A :class:`Slot` whose end reaches its limiter once: a second ``record`` (an
+    error path after an answer was recorded) would count one request twice."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self) -> None:
+        self._done = False
+
+    def record(self, feedback: RateFeedback | None, *, sent: bool = True) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._ended(feedback, sent)
+
+    def _ended(self, feedback: RateFeedback | None, sent: bool) -> None:
+        """Hand the request's end to the limiter (called once)."""
+        raise NotImplementedError
+
+
 class Limiter(Protocol):
     """What the client needs of a rate limiter."""
 

@@ -65,7 +65,7 @@ from . import _redis_scripts as scripts
 from ._config import RateLimit
 from ._exceptions import ConfigurationError, RateLimiterUnavailableError
 from ._headers import RateFeedback
-from ._limiter import RateLimitStatus
+from ._limiter import RateLimitStatus, RecordedOnce
 from ._sliding_window import SlidingWindowLimiter
 
 if TYPE_CHECKING:
@@ -85,24 +85,21 @@ class _Waiter:
         self.error: BaseException | None = None
 
 
-class _RedisSlot:
+class _RedisSlot(RecordedOnce):
     """A slot granted by Redis (``seq``) or, while Redis is away, by the fallback."""
 
-    __slots__ = ("_done", "_limiter", "local", "seq", "taken_at")
+    __slots__ = ("_limiter", "local", "seq", "taken_at")
 
     def __init__(
         self, limiter: RedisLimiter, seq: str | None, taken_at: float, local: Any = None
     ) -> None:
+        super().__init__()
         self._limiter = limiter
         self.seq = seq
         self.taken_at = taken_at
         self.local = local
-        self._done = False
 
-    def record(self, feedback: RateFeedback | None, *, sent: bool = True) -> None:
-        if self._done:
-            return
-        self._done = True
+    def _ended(self, feedback: RateFeedback | None, sent: bool) -> None:
         self._limiter._finish(self, feedback, sent)
 
 

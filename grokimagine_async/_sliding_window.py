@@ -91,7 +91,7 @@ import anyio
 
 from ._config import RateLimit
 from ._headers import RateFeedback
-from ._limiter import RateLimitStatus
+from ._limiter import RateLimitStatus, RecordedOnce
 
 __all__ = ["SlidingWindowLimiter", "WindowBudget"]
 
@@ -598,19 +598,16 @@ class _Pacer:
             )
 
 
-class _Slot:
-    __slots__ = ("_done", "_limiter", "sent_at", "ticket")
+class _Slot(RecordedOnce):
+    __slots__ = ("_limiter", "sent_at", "ticket")
 
     def __init__(self, limiter: SlidingWindowLimiter, ticket: int, sent_at: float) -> None:
+        super().__init__()
         self._limiter = limiter
         self.ticket = ticket
         self.sent_at = sent_at
-        self._done = False
 
-    def record(self, feedback: RateFeedback | None, *, sent: bool = True) -> None:
-        if self._done:
-            return
-        self._done = True
+    def _ended(self, feedback: RateFeedback | None, sent: bool) -> None:
         self._limiter._finish(self, feedback, sent)
 
 
