@@ -433,6 +433,14 @@ async def test_a_limiter_that_never_reached_redis_fails_fast(redis_server: Redis
 # -- 7. Redis away, with a fallback -----------------------------------------------------
 
 
+def fallback_client(url: str, redis_url: str, share: float) -> AsyncClient:
+    """A client on the shared limiter that falls back to ``share`` of the plan."""
+    return AsyncClient(
+        TOKEN, base_url=url, rate_limit=RATE, redis_url=redis_url,
+        redis_fallback=share, backoff=0.01,
+    )  # fmt: skip
+
+
 async def test_with_a_fallback_calls_go_on_at_a_share_then_rejoin_redis(
     redis_server: RedisServer, log_records: list[logging.LogRecord]
 ) -> None:
@@ -440,12 +448,9 @@ async def test_with_a_fallback_calls_go_on_at_a_share_then_rejoin_redis(
     sim = sliding_sim()
     redis_server.stop()
     async with serving(sim) as url, raw_redis(redis_server.url) as r:
-        client = AsyncClient(
-            TOKEN, base_url=url, rate_limit=RATE, redis_url=redis_server.url,
-            redis_fallback=share, backoff=0.01,
-        )  # fmt: skip
-        state = redis_keys(token_hash(str(client.base_url), TOKEN))["state"]
-        slots = redis_keys(token_hash(str(client.base_url), TOKEN))["slots"]
+        client = fallback_client(url, redis_server.url, share)
+        keys = redis_keys(key_for(url))
+        state, slots = keys["state"], keys["slots"]
         async with client:
             await hammer([client], seconds=2 * PERIOD, pollers=LIMIT)
             away = counted_times(sim)
@@ -480,10 +485,7 @@ async def test_waiters_queued_in_the_fallback_do_not_overrun_the_plan_after_rejo
     sim = sliding_sim()
     redis_server.stop()
     async with serving(sim) as url, raw_redis(redis_server.url) as r:
-        client = AsyncClient(
-            TOKEN, base_url=url, rate_limit=RATE, redis_url=redis_server.url,
-            redis_fallback=share, backoff=0.01,
-        )  # fmt: skip
+        client = fallback_client(url, redis_server.url, share)
         slots = redis_keys(key_for(url))["slots"]
         async with client, limiters(redis_server.url, 1, key=key_for(url)) as (other,):
             other_client = AsyncClient(TOKEN, base_url=url, limiter=other, backoff=0.01)
