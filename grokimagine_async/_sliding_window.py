@@ -320,6 +320,9 @@ class WindowBudget:
         self.in_flight -= 1
         self._sent.pop(ticket, None)
         self._forget(ticket)
+        if self._cap is not None:
+            # Never sent: the server counted it on neither side of the cap's answer.
+            self._cap.unsure.discard(ticket)
 
     def answered(
         self, now: float, feedback: RateFeedback | None, ticket: int, sent_at: float

@@ -493,3 +493,14 @@ def test_a_remaining_counts_ours_still_on_the_way_that_were_sent_before_it() -> 
     assert third is not None
     budget.answered(0.012, RateFeedback(200, remaining=15), third, 0.0)
     assert budget._server_allows(0.012) == 15 - 2 - 1
+
+
+def test_a_request_never_sent_stops_counting_against_the_servers_word() -> None:
+    budget = answered_once(WindowBudget(RateLimit(20, 2.0)))
+    unsent, last = budget.take(0.0), budget.take(0.0)
+    assert unsent is not None
+    assert last is not None
+    budget.answered(0.01, RateFeedback(200, remaining=15), last, 0.0)
+    assert budget._server_allows(0.01) == 15 - 1
+    budget.give_back(unsent)
+    assert budget._server_allows(0.01) == 15
