@@ -64,8 +64,9 @@ Servers that count differently from what they say
   under the plan): the server counts more finely, or counts someone else.
   The limiter then paces (:class:`_Pacer`): one request at a time at the
   plan's rate, slower with each further 429 of a request sent under that
-  setting, relaxing a step after each quiet spell. ``RateLimit(burst=...)``
-  states the shape instead.
+  setting, relaxing a step after each quiet spell (by half steps back up to
+  a pace that was refused). ``RateLimit(burst=...)`` states the shape
+  instead.
 * A 429 closes the gate for every waiter until ``Retry-After`` (else
   ``X-RateLimit-Reset``, else two of the plan's intervals, doubling with each
   refusal in a row; from the second refusal in a row, at least that doubled
@@ -73,6 +74,13 @@ Servers that count differently from what they say
   reserves what was left of the budget; that reservation fades over the
   following period, so the gate reopens at the plan's steady rate rather
   than to a burst.
+* A 429 that comes with at least half of the window's budget let in to us,
+  and a tenth or more not, tells a full window apart from fine counting
+  (which refuses a burst early): what ours do not account for is someone
+  else's. That share, with a margin, is held for a period after the gate
+  opens (the window frees no sooner than ours age out of it) and then fades,
+  and the pace keeps under our share of the window. A shortfall of a few
+  slots is an approximate counter's lag, not someone else.
 """
 
 from __future__ import annotations
@@ -122,6 +130,8 @@ class WindowBudget:
         self._held: deque[tuple[float, int]] = deque()
         # Send order of every request of ours the server may still count: in flight or held.
         self._window: list[int] = []
+        # Those held whose answer was a 429 (a server may or may not count a refusal).
+        self._refusals: set[int] = set()
         self._next_seq = 0
         # Someone else's share of the window: _reserved slots, fading linearly
         # to none between _fade_start and _fade_end.
@@ -162,6 +172,7 @@ class WindowBudget:
         while held and held[0][0] <= now:
             _, seq = held.popleft()
             self._forget(seq)
+            self._refusals.discard(seq)
 
     def _forget(self, seq: int) -> None:
         i = bisect.bisect_left(self._window, seq)
@@ -344,9 +355,10 @@ class WindowBudget:
         if feedback.rate_limited:
             self._refused_in_a_row += 1
             self._last_refused = now
+            self._refusals.add(ticket)
             self._ramp = None
-            self._on_rate_limited(now, feedback)
-            self._pacer.refused(now, sent_at, resume_at=self._gate_until)
+            ours = self._on_rate_limited(now, feedback)
+            self._pacer.refused(now, sent_at, resume_at=self._gate_until, share=ours)
         elif feedback.remaining is None:
             if sent_at >= self._last_refused:
                 self._refused_in_a_row = 0
@@ -399,14 +411,14 @@ class WindowBudget:
         others = max(proven, sorted(self._others)[(len(self._others) - 1) // 2])
         # Someone else's use wobbles from one request to the next, and the window is
         # run full: keep a margin over the estimate rather than collect 429s.
-        others = min(self.limit, others + 1 + others // 10)
+        others = self._with_margin(others)
         # Renewed while the answers keep showing it. Held whole for a period: a fixed
         # window shows the full share only near its end, and the share starts again
         # in the next. Then it fades over another period, as a sliding window sheds it.
         if others >= self.reserved(now):
             self._reserve(now + self.period, now + 2 * self.period, others)
 
-    def _on_rate_limited(self, now: float, feedback: RateFeedback) -> None:
+    def _on_rate_limited(self, now: float, feedback: RateFeedback) -> int | None:
         # Without a time from the server: a couple of the plan's intervals, enough for
         # a gateway that counts per second to let one more in, doubling with each
         # refusal in a row (a counter that counts refusals too must be left to fall);
@@ -428,8 +440,24 @@ class WindowBudget:
         start = self._gate_until
         still_held = sum(1 for expiry, _ in self._held if expiry > start)
         unseen = self.limit - self.in_flight - still_held
-        if unseen > 0 and unseen >= self.reserved(start):
-            self._reserve(start, start + self.period, unseen)
+        # Refused with most of the budget ours, and a tenth or more of it not: the window
+        # is full (counting finely refuses a burst early) and what ours that were let in
+        # do not account for is someone else's (a few slots short is an approximate
+        # count's lag). Returned: the share of the window that is ours, if so.
+        ours = sum(1 for expiry, seq in self._held if expiry > now and seq not in self._refusals)
+        others = self.limit - self.in_flight - ours
+        if 2 * ours < self.limit or 10 * others < self.limit:
+            if unseen > 0 and unseen >= self.reserved(start):
+                self._reserve(start, start + self.period, unseen)
+            return None
+        # It frees no sooner than ours age out: held a period, fading over the next.
+        others = self._with_margin(others)
+        if others >= self.reserved(start):
+            self._reserve(start + self.period, start + 2 * self.period, others)
+        return ours
+
+    def _with_margin(self, others: int) -> int:
+        return min(self.limit, others + 1 + others // 10)
 
     def _reserve(self, start: float, end: float, slots: float) -> None:
         self._reserved = float(slots)
@@ -512,6 +540,8 @@ class _Pacer:
         self._changed = now
         self._quiet = self.QUIET * rate.period
         self._relaxed = False
+        # The last pace a 429 judged too fast: relaxing comes back to it by a half step.
+        self._refused_pace: float | None = None
 
     def set_rate(self, rate: RateLimit) -> None:
         """The plan changed (stated, or proved bigger): keep what was learnt of its shape."""
@@ -542,13 +572,19 @@ class _Pacer:
         if self.pace is not None:
             self._tat = max(self._tat, now) + 1 / self.pace
 
-    def refused(self, now: float, sent_at: float, *, resume_at: float) -> None:
-        """A 429 answered a request sent at ``sent_at``; sending resumes at ``resume_at``."""
+    def refused(
+        self, now: float, sent_at: float, *, resume_at: float, share: int | None = None
+    ) -> None:
+        """A 429 answered a request sent at ``sent_at``; sending resumes at ``resume_at``.
+
+        ``share``: the requests of a full window that were ours, if the refusal
+        showed someone else holding the rest; the pace keeps under that share."""
         # Nothing is owed from before the refusal: at most a burst goes when sending resumes.
         self._tat = max(self._tat, resume_at)
         if sent_at < self._changed:
             return  # sent before the current setting: no verdict on it
         plan_rate = self._plan.per_second
+        self._refused_pace = self.pace if self.burst == 1 else None
         if self._relaxed and now - self._changed < self._quiet:
             self._quiet = min(self.MAX_QUIET * self._plan.period, self._quiet * 2)
         if self.pace is None:
@@ -558,6 +594,8 @@ class _Pacer:
             self.burst = max(1, self.burst // 2)
         else:
             self.pace = max(plan_rate * self.FLOOR, self.pace * self.BACKOFF)
+        if share is not None:
+            self.pace = max(plan_rate * self.FLOOR, min(self.pace, share / self._plan.period))
         self._changed = now
         self._relaxed = False
         logger.info(
@@ -575,7 +613,14 @@ class _Pacer:
             plan_rate = self._plan.per_second
             cap = self._stated or self._plan.requests
             if self.pace < plan_rate:
-                self.pace = min(plan_rate, self.pace / self.BACKOFF)
+                step = 1 / self.BACKOFF
+                refused = self._refused_pace
+                if refused is not None and self.pace < refused:
+                    # Back up to a pace that was refused by half steps, not past it.
+                    step = min(math.sqrt(step), refused / self.pace)
+                self.pace = min(plan_rate, self.pace * step)
+                if refused is not None and self.pace >= refused * (1 - 1e-9):
+                    self._refused_pace = None
             elif self.burst < cap:
                 self.burst = min(cap, self.burst * 2)
             elif self._stated is None:

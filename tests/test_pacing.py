@@ -187,6 +187,60 @@ def test_a_429_right_after_relaxing_lengthens_the_next_quiet_spell() -> None:
     assert budget.free(relaxed_at + 0.2 + 4 * PERIOD + 0.1) == 2
 
 
+def fill_without_headers(budget: WindowBudget, n: int, at: float) -> None:
+    """``n`` requests sent at ``at``, each answered 10 ms later saying nothing of the count."""
+    for _ in range(n):
+        ticket = budget.take(at)
+        assert ticket is not None
+        budget.answered(at + 0.01, RateFeedback(200), ticket, at)
+        at += 0.01
+
+
+def test_a_refusal_with_most_of_the_window_ours_paces_under_our_share() -> None:
+    budget = WindowBudget(RateLimit(60, PERIOD))
+    fill_without_headers(budget, 40, 0.0)
+    late = budget.take(0.5)
+    assert late is not None
+    budget.answered(0.51, REFUSED, late, 0.5)
+    # Forty of ours were let in when the window was full: the other twenty are someone
+    # else's, so the pace keeps to our forty a period, not the plan's sixty.
+    assert budget.pace == pytest.approx(40 / PERIOD)
+    # Their share (and a margin) stays set aside for a whole period after the gate
+    # opens: the window frees no sooner than ours age out of it, and then only ours.
+    assert budget.free(1.5) == 0
+    assert budget.reserved(0.51 + PERIOD) >= 21
+    assert budget.limit - budget.used(0.51 + PERIOD) <= 60 - 21
+
+
+def test_a_refusal_early_in_the_window_paces_at_the_plans_rate() -> None:
+    budget = WindowBudget(RateLimit(60, PERIOD))
+    fill_without_headers(budget, 3, 0.0)
+    late = budget.take(0.05)
+    assert late is not None
+    budget.answered(0.06, REFUSED, late, 0.05)
+    # Three of ours, then a refusal: a server that counts finely, not a full window.
+    assert budget.pace == 30.0
+    assert budget.reserved(0.06 + 1.5 * PERIOD) == 0
+
+
+def test_relaxing_comes_back_to_a_refused_pace_by_half_steps() -> None:
+    budget = WindowBudget(RateLimit(60, PERIOD))
+    now = 0.0
+    for _ in range(3):  # 30, then 25.5, then 21.7 a second
+        ticket = budget.take(now)
+        assert ticket is not None
+        budget.answered(now + 0.01, REFUSED, ticket, now)
+        now += PERIOD
+    assert budget.pace == pytest.approx(30 * 0.85**2)
+    paces = []
+    for _ in range(4):
+        now += 2 * PERIOD  # a quiet spell
+        budget.free(now)
+        paces.append(budget.pace)
+    # Half steps up to the pace last refused (25.5), full steps past it.
+    assert paces == pytest.approx([30 * 0.85**1.5, 30 * 0.85, 30.0, 30.0])
+
+
 @pytest.mark.parametrize("burst", [0, 61, 2.5, True])
 def test_a_burst_that_cannot_be_is_refused(burst: object) -> None:
     with pytest.raises(ConfigurationError, match="burst"):
