@@ -1097,6 +1097,26 @@ async def test_stats_round_trip_and_control_endpoints(clock: ManualClock) -> Non
     assert sim.pending_faults == 1
 
 
+@pytest.mark.anyio
+async def test_a_reset_draws_the_same_tasks_again_with_fresh_ids(clock: ManualClock) -> None:
+    sim = Simulator(clock=clock, seed=7, generation_time=(2, 8), failure_rate=0.3)
+
+    async def draw() -> list[tuple[str, float, bool]]:
+        async with client(sim) as http:
+            ids = [await create(http, f"prompt {i}") for i in range(20)]
+        tasks = sim.tasks
+        return [(i, tasks[i].finished_at - tasks[i].created_at, tasks[i].failed) for i in ids]
+
+    first = await draw()
+    sim.reset()
+    second = await draw()
+    # Two runs against one simulator meet the same generations, in the same order...
+    assert [(d, f) for _, d, f in first] == [(d, f) for _, d, f in second]
+    assert len({d for _, d, _ in first}) == 20
+    # ...and an id from before the reset never finds a task made after it.
+    assert not {i for i, _, _ in first} & {i for i, _, _ in second}
+
+
 # Config
 
 

@@ -164,6 +164,10 @@ class Simulator:
     def reset(self) -> None:
         """Forget tasks, rate counters and stats (what ``POST /_sim/reset`` does).
 
+        New tasks are drawn again as from the start: with a ``seed``, a run after a
+        reset meets the same generation times and failures in the same order (ids
+        stay unique: one drawn before gets a suffix).
+
         Configured faults stay; :meth:`clear_faults` removes them.
         """
         self._app.reset()

@@ -50,16 +50,22 @@ class TaskStore:
     def __init__(self, config: SimulatorConfig, rng: random.Random) -> None:
         self._config = config
         self._rng = rng
+        # A reset draws the same tasks again: two runs against one simulator meet the
+        # same generation times in the same order, so they compare fairly.
+        self._start = rng.getstate()
         self._tasks: dict[str, SimTask] = {}
         # Ids stay unique across resets so a stale id never finds a newer task.
         self._issued: set[str] = set()
 
     def _new_id(self) -> str:
-        while True:
-            task_id = f"task_{self._rng.randrange(10**11, 10**12)}"
-            if task_id not in self._issued:
-                self._issued.add(task_id)
-                return task_id
+        drawn = task_id = f"task_{self._rng.randrange(10**11, 10**12)}"
+        # Taken before a reset: a suffix, not another draw, keeps the draws in step.
+        suffix = 0
+        while task_id in self._issued:
+            suffix += 1
+            task_id = f"{drawn}_{suffix}"
+        self._issued.add(task_id)
+        return task_id
 
     def create(self, request: dict[str, Any], now: float, wall_now: float) -> SimTask:
         """Create a task for ``request`` at ``now``; its outcome is decided here."""
@@ -90,8 +96,10 @@ class TaskStore:
         return task
 
     def clear(self) -> None:
-        """Forget every task (issued ids stay reserved)."""
+        """Forget every task (issued ids stay reserved); new tasks are drawn as from the
+        start."""
         self._tasks.clear()
+        self._rng.setstate(self._start)
 
     def get(self, task_id: str) -> SimTask | None:
         """The task with ``task_id``, if there is one."""
