@@ -25,6 +25,7 @@ Memory: a watched task costs a few hundred bytes.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -137,6 +138,9 @@ class Poller:
     _model: DurationModel = field(init=False)
     _tasks: dict[str, _Watched] = field(init=False, default_factory=dict)
     _heap: list[tuple[float, int, _Watched]] = field(init=False, default_factory=list)
+    # Every task's next poll, sorted: how many fall due within a period is a bisection,
+    # not a scan of the heap (whose stale entries wait to be popped) on each wake-up.
+    _dues: list[float] = field(init=False, default_factory=list)
     _rotation: deque[_Watched] = field(init=False, default_factory=deque)
     _counter: itertools.count[int] = field(init=False, default_factory=itertools.count)
     _in_flight: int = field(init=False, default=0)
@@ -174,7 +178,7 @@ class Poller:
             return
         now = anyio.current_time()
         watched = _Watched(
-            task_id, now if since is None else since, 0.0, 0, -math.inf, False, False, None
+            task_id, now if since is None else since, math.inf, 0, -math.inf, False, False, None
         )
         self._tasks[task_id] = watched
         self._rotation.append(watched)
@@ -209,9 +213,16 @@ class Poller:
             if due == math.inf:
                 gap = max(self.min_gap, model.quantile(0.5) * 0.25 * 1.5 ** max(0, w.polls - 2))
                 due = now + min(gap, max(self.min_gap, model.quantile(0.5)))
-        w.due = due
+        self._set_due(w, due)
         if due < math.inf:
             heapq.heappush(self._heap, (due, next(self._counter), w))
+
+    def _set_due(self, w: _Watched, due: float) -> None:
+        if w.due < math.inf:
+            del self._dues[bisect.bisect_left(self._dues, w.due)]
+        w.due = due
+        if due < math.inf:
+            bisect.insort(self._dues, due)
 
     def _recruit_probe(self, now: float) -> None:
         """Another unpolled task takes a finished probe's place."""
@@ -292,7 +303,7 @@ class Poller:
         # A slot taken now stays taken for a period: keep what the polls already
         # due within it will need.
         horizon = now + status.period
-        due_soon = sum(1 for due, _, w in self._heap if due <= horizon and w.due == due)
+        due_soon = bisect.bisect_right(self._dues, horizon)
         spare = status.remaining - due_soon - 1
         old_enough = self._model.quantile(0.05)
         looked = 0
@@ -311,7 +322,7 @@ class Poller:
 
     def _launch(self, tg: TaskGroup, w: _Watched, now: float) -> None:
         w.in_flight = True
-        w.due = math.inf
+        self._set_due(w, math.inf)
         self._in_flight += 1
         tg.start_soon(self._poll, w)
 
@@ -358,6 +369,7 @@ class Poller:
             self._reschedule_all(now)
 
     def _settle(self, w: _Watched, result: PollResult) -> None:
+        self._set_due(w, math.inf)
         w.done = True
         del self._tasks[w.task_id]
         if w.task_id in self._probing:

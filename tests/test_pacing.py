@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 from collections.abc import AsyncIterator
 
 import anyio
@@ -20,6 +21,7 @@ from grokimagine_async import (
 )
 from grokimagine_async._headers import RateFeedback
 from grokimagine_async._limiter import RateLimitStatus, Slot
+from grokimagine_async._models import Task
 from grokimagine_async._poller import Poller
 from grokimagine_async._sliding_window import SlidingWindowLimiter, WindowBudget
 
@@ -351,3 +353,31 @@ async def test_the_first_tasks_are_probed_from_a_quarter_of_the_first_guess() ->
     (due, _, _), *_ = poller._heap
     # A first guess longer than the generations must not hold the first videos back.
     assert due == pytest.approx(since + 5.0 / 4)
+
+
+async def test_the_polls_due_soon_are_counted_from_the_schedule_in_force() -> None:
+    status = RateLimitStatus(600, PERIOD, 600, 0.0, 0, 0)
+    polls = 0
+
+    async def get_task(task_id: str) -> Task:
+        nonlocal polls
+        polls += 1
+        # Every poll leaves the schedule as it is: one entry a task not in flight.
+        scheduled = sorted(w.due for w in poller._tasks.values() if w.due < math.inf)
+        assert poller._dues == scheduled
+        state = "completed" if polls > 60 else "running"
+        return Task.model_validate({"task_id": task_id, "status": state})
+
+    settled: list[str] = []
+    poller = Poller(
+        get_task=get_task,
+        budget=lambda: status,
+        on_result=lambda result: settled.append(result.task_id),
+        prior=0.5,
+    )
+    for i in range(30):
+        poller.add(f"task_{i}")
+    with anyio.fail_after(20):
+        await poller.run(stop=lambda: False)
+    assert sorted(settled) == sorted(f"task_{i}" for i in range(30))
+    assert poller._dues == []
