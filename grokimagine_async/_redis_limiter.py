@@ -579,7 +579,8 @@ class RedisLimiter:
         # Keys outlive every slot: the longest hold (a lease, or a 429 gate and its
         # fading reservation) and then some.
         ttl = max(self._lease, 4 * period) + period
-        return [self._rate.requests, period, ttl]
+        # A stated burst (0: none) paces every process from the start, as in one.
+        return [self._rate.requests, period, ttl, self._rate.burst or 0]
 
     def _expire_held(self, now: float) -> None:
         while self._held and self._held[0] <= now:

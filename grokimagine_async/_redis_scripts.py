@@ -23,6 +23,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ttl = math.ceil(tonumber(ARGV[3]) * 1000)
+-- The burst the user stated (RateLimit.burst), 0 if none: pacing from the start.
+local stated = tonumber(ARGV[4])
 local raw = redis.call('HGETALL', KEYS[2])
 local st = {}
 for i = 1, #raw, 2 do st[raw[i]] = raw[i + 1] end
@@ -45,6 +47,15 @@ if fresh then
   set('epoch', string.format('%.6f', now))
   set('seq', 0)
   set('expired', 0)
+end
+if stated > 0 then
+  if num('pace', 0) <= 0 then
+    set('pace', limit / period)
+    set('burst', stated)
+    set('changed', now)
+  elseif num('burst', limit) > stated then
+    set('burst', stated)
+  end
 end
 local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if expired > 0 then set('expired', num('expired', 0) + expired) end
@@ -73,13 +84,17 @@ local function relax()
   local burst = num('burst', 1)
   local stepped = false
   while pace > 0 and now - changed >= quiet do
+    local most = limit
+    if stated > 0 then most = stated end
     if pace < plan_rate then
       pace = math.min(plan_rate, pace / 0.85)
-    elseif burst < limit then
-      burst = math.min(limit, burst * 2)
-    else
+    elseif burst < most then
+      burst = math.min(most, burst * 2)
+    elseif stated == 0 then
       pace = 0
       burst = limit
+    else
+      break
     end
     changed = changed + quiet
     stepped = true
@@ -107,18 +122,18 @@ end
 """
 
 #: Ask for up to ``want`` slots for process ``pid``.
-#: KEYS: slots, state, queue, due. ARGV: limit, period, ttl, pid, want, lease,
+#: KEYS: slots, state, queue, due. ARGV: limit, period, ttl, burst, pid, want, lease,
 #: turn, restarted. Returns {granted, first seq, now, wait, epoch, free, pace, burst,
 #: held}.
 ACQUIRE = (
     _COMMON
     + r"""
-local pid, want = ARGV[4], tonumber(ARGV[5])
-local lease, turn = tonumber(ARGV[6]), tonumber(ARGV[7])
+local pid, want = ARGV[5], tonumber(ARGV[6])
+local lease, turn = tonumber(ARGV[7]), tonumber(ARGV[8])
 -- A process that held slots before finds the state gone: Redis restarted (or the
 -- token sat idle past the keys' life). Hold everyone a moment so the others re-add
 -- the slots they hold before anything new goes.
-if fresh and ARGV[8] == '1' then
+if fresh and ARGV[9] == '1' then
   set('gate_until', now + period / 4)
 end
 relax()
@@ -224,22 +239,22 @@ return {0, 0, f(now), f(wait), st['epoch'], free, f(pace), burst, held}
 )
 
 #: Report how a request ended.
-#: KEYS: slots, state. ARGV: limit, period, ttl, slot (epoch:seq), sent, status (0: no answer),
-#: remaining (-1: not said), reset_after (-1), retry_after (-1), taken_at.
+#: KEYS: slots, state. ARGV: limit, period, ttl, burst, slot (epoch:seq), sent, status
+#: (0: no answer), remaining (-1: not said), reset_after (-1), retry_after (-1), taken_at.
 #: Returns {epoch, pace, burst}.
 RECORD = (
     _COMMON
     + r"""
-local member, sent, status = ARGV[4], ARGV[5] == '1', tonumber(ARGV[6])
+local member, sent, status = ARGV[5], ARGV[6] == '1', tonumber(ARGV[7])
 local member_epoch, seq = string.match(member, '^(.*):(%d+)$')
 seq = tonumber(seq)
 if fresh then
   -- Redis lost the window (a restart): hold grants while the processes re-add theirs.
   set('gate_until', now + period / 4)
 end
-local remaining = tonumber(ARGV[7])
-local reset_after, retry_after = tonumber(ARGV[8]), tonumber(ARGV[9])
-local taken_at = tonumber(ARGV[10])
+local remaining = tonumber(ARGV[8])
+local reset_after, retry_after = tonumber(ARGV[9]), tonumber(ARGV[10])
+local taken_at = tonumber(ARGV[11])
 if not sent then
   redis.call('ZREM', KEYS[1], member)
   touch()
@@ -316,21 +331,21 @@ return {st['epoch'], f(num('pace', 0)), num('burst', limit)}
 )
 
 #: Re-add the slots a process holds after Redis lost them (a restart).
-#: KEYS: slots, state. ARGV: limit, period, ttl, pid, then seconds each slot is
+#: KEYS: slots, state. ARGV: limit, period, ttl, burst, pid, then seconds each slot is
 #: still held for. Returns the number re-added.
 RESEED = (
     _COMMON
     + r"""
-local pid = ARGV[4]
+local pid = ARGV[5]
 if fresh then
   -- The first process back after a restart: hold grants while the others re-add theirs.
   set('gate_until', now + period / 4)
 end
-for i = 5, #ARGV do
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[i]), 'r:' .. pid .. ':' .. (i - 4))
+for i = 6, #ARGV do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[i]), 'r:' .. pid .. ':' .. (i - 5))
 end
 touch()
-return #ARGV - 4
+return #ARGV - 5
 """
 )
 

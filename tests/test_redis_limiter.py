@@ -329,6 +329,27 @@ async def test_a_429_seen_by_one_process_closes_the_gate_for_the_others(
     assert retry_after - 0.02 <= waited < retry_after + 0.5 * PERIOD, waited
 
 
+async def test_a_stated_burst_paces_every_process_from_the_start(
+    redis_server: RedisServer,
+) -> None:
+    stated = RateLimit(RATE.requests, RATE.period, burst=2)
+    grants: list[float] = []
+    async with limiters(redis_server.url, 2, key="stated", rate=stated) as (a, b):
+        with anyio.fail_after(4 * PERIOD):
+            async with anyio.create_task_group() as tg:
+                for limiter in (a, b) * 5:
+                    tg.start_soon(take, limiter, grants)
+        status = a.status()
+    # Ten requests asked for at once by two processes: two go at once, the rest one at a
+    # time at the plan's rate, as in one process with that RateLimit.
+    grants.sort()
+    gap = RATE.period / RATE.requests
+    assert grants[1] - grants[0] < gap
+    assert grants[-1] - grants[0] >= 7 * gap * 0.9
+    assert status.pace == pytest.approx(RATE.per_second)
+    assert status.burst == 2
+
+
 # -- 5. what is kept in Redis -----------------------------------------------------------
 
 
