@@ -292,7 +292,12 @@ class Poller:
             self._launch(tg, w, now)
 
     def _spare_possible(self) -> bool:
-        return any(not w.in_flight and not w.done for w in itertools.islice(self._rotation, 4))
+        rotation = self._rotation
+        # Settled tasks leave the rotation lazily: a head of them must not hide the
+        # ones still waiting, or the loop sleeps until the next scheduled poll.
+        while rotation and rotation[0].done:
+            rotation.popleft()
+        return any(not w.in_flight and not w.done for w in itertools.islice(rotation, 16))
 
     def _start_spare(self, tg: TaskGroup, now: float) -> None:
         if not self._rotation:

@@ -22,7 +22,7 @@ from grokimagine_async import (
 from grokimagine_async._headers import RateFeedback
 from grokimagine_async._limiter import RateLimitStatus, Slot
 from grokimagine_async._models import Task
-from grokimagine_async._poller import Poller
+from grokimagine_async._poller import Poller, PollResult
 from grokimagine_async._sliding_window import SlidingWindowLimiter, WindowBudget
 
 from .helpers import Recorder, api_error, make_client, ok, prompts
@@ -381,3 +381,26 @@ async def test_the_polls_due_soon_are_counted_from_the_schedule_in_force() -> No
         await poller.run(stop=lambda: False)
     assert sorted(settled) == sorted(f"task_{i}" for i in range(30))
     assert poller._dues == []
+
+
+async def test_tasks_settled_ahead_in_the_rotation_do_not_hide_one_still_waiting() -> None:
+    status = RateLimitStatus(60, PERIOD, 60, 0.0, 0, 0)
+    settled: list[str] = []
+    poller = Poller(
+        get_task=None,  # type: ignore[arg-type]
+        budget=lambda: status,
+        on_result=lambda result: settled.append(result.task_id),
+        prior=5.0,
+    )
+    for i in range(40):
+        poller.add(f"task_{i}")
+    # The first 39 settle; the last one's next scheduled poll is far off.
+    for i in range(39):
+        w = poller._tasks[f"task_{i}"]
+        poller._settle(w, PollResult(w.task_id, None))
+    last = poller._tasks["task_39"]
+    now = anyio.current_time()
+    poller._set_due(last, now + 60.0)
+    # Budget is free, so the loop must look again soon to spend it on the one left,
+    # not sleep until its scheduled poll a minute away.
+    assert poller._next_wake(now, None) <= poller.min_gap
