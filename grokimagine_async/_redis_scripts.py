@@ -83,9 +83,9 @@ local function relax()
   local changed = num('changed', now)
   local burst = num('burst', 1)
   local stepped = false
+  local most = limit
+  if stated > 0 then most = stated end
   while pace > 0 and now - changed >= quiet do
-    local most = limit
-    if stated > 0 then most = stated end
     if pace < plan_rate then
       pace = math.min(plan_rate, pace / 0.85)
     elseif burst < most then

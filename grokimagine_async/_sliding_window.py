@@ -438,8 +438,6 @@ class WindowBudget:
         # The server's window was full. When the gate opens, what our own slots don't
         # cover is not known to be free: let it out over a period, not in one burst.
         start = self._gate_until
-        still_held = sum(1 for expiry, _ in self._held if expiry > start)
-        unseen = self.limit - self.in_flight - still_held
         # Refused with most of the budget ours, and a tenth or more of it not: the window
         # is full (counting finely refuses a burst early) and what ours that were let in
         # do not account for is someone else's (a few slots short is an approximate
@@ -447,6 +445,8 @@ class WindowBudget:
         ours = sum(1 for expiry, seq in self._held if expiry > now and seq not in self._refusals)
         others = self.limit - self.in_flight - ours
         if 2 * ours < self.limit or 10 * others < self.limit:
+            still_held = sum(1 for expiry, _ in self._held if expiry > start)
+            unseen = self.limit - self.in_flight - still_held
             if unseen > 0 and unseen >= self.reserved(start):
                 self._reserve(start, start + self.period, unseen)
             return None
