@@ -198,12 +198,17 @@ def fill_without_headers(budget: WindowBudget, n: int, at: float) -> None:
         at += 0.01
 
 
+def refuse_one(budget: WindowBudget, at: float) -> None:
+    """One request sent at ``at``, refused 10 ms later."""
+    ticket = budget.take(at)
+    assert ticket is not None
+    budget.answered(at + 0.01, REFUSED, ticket, at)
+
+
 def test_a_refusal_with_most_of_the_window_ours_paces_under_our_share() -> None:
     budget = WindowBudget(RateLimit(60, PERIOD))
     fill_without_headers(budget, 40, 0.0)
-    late = budget.take(0.5)
-    assert late is not None
-    budget.answered(0.51, REFUSED, late, 0.5)
+    refuse_one(budget, 0.5)
     # Forty of ours were let in when the window was full: the other twenty are someone
     # else's, so the pace keeps to our forty a period, not the plan's sixty.
     assert budget.pace == pytest.approx(40 / PERIOD)
@@ -217,9 +222,7 @@ def test_a_refusal_with_most_of_the_window_ours_paces_under_our_share() -> None:
 def test_a_refusal_early_in_the_window_paces_at_the_plans_rate() -> None:
     budget = WindowBudget(RateLimit(60, PERIOD))
     fill_without_headers(budget, 3, 0.0)
-    late = budget.take(0.05)
-    assert late is not None
-    budget.answered(0.06, REFUSED, late, 0.05)
+    refuse_one(budget, 0.05)
     # Three of ours, then a refusal: a server that counts finely, not a full window.
     assert budget.pace == 30.0
     assert budget.reserved(0.06 + 1.5 * PERIOD) == 0
@@ -229,9 +232,7 @@ def test_relaxing_comes_back_to_a_refused_pace_by_half_steps() -> None:
     budget = WindowBudget(RateLimit(60, PERIOD))
     now = 0.0
     for _ in range(3):  # 30, then 25.5, then 21.7 a second
-        ticket = budget.take(now)
-        assert ticket is not None
-        budget.answered(now + 0.01, REFUSED, ticket, now)
+        refuse_one(budget, now)
         now += PERIOD
     assert budget.pace == pytest.approx(30 * 0.85**2)
     paces = []
