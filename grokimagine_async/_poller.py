@@ -7,10 +7,10 @@ How a task's polls are timed
   finish. A finish time is known only to lie between the last poll that found
   the task running and the poll that found it done, so only tightly bracketed
   finishes are learnt from.
-* A few tasks at a time are probed, each at gaps of 40% of its age, which
-  brackets their finish closely enough, until a dozen generations have been
-  timed. Only probes are learnt from: polls timed by the model would only
-  teach it its own guesses.
+* A few tasks at a time (at most a fifth of those watched) are probed, each
+  at gaps of 40% of its age, which brackets their finish closely enough,
+  until a dozen generations have been timed. Only probes are learnt from:
+  polls timed by the model would only teach it its own guesses.
 * After that a task is polled first when 95% of generations are done, then at
   99%, then with growing gaps. When the budget is the bottleneck this is about
   1.1 polls a task.
@@ -187,7 +187,10 @@ class Poller:
 
     def _probe_limit(self) -> int:
         status = self.budget()
-        return max(4, min(8, status.limit // 20))
+        # At most a fifth of the tasks watched: each probe is a poll that other
+        # work may wait behind, and a process watching a few tasks of a budget
+        # shared with others pays for its own learning.
+        return max(1, min(max(4, min(8, status.limit // 20)), len(self._tasks) // 5))
 
     def _schedule(self, w: _Watched, now: float) -> None:
         age = now - w.since

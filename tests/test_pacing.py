@@ -405,3 +405,21 @@ async def test_tasks_settled_ahead_in_the_rotation_do_not_hide_one_still_waiting
     # Budget is free, so the loop must look again soon to spend it on the one left,
     # not sleep until its scheduled poll a minute away.
     assert poller._next_wake(now, None) <= poller.min_gap
+
+
+async def test_a_process_watching_few_tasks_probes_a_fifth_of_them() -> None:
+    status = RateLimitStatus(60, PERIOD, 60, 0.0, 0, 0)
+    poller = Poller(
+        get_task=None,  # type: ignore[arg-type]
+        budget=lambda: status,
+        on_result=None,  # type: ignore[arg-type]
+        prior=5.0,
+    )
+    for i in range(10):
+        poller.add(f"task_{i}")
+    # Processes sharing one budget each learn on their own: ten tasks probed four at a
+    # time cost the others' submissions a dozen slots in the first full window.
+    assert len(poller._probing) == 2
+    for i in range(10, 40):
+        poller.add(f"task_{i}")
+    assert len(poller._probing) == 4
