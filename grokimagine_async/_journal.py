@@ -17,13 +17,18 @@ The journal owns the rules that make a stopped batch (a crash, Ctrl-C,
 One run at a time holds a journal: a lock file beside it (removed when the run
 lets go) keeps a second run, in this process or another, from sending what the
 first is sending.
+
+A batch's input is streamed into its journal a chunk at a time
+(:meth:`Journal.admit`), so the journal checks that a rerun is the same batch
+row by row as it is read: a request that differs from the one stored at its
+place, or an input that ends before the rows stored (:meth:`Journal.end`),
+is refused before anything of it is sent.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import hashlib
 import json
 import os
 import sqlite3
@@ -168,7 +173,12 @@ class Journal:
     SUBMITTED = "submitted"
     DONE = "done"
 
-    def __init__(self, path: str | Path, payloads: Sequence[dict[str, Any]]) -> None:
+    def __init__(self, path: str | Path, payloads: Sequence[dict[str, Any]] | None = None) -> None:
+        """Open (or create) the journal at ``path`` and lock it for this run.
+
+        With ``payloads``, the whole batch is admitted at once (see :meth:`admit`
+        and :meth:`end`); a streamed batch admits its rows as it reads them.
+        """
         self.path = Path(path)
         self._lock: _Lock | None = None
         self._key = str(self.path.resolve())
@@ -184,7 +194,10 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Two runs of one batch at once would each send what the other is sending.
             self._lock = _Lock(self.path.with_name(self.path.name + ".lock"), self.path)
-            self._open(payloads)
+            self._open()
+            if payloads is not None:
+                self.admit(list(enumerate(payloads)))
+                self.end(len(payloads))
             _OPEN[self._key] = self
         except (sqlite3.Error, OSError) as exc:
             if self._lock is not None:
@@ -195,7 +208,10 @@ class Journal:
             ) from exc
         except BaseException:
             if self._lock is not None:
+                with contextlib.suppress(sqlite3.Error, AttributeError):
+                    self._db.close()
                 self._lock.release()
+                self._lock = None
             raise
 
     @property
@@ -203,7 +219,7 @@ class Journal:
         """True once the journal has let go of its file and lock."""
         return self._lock is None
 
-    def _open(self, payloads: Sequence[dict[str, Any]]) -> None:
+    def _open(self) -> None:
         # A short busy timeout: waiting here blocks the event loop.
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0.5)
         # WAL with NORMAL sync survives the process dying at any point, which is
@@ -215,30 +231,88 @@ class Journal:
         for column, kind in _ADDED_COLUMNS.items():
             if column not in have:
                 self._db.execute(f"ALTER TABLE entries ADD COLUMN {column} {kind}")
-        fingerprint = _fingerprint(payloads)
-        row = self._db.execute("SELECT value FROM meta WHERE key='batch'").fetchone()
-        if row is None:
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.execute("INSERT INTO meta VALUES ('batch', ?)", (fingerprint,))
-                self._db.executemany(
-                    "INSERT INTO entries (idx, request, state, updated) VALUES (?, ?, ?, ?)",
-                    [
-                        (i, json.dumps(p, sort_keys=True), self.NEW, time.time())
-                        for i, p in enumerate(payloads)
-                    ],
-                )
-        elif row[0] != fingerprint:
-            self._db.close()
+        self._count = _batch_size(self._db)
+
+    def admit(self, rows: Sequence[tuple[int, dict[str, Any]]]) -> list[JournalEntry | None]:
+        """Check the next rows of the batch against the journal, in one transaction.
+
+        ``rows`` are ``(index, payload)`` in input order. A row the journal does
+        not hold yet is written ``new`` and comes back as None; a row it holds
+        comes back as its entry, for the rerun to resume. A row whose request
+        differs from the one stored at its place means the journal was written
+        for another batch: :class:`ConfigurationError`, and nothing is written.
+        """
+        if not rows:
+            return []
+        texts = [(index, json.dumps(payload, sort_keys=True)) for index, payload in rows]
+        if self._count is not None and texts[-1][0] >= self._count:
             raise ConfigurationError(
-                f"journal {self.path} was written for a different batch of requests; "
-                "pass another journal path, or run the batch it was written for"
+                f"journal {self.path} was written for a different batch of requests (it "
+                f"holds {self._count}, this input has more); pass another journal path, or "
+                "run the batch it was written for"
+            )
+        try:
+            stored = {
+                row[0]: row
+                for row in self._db.execute(
+                    "SELECT idx, state, task_id, task, error, outcome, error_detail, request "
+                    "FROM entries WHERE idx BETWEEN ? AND ?",
+                    (texts[0][0], texts[-1][0]),
+                )
+            }
+            found: list[JournalEntry | None] = []
+            new = []
+            now = time.time()
+            for index, text in texts:
+                row = stored.get(index)
+                if row is None:
+                    new.append((index, text, self.NEW, now))
+                    found.append(None)
+                elif row[7] != text:
+                    raise ConfigurationError(
+                        f"journal {self.path} was written for a different batch of requests "
+                        f"(request {index} differs); pass another journal path, or run the "
+                        "batch it was written for"
+                    )
+                else:
+                    found.append(_entry(row[:7]))
+            if new:
+                with self._db:
+                    self._db.execute("BEGIN")
+                    self._db.executemany(
+                        "INSERT INTO entries (idx, request, state, updated) VALUES (?, ?, ?, ?)",
+                        new,
+                    )
+        except sqlite3.Error as exc:
+            raise JournalError(
+                f"journal {self.path}: requests {texts[0][0]}-{texts[-1][0]} not recorded: {exc}"
+            ) from exc
+        return found
+
+    def end(self, count: int) -> None:
+        """The batch's input holds ``count`` requests: a journal of a batch of
+        another size was written for another batch (:class:`ConfigurationError`).
+        The first run to know the size writes it down."""
+        if self._count is None:
+            _check_end(self._db, self.path, count)
+            try:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('count', ?)", (str(count),))
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path}: size not recorded: {exc}") from exc
+            self._count = count
+        elif count != self._count:
+            raise ConfigurationError(
+                f"journal {self.path} was written for a different batch of requests (it "
+                f"holds {self._count}, this input has {count}); pass another journal path, "
+                "or run the batch it was written for"
             )
 
     @classmethod
     def peek(cls, path: str | Path, payloads: Sequence[dict[str, Any]]) -> list[JournalEntry]:
         """The entries of an existing journal of this batch, read without
-        writing anything; empty when there is no journal at ``path`` yet."""
+        writing anything, in input order: the rows it holds, which may be fewer
+        than ``payloads`` if a run stopped while reading its input; empty when
+        there is no journal at ``path`` yet."""
         path = Path(path)
         if not path.exists():
             return []
@@ -250,13 +324,29 @@ class Journal:
             mode = "mode=ro" if wal else "mode=ro&immutable=1"
             db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=0.5)
             try:
-                row = db.execute("SELECT value FROM meta WHERE key='batch'").fetchone()
-                if row is not None and row[0] != _fingerprint(payloads):
+                size = _batch_size(db)
+                if size is not None and size != len(payloads):
                     raise ConfigurationError(
-                        f"journal {path} was written for a different batch of requests; "
-                        "pass another journal path, or run the batch it was written for"
+                        f"journal {path} was written for a different batch of requests (it "
+                        f"holds {size}, this input has {len(payloads)}); pass another journal "
+                        "path, or run the batch it was written for"
                     )
-                return _entries(db)
+                entries = []
+                for row in db.execute(
+                    f"SELECT idx, state, task_id, task, error, outcome, {_detail(db)}, request "  # noqa: S608 - our names
+                    "FROM entries ORDER BY idx"
+                ):
+                    index = row[0]
+                    if index >= len(payloads) or row[7] != json.dumps(
+                        payloads[index], sort_keys=True
+                    ):
+                        raise ConfigurationError(
+                            f"journal {path} was written for a different batch of requests "
+                            f"(request {index} differs); pass another journal path, or run "
+                            "the batch it was written for"
+                        )
+                    entries.append(_entry(row[:7]))
+                return entries
             finally:
                 db.close()
         except sqlite3.Error as exc:
@@ -408,29 +498,52 @@ else:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def _fingerprint(payloads: Sequence[dict[str, Any]]) -> str:
-    return hashlib.sha256(json.dumps(list(payloads), sort_keys=True).encode()).hexdigest()
+def _check_end(db: sqlite3.Connection, path: Path, count: int) -> None:
+    (beyond,) = db.execute("SELECT COUNT(*) FROM entries WHERE idx >= ?", (count,)).fetchone()
+    if beyond:
+        raise ConfigurationError(
+            f"journal {path} was written for a different batch of requests (it holds "
+            f"{beyond} more than the {count} this input has); pass another journal path, "
+            "or run the batch it was written for"
+        )
+
+
+def _batch_size(db: sqlite3.Connection) -> int | None:
+    """The batch's size once a run has read its input to the end."""
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    if "count" in meta:
+        return int(meta["count"])
+    if "batch" in meta:
+        # Journals from before streamed input hold every row from the start.
+        (rows,) = db.execute("SELECT COUNT(*) FROM entries").fetchone()
+        return int(rows)
+    return None
+
+
+def _detail(db: sqlite3.Connection) -> str:
+    have = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+    return "error_detail" if "error_detail" in have else "NULL"
+
+
+def _entry(row: Sequence[Any]) -> JournalEntry:
+    index, state, task_id, task, error, outcome, error_json = row
+    return JournalEntry(
+        index,
+        state,
+        task_id,
+        json.loads(task) if task else None,
+        error,
+        outcome,
+        _json_or_none(error_json),
+    )
 
 
 def _entries(db: sqlite3.Connection) -> list[JournalEntry]:
-    have = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
-    detail = "error_detail" if "error_detail" in have else "NULL"
     rows = db.execute(
-        f"SELECT idx, state, task_id, task, error, outcome, {detail} "  # noqa: S608 - our names
+        f"SELECT idx, state, task_id, task, error, outcome, {_detail(db)} "  # noqa: S608 - our names
         "FROM entries ORDER BY idx"
     ).fetchall()
-    return [
-        JournalEntry(
-            i,
-            state,
-            task_id,
-            json.loads(task) if task else None,
-            error,
-            outcome,
-            _json_or_none(error_json),
-        )
-        for i, state, task_id, task, error, outcome, error_json in rows
-    ]
+    return [_entry(row) for row in rows]
 
 
 def _json_or_none(text: str | None) -> dict[str, Any] | None:

@@ -56,9 +56,11 @@ class OutcomeStatus(str, enum.Enum):
 class PipelineProgress:
     """Where a :meth:`AsyncClient.generate_many` batch stands: ``pipeline.progress``."""
 
-    #: Requests in the batch (0 until the pipeline starts).
-    total: int
-    #: Not yet submitted.
+    #: Requests in the batch (0 until the pipeline starts); None while a streamed
+    #: input (a generator, an async iterator) has not ended: the total is not known yet.
+    total: int | None
+    #: Not yet submitted, of the requests read so far (of all of them once the
+    #: total is known).
     queued: int
     #: Being submitted now.
     submitting: int

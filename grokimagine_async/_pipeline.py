@@ -5,6 +5,10 @@ journal (optional) makes a stopped batch resumable without paying twice, by
 the rules :mod:`._journal` keeps. The pipeline adds what a batch needs on top:
 credit accounting (``max_credits``), a deadline, a graceful stop, and one
 outcome per request as soon as it settles.
+
+The input is read a chunk at a time as submissions need it, never whole: a
+batch of a million prompts starts submitting at once and holds only the
+requests in flight.
 """
 
 from __future__ import annotations
@@ -12,7 +16,15 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sized,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +38,7 @@ from ._exceptions import (
     APIConnectionError,
     AuthenticationError,
     BudgetExceededError,
+    ConfigurationError,
     GrokImagineError,
     JournalError,
     RateLimitError,
@@ -51,6 +64,10 @@ logger = logging.getLogger("grokimagine_async")
 #: Polls in flight at once once nothing is left to submit.
 MAX_POLLS_IN_FLIGHT = 64
 
+#: Requests read from the input (and admitted to the journal, in one transaction)
+#: at a time.
+CHUNK = 256
+
 
 class Submitter(StatusSource, Protocol):
     """What the pipeline needs of a client."""
@@ -65,17 +82,59 @@ class Submitter(StatusSource, Protocol):
         """Submit one checked request; see :meth:`AsyncClient.submit_request`."""
 
 
-async def collect_requests(requests: Iterable[Any] | AsyncIterable[Any]) -> list[Any]:
-    """Every item of a bulk call's input (refusing one request passed as many)."""
-    if isinstance(requests, AsyncIterable):
-        return [item async for item in requests]
+def _refuse_one(requests: object) -> None:
     if isinstance(requests, (str, bytes, Mapping, GenerateRequest)):
         raise RequestValidationError(
             "requests",
             f"expected many requests, got one {type(requests).__name__}",
             "Pass a list (or any iterable) of requests, e.g. [{'prompt': '...'}]",
         )
+
+
+async def collect_requests(requests: Iterable[Any] | AsyncIterable[Any]) -> list[Any]:
+    """Every item of a bulk call's input (refusing one request passed as many)."""
+    if isinstance(requests, AsyncIterable):
+        return [item async for item in requests]
+    _refuse_one(requests)
     return list(requests)
+
+
+class _Source:
+    """A bulk call's input, read a chunk at a time."""
+
+    def __init__(self, requests: Iterable[Any] | AsyncIterable[Any]) -> None:
+        self._sync: Iterator[Any] | None = None
+        self._async: AsyncIterator[Any] | None = None
+        #: How many requests the input holds, once known (at once for a list).
+        self.total: int | None = None
+        if isinstance(requests, AsyncIterable):
+            self._async = aiter(requests)
+        else:
+            _refuse_one(requests)
+            if isinstance(requests, Sized):
+                self.total = len(requests)
+            self._sync = iter(requests)
+        self.read = 0
+        self.ended = False
+
+    async def take(self, n: int) -> list[tuple[int, Any]]:
+        """Up to ``n`` more items with their places; fewer only at the end."""
+        taken: list[tuple[int, Any]] = []
+        if self._sync is not None:
+            for item in self._sync:
+                taken.append((self.read + len(taken), item))
+                if len(taken) == n:
+                    break
+        elif self._async is not None:
+            async for item in self._async:
+                taken.append((self.read + len(taken), item))
+                if len(taken) == n:
+                    break
+        self.read += len(taken)
+        if len(taken) < n:
+            self.ended = True
+            self.total = self.read
+        return taken
 
 
 def try_build(item: Any) -> GenerateRequest | RequestValidationError:
@@ -99,6 +158,8 @@ class _Item:
     index: int
     request: GenerateRequest | None
     invalid: RequestValidationError | None = None
+    #: False for a row the journal refused (another batch's): nothing of it is written.
+    journaled: bool = True
 
 
 class _Credits:
@@ -169,7 +230,10 @@ class _Batch:
         self.submitting = 0
         self.deadline: float | None = None
         self.arrived = anyio.Event()
-        self.total = 0
+        self.source: _Source | None = None
+        # A batch that cannot end well once its input is read (a journal of another
+        # batch): raised to the caller after the last outcome.
+        self.failure: GrokImagineError | None = None
         self.stopping = False
         self.stop_reason: GrokImagineError = _stopped()
         # Submissions not yet on the wire, which a stop may still call off.
@@ -189,31 +253,83 @@ class _Batch:
 
     async def start(self) -> None:
         self.started = True
+        self.source = _Source(self.requests)
+        if self.timeout is not None:
+            self.deadline = anyio.current_time() + self.timeout
+        if self.journal_path is not None:
+            self.journal = Journal(self.journal_path)
+        try:
+            if self.journal is not None and self.source.total is not None:
+                # An input of known length is checked against the journal's whole now.
+                self.journal.end(self.source.total)
+            # The first rows are checked against the journal before anything is sent.
+            await self.fill(strict=True)
+        except BaseException:
+            self.close()
+            raise
+
+    async def fill(self, *, strict: bool = False) -> None:
+        """Read the next chunk of the input: queue what is to be sent, and settle
+        or follow what the journal says an earlier run did."""
+        assert self.source is not None
+        rows = await self.source.take(CHUNK)
         items = []
-        for index, raw in enumerate(await collect_requests(self.requests)):
+        for index, raw in rows:
             built = try_build(raw)
             if isinstance(built, GenerateRequest):
                 items.append(_Item(index, built))
             else:
                 items.append(_Item(index, None, invalid=built))
-        self.total = len(items)
-        if self.timeout is not None:
-            self.deadline = anyio.current_time() + self.timeout
-        entries: list[JournalEntry] = []
-        if self.journal_path is not None:
+        entries: list[JournalEntry | None] = [None] * len(items)
+        if self.journal is not None:
             payloads = [
-                it.request.to_payload() if it.request else {"invalid": str(it.invalid)}
+                (it.index, it.request.to_payload() if it.request else {"invalid": str(it.invalid)})
                 for it in items
             ]
-            self.journal = Journal(self.journal_path, payloads)
-            entries = self.journal.entries()
-        for item in items:
+            try:
+                entries = self.journal.admit(payloads)
+            except (ConfigurationError, JournalError) as exc:
+                if strict:
+                    raise
+                self._refused(items, exc)
+                return
+            if self.source.ended:
+                try:
+                    self.journal.end(self.source.read)
+                except ConfigurationError as exc:
+                    # Every row read matched the journal's, so the rows go on as a
+                    # rerun of that batch would take them; the caller hears of the
+                    # difference at the end.
+                    if strict:
+                        raise
+                    logger.error("%s", exc)
+                    self.failure = exc
+        for item, entry in zip(items, entries, strict=True):
             if item.invalid is not None:
                 self.settle(item, OutcomeStatus.ERROR, error=item.invalid)
-            elif not entries:
-                self.queue.append(item)
+            elif entry is not None:
+                self._resume(item, entry)
             else:
-                self._resume(item, entries[item.index])
+                self._queue(item)
+
+    def _refused(self, items: list[_Item], error: GrokImagineError) -> None:
+        """The journal refused these rows: each settles unsent, with nothing written
+        of it, and the batch sends nothing more."""
+        logger.error("%s", error)
+        if not self.stopping:
+            self.stop(error)
+        for item in items:
+            item.journaled = False
+            self.settle(item, OutcomeStatus.SKIPPED, error=error)
+
+    def _queue(self, item: _Item) -> None:
+        if self.stopping:
+            self.settle(item, OutcomeStatus.SKIPPED, error=self.stop_reason)
+        elif self.past_deadline():
+            error = TaskTimeoutError("(not submitted)", self.timeout or 0.0, None)
+            self.settle(item, OutcomeStatus.SKIPPED, error=error)
+        else:
+            self.queue.append(item)
 
     def _resume(self, item: _Item, entry: JournalEntry) -> None:
         assert self.journal is not None
@@ -266,7 +382,7 @@ class _Batch:
         resumed: bool = False,
     ) -> None:
         outcome = Outcome(item.index, item.request, status, task_id, task, error, resumed)
-        if not resumed and self.journal is not None:
+        if not resumed and item.journaled and self.journal is not None:
             try:
                 self.journal.record(outcome)
             except JournalError as exc:
@@ -294,11 +410,14 @@ class _Batch:
 
     # -- running ----------------------------------------------------------------------------
 
+    def unread(self) -> bool:
+        return self.source is not None and not self.source.ended
+
     def more_coming(self) -> bool:
-        return bool(self.queue) or self.submitting > 0
+        return bool(self.queue) or self.submitting > 0 or self.unread()
 
     def done(self) -> bool:
-        return not self.queue and not self.submitting and not len(self.poller)
+        return not self.queue and not self.submitting and not len(self.poller) and not self.unread()
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and anyio.current_time() >= self.deadline
@@ -329,20 +448,32 @@ class _Batch:
 
         # While submissions are queued they get most of the budget: polls can wait a
         # little, and every submission out early shortens the batch's tail.
-        poller.max_in_flight = max(2, self.concurrency // 5) if self.queue else MAX_POLLS_IN_FLIGHT
+        poller.max_in_flight = (
+            max(2, self.concurrency // 5) if self.queue or self.unread() else MAX_POLLS_IN_FLIGHT
+        )
 
         async def feed(tg: TaskGroup) -> None:
             try:
-                while self.queue and not stop() and not self.past_deadline():
+                while not stop() and not self.past_deadline():
+                    if len(self.queue) < CHUNK // 4 and self.unread():
+                        await self.fill()
+                        continue
+                    if not self.queue:
+                        break
                     token = object()
                     await slots.acquire_on_behalf_of(token)
-                    if stop() or not self.queue or self.past_deadline():
+                    if stop() or self.past_deadline():
                         slots.release_on_behalf_of(token)
                         break
+                    if not self.queue:
+                        # Emptied by a stop meanwhile: the rows not read yet still
+                        # need their outcomes.
+                        slots.release_on_behalf_of(token)
+                        continue
                     self.submitting += 1
                     tg.start_soon(submit, self.queue.popleft(), token)
             finally:
-                if not self.queue:
+                if not self.queue and not self.unread():
                     poller.max_in_flight = MAX_POLLS_IN_FLIGHT
                     poller.wake()
 
@@ -350,7 +481,7 @@ class _Batch:
             tg.start_soon(feed, tg)
             await poller.run(stop=stop, deadline=self.deadline, more_coming=self.more_coming)
         if self.past_deadline():
-            self._expire()
+            await self._expire()
 
     async def run_all(self) -> None:
         try:
@@ -360,7 +491,11 @@ class _Batch:
             self.finished = True
             self.arrived.set()
 
-    def _expire(self) -> None:
+    async def _expire(self) -> None:
+        # Every request gets its outcome: the rest of the input is read, each row
+        # settling (or followed, and timed out below) as the journal says.
+        while self.unread():
+            await self.fill()
         for task_id, last in self.poller.pending().items():
             for item in self.by_task.pop(task_id):
                 error = TaskTimeoutError(task_id, self.timeout or 0.0, last)
@@ -445,6 +580,7 @@ class _Batch:
             self.scopes[index].cancel()
         while self.queue:
             self.settle(self.queue.popleft(), OutcomeStatus.SKIPPED, error=reason)
+        # Rows not read yet settle as they are read (see _queue).
 
     async def wait_submitted(self) -> None:
         while self.submitting:
@@ -453,9 +589,13 @@ class _Batch:
     def progress(self) -> PipelineProgress:
         running = sum(len(items) for items in self.by_task.values())
         queued = len(self.queue)
-        settled = self.total - queued - self.submitting - running
+        read = self.source.read if self.source is not None else 0
+        total = self.source.total if self.source is not None else 0
+        settled = read - queued - self.submitting - running
+        if total is not None:
+            queued = total - read + queued
         return PipelineProgress(
-            self.total, queued, self.submitting, running, settled, self.credits.spent
+            total, queued, self.submitting, running, settled, self.credits.spent
         )
 
     async def next(self) -> Outcome:
@@ -468,6 +608,9 @@ class _Batch:
         while not self.ready:
             if self.done() or self.finished:
                 self.close()
+                if self.failure is not None:
+                    failure, self.failure = self.failure, None
+                    raise failure
                 raise StopAsyncIteration
             if self.background:
                 self.arrived = anyio.Event()

@@ -25,7 +25,7 @@ from grokimagine_async import (
     TaskState,
     WatchTimeoutError,
 )
-from grokimagine_async._exceptions import JournalError
+from grokimagine_async._exceptions import ConfigurationError, JournalError
 from grokimagine_async._journal import Journal
 from grokimagine_async.simulator import Fault, Simulator
 
@@ -201,6 +201,76 @@ async def test_a_journal_of_another_batch_is_refused(tmp_path: Path) -> None:
                 pass
 
 
+async def test_a_streamed_input_is_read_as_submissions_need_it() -> None:
+    pulled = 0
+    seen_at_first_submit: list[int] = []
+    progress_before_end = []
+
+    def source() -> Any:
+        nonlocal pulled
+        for i in range(700):
+            pulled += 1
+            yield {"prompt": f"video {i}"}
+
+    async with running(limit=400) as (sim, client), client.generate_many(source()) as results:
+        async for outcome in results:
+            if not seen_at_first_submit:
+                seen_at_first_submit.append(pulled)
+                progress_before_end.append(results.progress)
+            assert outcome.status is OutcomeStatus.COMPLETED
+        final = results.progress
+    # The first video came back while most of the input was still unread, and the
+    # progress said the total was not known yet.
+    assert seen_at_first_submit[0] < 700
+    assert progress_before_end[0].total is None
+    assert final.total == 700
+    assert final.settled == 700
+    assert sim.stats.tasks_created == 700
+
+
+async def test_a_streamed_rerun_resumes_and_refuses_rows_of_another_batch(tmp_path: Path) -> None:
+    journal = tmp_path / "batch.db"
+
+    def source(n: int, odd: int | None = None) -> Any:
+        for i in range(n):
+            yield {"prompt": f"other {i}" if i == odd else f"video {i}"}
+
+    async with running(limit=400) as (sim, client):
+        async with client.generate_many(source(300), journal=journal) as results:
+            assert {o.status async for o in results} == {OutcomeStatus.COMPLETED}
+        created = sim.stats.tasks_created
+        # The same batch again: every row is read from the journal, nothing is sent.
+        async with client.generate_many(source(300), journal=journal) as results:
+            again = [o async for o in results]
+        assert len(again) == 300
+        assert all(o.from_journal for o in again)
+        assert sim.stats.tasks_created == created
+        # A batch that differs at row 280: the rows before it resume, the rest are
+        # refused unsent, and the journal of the first batch is left as it was.
+        async with client.generate_many(source(300, odd=280), journal=journal) as results:
+            mixed = [o async for o in results]
+        assert sim.stats.tasks_created == created
+        assert len(mixed) == 300
+        refused = [o for o in mixed if o.status is OutcomeStatus.SKIPPED]
+        assert refused
+        assert all("different batch" in str(o.error) for o in refused)
+        assert min(o.index for o in refused) <= 280
+        assert all(o.from_journal for o in mixed if o.status is not OutcomeStatus.SKIPPED)
+        batch = [GenerateRequest(prompt=f"video {i}").to_payload() for i in range(300)]
+        states = {e.state for e in Journal.peek(journal, batch)}
+        assert states == {Journal.DONE}
+        # Longer than the batch the journal recorded: refused once past its end.
+        async with client.generate_many(source(301), journal=journal) as results:
+            longer = [o async for o in results]
+        assert sim.stats.tasks_created == created
+        assert any("different batch" in str(o.error) for o in longer)
+        # Shorter: the rows read are the same requests, and the end says the rest.
+        with pytest.raises(ConfigurationError, match="different batch"):
+            async with client.generate_many(source(200), journal=journal) as results:
+                [o async for o in results]
+        assert sim.stats.tasks_created == created
+
+
 BATCH_SCRIPT = """
 import sys, anyio
 from grokimagine_async import AsyncClient, RateLimit
@@ -369,17 +439,42 @@ async def test_stopping_early_marks_nothing_unsent_as_uncertain(tmp_path: Path) 
     )
 
 
-async def test_nothing_is_sent_after_the_deadline() -> None:
+@pytest.mark.parametrize("streamed", [False, True], ids=["list", "generator"])
+async def test_nothing_is_sent_after_the_deadline(streamed: bool) -> None:
+    # A generator longer than a chunk: rows never read by the deadline get theirs too.
+    n = 600 if streamed else 30
+    requests = (p for p in prompts(n)) if streamed else prompts(n)
     async with (
         running(limit=5, deadline=10, generation_time=(0.2, 0.5), seed=6) as (sim, client),
-        client.generate_many(prompts(30), timeout=1.0) as results,
+        client.generate_many(requests, timeout=1.0) as results,
     ):
         outcomes = [o async for o in results]
     created = sim.stats.tasks_created
     assert created <= 10
     skipped = [o for o in outcomes if o.status is OutcomeStatus.SKIPPED]
-    assert len(skipped) == 30 - created
-    assert sorted(o.index for o in outcomes) == list(range(30))
+    assert len(skipped) == n - created
+    assert sorted(o.index for o in outcomes) == list(range(n))
+
+
+async def test_a_stop_settles_the_rows_of_a_streamed_input_not_yet_read() -> None:
+    async with running(limit=20, deadline=60, generation_time=(0.2, 0.5), seed=9) as (
+        sim,
+        client,
+    ):
+        requests = (p for p in prompts(600))
+        async with client.generate_many(requests, concurrency=4) as run:
+            with anyio.fail_after(10):
+                while sim.stats.tasks_created < 3:
+                    await run.__anext__()
+            run.stop_submitting()
+            await run.wait_submitted()
+            sent = sim.stats.tasks_created
+            rest = [o async for o in run]
+            progress = run.progress
+    assert sim.stats.tasks_created == sent
+    assert len([o for o in rest if o.status is OutcomeStatus.SKIPPED]) == 600 - sent
+    assert progress.total == 600
+    assert progress.settled == 600
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,8 @@ def estimate(
             for e in entries
         ]
         actions = Counter(action for _, action in plan)
-        to_submit = actions[Resume.SEND]
+        # A run that stopped while reading its input left fewer rows than the input's.
+        to_submit = actions[Resume.SEND] + max(0, len(rows) - len(entries))
         in_flight = actions[Resume.FOLLOW]
         uncertain = actions[Resume.UNCERTAIN]
         settled = sum(1 for e in entries if e.state == Journal.DONE)
