@@ -230,6 +230,8 @@ class _Batch:
         self.submitting = 0
         self.deadline: float | None = None
         self.arrived = anyio.Event()
+        # Set when the caller takes an outcome.
+        self.taken = anyio.Event()
         self.source: _Source | None = None
         # A batch that cannot end well once its input is read (a journal of another
         # batch): raised to the caller after the last outcome.
@@ -323,9 +325,13 @@ class _Batch:
             self.settle(item, OutcomeStatus.SKIPPED, error=error)
 
     def _queue(self, item: _Item) -> None:
+        """A row to send, unless the batch is stopping or out of time: then it
+        settles unsent, and the journal keeps it as the new row it just wrote."""
         if self.stopping:
+            item.journaled = False
             self.settle(item, OutcomeStatus.SKIPPED, error=self.stop_reason)
         elif self.past_deadline():
+            item.journaled = False
             error = TaskTimeoutError("(not submitted)", self.timeout or 0.0, None)
             self.settle(item, OutcomeStatus.SKIPPED, error=error)
         else:
@@ -341,7 +347,7 @@ class _Batch:
                 # A failed task resent: the first attempt was paid for too.
                 self.credits.count()
                 self.journal.resend(entry)
-            self.queue.append(item)
+            self._queue(item)
         elif action is Resume.FOLLOW:
             assert entry.task_id is not None
             self.credits.count()
@@ -454,19 +460,23 @@ class _Batch:
 
         async def feed(tg: TaskGroup) -> None:
             try:
-                while not stop() and not self.past_deadline():
-                    if len(self.queue) < CHUNK // 4 and self.unread():
+                while not stop():
+                    late = self.stopping or self.past_deadline()
+                    if self.unread() and (late or len(self.queue) < CHUNK // 4):
+                        if late and self.background and len(self.ready) >= CHUNK:
+                            # Rows now settle unsent as fast as they are read: no
+                            # faster than the caller takes their outcomes.
+                            self.taken = anyio.Event()
+                            await self.taken.wait()
+                            continue
                         await self.fill()
                         continue
-                    if not self.queue:
+                    if late or not self.queue:
                         break
                     token = object()
                     await slots.acquire_on_behalf_of(token)
-                    if stop() or self.past_deadline():
-                        slots.release_on_behalf_of(token)
-                        break
-                    if not self.queue:
-                        # Emptied by a stop meanwhile: the rows not read yet still
+                    if stop() or self.past_deadline() or not self.queue:
+                        # A deadline or a stop meanwhile: the rows not read yet still
                         # need their outcomes.
                         slots.release_on_behalf_of(token)
                         continue
@@ -481,7 +491,7 @@ class _Batch:
             tg.start_soon(feed, tg)
             await poller.run(stop=stop, deadline=self.deadline, more_coming=self.more_coming)
         if self.past_deadline():
-            await self._expire()
+            self._expire()
 
     async def run_all(self) -> None:
         try:
@@ -491,11 +501,7 @@ class _Batch:
             self.finished = True
             self.arrived.set()
 
-    async def _expire(self) -> None:
-        # Every request gets its outcome: the rest of the input is read, each row
-        # settling (or followed, and timed out below) as the journal says.
-        while self.unread():
-            await self.fill()
+    def _expire(self) -> None:
         for task_id, last in self.poller.pending().items():
             for item in self.by_task.pop(task_id):
                 error = TaskTimeoutError(task_id, self.timeout or 0.0, last)
@@ -618,6 +624,7 @@ class _Batch:
                     await self.arrived.wait()
             else:
                 await self.run(stop=lambda: bool(self.ready))
+        self.taken.set()
         return self.ready.popleft()
 
     def close(self) -> None:
