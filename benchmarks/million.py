@@ -10,9 +10,11 @@ Three measurements, each in a process of its own:
 * ``stream``: ``generate_many`` over a generator of ``--prompts`` requests,
   with a journal on disk and the default settings, against an API that answers
   at once (an in-process ``httpx.MockTransport``: a submit gets a task id, a
-  poll finds the task done, and the plan's rate is set far above what the
-  client can send), so that the client's own memory and start-up are what is
-  measured, not a server's or the network's. Printed: seconds from the call to
+  poll finds the task done, and the plan, a million requests a second, is far
+  above what the client can send), so that the client's own memory and
+  start-up are what is measured, not a server's or the network's. (The
+  limiter keeps a slot for each request for one period of the plan: with a
+  plan counted a minute, that is up to the plan's size in slots.) Printed: seconds from the call to
   the first ``POST``, and the process's RSS every tenth of the way to
   ``--submissions`` submissions, after which the batch is stopped.
 
@@ -123,7 +125,7 @@ async def stream(n: int, stop_after: int) -> dict[str, Any]:
             TOKEN,
             base_url="https://api.test",
             http_client=http,
-            rate_limit=RateLimit(10_000_000, 60.0),
+            rate_limit=RateLimit(1_000_000, 1.0),
         ) as client:
             called = time.perf_counter()
             async with client.generate_many(prompts(), journal=Path(folder) / "b.db") as results:
