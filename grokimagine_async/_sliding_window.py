@@ -130,6 +130,9 @@ class WindowBudget:
         self._held: deque[tuple[float, int]] = deque()
         # Send order of every request of ours the server may still count: in flight or held.
         self._window: list[int] = []
+        # When slots of ours left the window lately, in order: a server's answer was
+        # reckoned when it was sent, and counted those that left since.
+        self._aged: deque[float] = deque()
         # Those held whose answer was a 429 (a server may or may not count a refusal).
         self._refusals: set[int] = set()
         self._next_seq = 0
@@ -168,11 +171,23 @@ class WindowBudget:
     # -- reading --------------------------------------------------------------------
 
     def _expire(self, now: float) -> None:
-        held = self._held
+        held, aged = self._held, self._aged
         while held and held[0][0] <= now:
-            _, seq = held.popleft()
+            expiry, seq = held.popleft()
             self._forget(seq)
             self._refusals.discard(seq)
+            aged.append(expiry)
+        while aged and aged[0] < now - self.period:
+            aged.popleft()
+
+    def _aged_since(self, sent_at: float) -> int:
+        """Slots of ours that left the window after ``sent_at``."""
+        count = 0
+        for expiry in reversed(self._aged):
+            if expiry <= sent_at:
+                break
+            count += 1
+        return count
 
     def _forget(self, seq: int) -> None:
         i = bisect.bisect_left(self._window, seq)
@@ -372,7 +387,9 @@ class WindowBudget:
             self._ramp = None
             self._told = True
             self._upgrade(feedback.remaining, sent_at)
-            self._on_remaining(now, feedback.remaining, ticket, feedback.reset_after)
+            self._on_remaining(
+                now, feedback.remaining, ticket, feedback.reset_after, self._aged_since(sent_at)
+            )
             if self._cap is None or ticket > self._cap.ticket:
                 self._cap = self._fresh_cap(now, feedback.remaining, ticket, feedback.reset_after)
 
@@ -389,8 +406,16 @@ class WindowBudget:
         return _Cap(remaining, ticket, now, now + self.period, True, unsure)
 
     def _on_remaining(
-        self, now: float, remaining: int, ticket: int, reset_after: float | None = None
+        self,
+        now: float,
+        remaining: int,
+        ticket: int,
+        reset_after: float | None = None,
+        aged: int = 0,
     ) -> None:
+        # ``aged``: ours that left the window while this request was on its way. The
+        # server may have counted them when it answered (and an event loop that is
+        # busy reads the answer late): a shortfall no larger proves nobody else.
         if reset_after is not None and reset_after * self.limit / self.period < (
             self.limit - remaining - len(self._window)
         ):
@@ -405,7 +430,7 @@ class WindowBudget:
         self._others.append(self.limit - remaining - ours_before - 1)
         # Even if every request of ours the server may still count had been counted
         # before this one, what is left over is someone else's: proof that they exist.
-        proven = self.limit - remaining - len(self._window)
+        proven = self.limit - remaining - len(self._window) - aged
         if proven <= 0:
             return
         others = max(proven, sorted(self._others)[(len(self._others) - 1) // 2])

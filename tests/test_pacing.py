@@ -423,3 +423,24 @@ async def test_a_process_watching_few_tasks_probes_a_fifth_of_them() -> None:
     for i in range(10, 40):
         poller.add(f"task_{i}")
     assert len(poller._probing) == 4
+
+
+def test_ours_that_left_the_window_while_an_answer_was_on_its_way_are_not_someone_elses() -> None:
+    budget = WindowBudget(RateLimit(100, PERIOD))
+    # Ten of ours, answered at once: each holds its slot for a period from its answer.
+    first = budget.take(0.0)
+    assert first is not None
+    budget.answered(0.001, RateFeedback(200, remaining=99), first, 0.0)
+    tickets = [budget.take(0.001) for _ in range(9)]
+    for counted, ticket in enumerate(tickets, start=2):
+        assert ticket is not None
+        budget.answered(0.002, RateFeedback(200, remaining=100 - counted), ticket, 0.001)
+    assert budget.reserved(0.002) == 0
+    # One more, sent just before they leave our window; the server answers while it
+    # still counts them, and a busy event loop reads that answer only after they left.
+    sent = PERIOD - 0.01
+    late = budget.take(sent)
+    assert late is not None
+    budget.answered(PERIOD + 0.05, RateFeedback(200, remaining=89), late, sent)
+    # Nobody else spends the token: nothing is set aside for them.
+    assert budget.reserved(PERIOD + 0.05) == 0
