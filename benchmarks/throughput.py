@@ -24,9 +24,15 @@ requests the server saw), what it adds over the floor of its transport,
 wall / lower bound (every video needs a submit and a poll at the plan's rate,
 and the last one to generate), 429s, mean requests in flight, peak RSS.
 
+Also printed: when the first video came, and how many submissions had gone
+by then. A full run draws the CPU column to ``docs/throughput.png`` (or
+``--plot``).
+
 Targets (issue 12): the client adds <= 0.5 ms a request above the bare
 transport under it; <= 1.8 ms a request with the default transport, <= 0.8
-ms with the aiohttp one.
+ms with the aiohttp one. With ``--videos 10000 --limit 500 --rows ours``:
+wall <= 1.05 x the lower bound, 0 429s, the first video before 10% of the
+submissions.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rate_limit import simulator
 
+ROOT = Path(__file__).resolve().parent.parent
 GEN = (2.0, 8.0)
 TOKEN = "bench-throughput-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -294,6 +301,42 @@ def line(row: str, r: dict[str, Any], floor: float | None, bound: float | None) 
     return text
 
 
+def plot(results: dict[str, dict[str, Any]], args: argparse.Namespace, path: Path) -> None:
+    """Client CPU a request by row, each over the floor of its transport, with the targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def per(row: str) -> float:
+        r = results[row]
+        return 1000 * float(r["cpu"]) / max(1, int(r["requests"]))
+
+    rows = [r for r in ("ours", "ours-aiohttp", "baseline") if r in results]
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    for i, row in enumerate(rows):
+        value = per(row) if not results[row].get("error") else 0.0
+        ax.bar(i, value, color={"baseline": "tab:orange"}.get(row, "tab:blue"), width=0.6)
+        label = f"{value:.2f}" if value else "gave up"
+        ax.text(i, value + 0.03, label, ha="center", fontsize=8)
+        floor = {"ours": "floor-httpx", "ours-aiohttp": "floor-aiohttp"}.get(row)
+        if floor in results:
+            ax.hlines(per(floor), i - 0.3, i + 0.3, colors="black", linewidth=1.5)
+            ax.text(i + 0.32, per(floor), f"bare {floor[6:]}", va="center", fontsize=7)
+    for target, text in ((1.8, "target, httpx"), (0.8, "target, aiohttp")):
+        ax.axhline(target, color="grey", linestyle="--", linewidth=0.7)
+        ax.text(len(rows) - 0.5, target + 0.03, text, ha="right", fontsize=7, color="grey")
+    ax.set_xticks(range(len(rows)), rows)
+    ax.set_ylabel("client CPU ms a request")
+    ax.set_title(
+        f"{args.videos} videos, {args.limit} requests per {args.period:g}s: the client's CPU",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 async def main(args: argparse.Namespace) -> int:
     bound = lower_bound(args.videos, args.limit, args.period)
     print(
@@ -356,6 +399,7 @@ async def main(args: argparse.Namespace) -> int:
             print(f"{'PASS' if passed else 'FAIL'}  {name}: {shown:.3f}")
     if set(results) != set(ROWS):
         return 0
+    plot(results, args, args.plot or ROOT / "docs" / "throughput.png")
     checks = [
         ("ours: <= 1.8 ms a request (default transport)", per("ours") <= 1.8, per("ours")),
         (
@@ -393,6 +437,9 @@ if __name__ == "__main__":
         default=["ours", "ours-aiohttp", "baseline"],
         choices=["ours", "ours-aiohttp", "baseline"],
         help="rows to run (each with its floor); the targets are judged on all of them",
+    )
+    parser.add_argument(
+        "--plot", type=Path, help="where the plot goes (default docs/throughput.png, full runs)"
     )
     parser.add_argument("--row-config", help=argparse.SUPPRESS)
     args = parser.parse_args()
