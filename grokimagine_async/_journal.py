@@ -246,11 +246,7 @@ class Journal:
             return []
         texts = [(index, json.dumps(payload, sort_keys=True)) for index, payload in rows]
         if self._count is not None and texts[-1][0] >= self._count:
-            raise ConfigurationError(
-                f"journal {self.path} was written for a different batch of requests (it "
-                f"holds {self._count}, this input has more); pass another journal path, or "
-                "run the batch it was written for"
-            )
+            raise _different_batch(self.path, f"it holds {self._count}, this input has more")
         try:
             stored = {
                 row[0]: row
@@ -269,11 +265,7 @@ class Journal:
                     new.append((index, text, self.NEW, now))
                     found.append(None)
                 elif row[7] != text:
-                    raise ConfigurationError(
-                        f"journal {self.path} was written for a different batch of requests "
-                        f"(request {index} differs); pass another journal path, or run the "
-                        "batch it was written for"
-                    )
+                    raise _different_batch(self.path, f"request {index} differs")
                 else:
                     found.append(_entry(row[:7]))
             if new:
@@ -301,11 +293,7 @@ class Journal:
                 raise JournalError(f"journal {self.path}: size not recorded: {exc}") from exc
             self._count = count
         elif count != self._count:
-            raise ConfigurationError(
-                f"journal {self.path} was written for a different batch of requests (it "
-                f"holds {self._count}, this input has {count}); pass another journal path, "
-                "or run the batch it was written for"
-            )
+            raise _different_batch(self.path, f"it holds {self._count}, this input has {count}")
 
     @classmethod
     def peek(cls, path: str | Path, payloads: Sequence[dict[str, Any]]) -> list[JournalEntry]:
@@ -326,11 +314,7 @@ class Journal:
             try:
                 size = _batch_size(db)
                 if size is not None and size != len(payloads):
-                    raise ConfigurationError(
-                        f"journal {path} was written for a different batch of requests (it "
-                        f"holds {size}, this input has {len(payloads)}); pass another journal "
-                        "path, or run the batch it was written for"
-                    )
+                    raise _different_batch(path, f"it holds {size}, this input has {len(payloads)}")
                 entries = []
                 for row in db.execute(
                     f"SELECT idx, state, task_id, task, error, outcome, {_detail(db)}, request "  # noqa: S608 - our names
@@ -340,11 +324,7 @@ class Journal:
                     if index >= len(payloads) or row[7] != json.dumps(
                         payloads[index], sort_keys=True
                     ):
-                        raise ConfigurationError(
-                            f"journal {path} was written for a different batch of requests "
-                            f"(request {index} differs); pass another journal path, or run "
-                            "the batch it was written for"
-                        )
+                        raise _different_batch(path, f"request {index} differs")
                     entries.append(_entry(row[:7]))
                 return entries
             finally:
@@ -498,14 +478,17 @@ else:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def _different_batch(path: Path, why: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"journal {path} was written for a different batch of requests ({why}); pass "
+        "another journal path, or run the batch it was written for"
+    )
+
+
 def _check_end(db: sqlite3.Connection, path: Path, count: int) -> None:
     (beyond,) = db.execute("SELECT COUNT(*) FROM entries WHERE idx >= ?", (count,)).fetchone()
     if beyond:
-        raise ConfigurationError(
-            f"journal {path} was written for a different batch of requests (it holds "
-            f"{beyond} more than the {count} this input has); pass another journal path, "
-            "or run the batch it was written for"
-        )
+        raise _different_batch(path, f"it holds {beyond} more than the {count} this input has")
 
 
 def _batch_size(db: sqlite3.Connection) -> int | None:

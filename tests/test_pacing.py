@@ -7,7 +7,7 @@ import dataclasses
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 import httpx
@@ -341,14 +341,19 @@ def test_the_shortest_gap_between_polls_follows_the_generations_timed() -> None:
     assert poller.min_gap == pytest.approx(5.0 / 20)
 
 
-async def test_the_first_tasks_are_probed_from_a_quarter_of_the_first_guess() -> None:
+def idle_poller(on_result: Callable[[PollResult], None] | None = None) -> Poller:
+    """A scheduler that never polls, a first guess of 5 s, 60 free slots a period."""
     status = RateLimitStatus(60, PERIOD, 60, 0.0, 0, 0)
-    poller = Poller(
+    return Poller(
         get_task=None,  # type: ignore[arg-type]
         budget=lambda: status,
-        on_result=None,  # type: ignore[arg-type]
+        on_result=on_result,  # type: ignore[arg-type]
         prior=5.0,
     )
+
+
+async def test_the_first_tasks_are_probed_from_a_quarter_of_the_first_guess() -> None:
+    poller = idle_poller()
     since = anyio.current_time()
     poller.add("task_1", since)
     (due, _, _), *_ = poller._heap
@@ -385,14 +390,8 @@ async def test_the_polls_due_soon_are_counted_from_the_schedule_in_force() -> No
 
 
 async def test_tasks_settled_ahead_in_the_rotation_do_not_hide_one_still_waiting() -> None:
-    status = RateLimitStatus(60, PERIOD, 60, 0.0, 0, 0)
     settled: list[str] = []
-    poller = Poller(
-        get_task=None,  # type: ignore[arg-type]
-        budget=lambda: status,
-        on_result=lambda result: settled.append(result.task_id),
-        prior=5.0,
-    )
+    poller = idle_poller(on_result=lambda result: settled.append(result.task_id))
     for i in range(40):
         poller.add(f"task_{i}")
     # The first 39 settle; the last one's next scheduled poll is far off.
@@ -408,13 +407,7 @@ async def test_tasks_settled_ahead_in_the_rotation_do_not_hide_one_still_waiting
 
 
 async def test_a_process_watching_few_tasks_probes_a_fifth_of_them() -> None:
-    status = RateLimitStatus(60, PERIOD, 60, 0.0, 0, 0)
-    poller = Poller(
-        get_task=None,  # type: ignore[arg-type]
-        budget=lambda: status,
-        on_result=None,  # type: ignore[arg-type]
-        prior=5.0,
-    )
+    poller = idle_poller()
     for i in range(10):
         poller.add(f"task_{i}")
     # Processes sharing one budget each learn on their own: ten tasks probed four at a
