@@ -70,7 +70,8 @@ logger = logging.getLogger("grokimagine_async")
 #: 30 s to read an answer, 10 s to connect; waiting for a pooled connection is
 #: not limited, since the rate limiter already decides when a request goes.
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0, pool=None)
-#: Enough connections for a plan's worth of requests in flight at once.
+#: The most connections the pool may open; requests on the wire at once are kept to
+#: what the plan's rate needs (see ``_flight``), so far fewer are opened.
 DEFAULT_POOL = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=4.0)
 DEFAULT_WAIT_TIMEOUT = 600.0
 

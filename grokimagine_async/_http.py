@@ -1,6 +1,9 @@
 """The wire: one place where requests are sent, read, classified and retried.
 
-Every attempt passes the token's rate limiter here. What is retried depends
+Every attempt passes the token's rate limiter here, and then waits for a
+place on the wire (:mod:`._flight`: no more requests at once than the rate
+needs, so a window that frees its whole budget does not put hundreds on the
+wire in one instant). What is retried depends
 on what a resend could cost:
 
 * reads (``GET``) are retried on connection errors, timeouts, 408, 5xx and
@@ -44,6 +47,7 @@ from ._exceptions import (
     _excerpt,
     status_error_class,
 )
+from ._flight import FlightGate
 from ._headers import RateFeedback
 from ._limiter import Limiter
 
@@ -132,6 +136,7 @@ class Wire:
         self.retry = retry
         self._limiter = limiter
         self._user_agent = user_agent
+        self._flight = FlightGate(self._rate)
 
     async def request(
         self,
@@ -220,6 +225,10 @@ class Wire:
                 )
             await anyio.sleep(delay)
 
+    def _rate(self) -> tuple[float, float]:
+        rate = self._limiter().rate
+        return rate.per_second, rate.period
+
     def _patience(self) -> float:
         patience = self.retry.rate_limit_patience
         if patience is None:
@@ -255,31 +264,37 @@ class Wire:
         # waits out the limiter's 429 gate, which is.
         behind_others = retrying_429 and limiter.status().waiting > 0
         asked = anyio.current_time()
-        async with limiter.slot() as slot:
-            queued = anyio.current_time() - asked if behind_others else 0.0
-            if before_send is not None:
+        await self._flight.enter()
+        round_trip: float | None = None
+        try:
+            async with limiter.slot() as slot:
+                queued = anyio.current_time() - asked if behind_others else 0.0
+                if before_send is not None:
+                    try:
+                        before_send()
+                    except BaseException:
+                        slot.record(None, sent=False)
+                        raise
+                started = time.monotonic()
                 try:
-                    before_send()
-                except BaseException:
-                    slot.record(None, sent=False)
-                    raise
-            started = time.monotonic()
-            try:
-                response = await self._http.send(request)
-            except httpx.HTTPError as exc:
-                error = _transport_error(exc, method, shown)
-                # Kept when the error is raised after the retries, as `raise ... from exc`.
-                error.__cause__ = exc
-                # A connection never made was never counted; anything else may have been.
-                never_sent = isinstance(error, APIConnectionError) and not error.request_sent
-                slot.record(None, sent=not never_sent)
-                logger.debug("%s %s -> %s", method, shown, error)
-                raise _Failure(error, retryable=True, queued=queued) from exc
-            feedback = RateFeedback.from_headers(
-                response.status_code, response.headers, time.time()
-            )
-            slot.record(feedback)
-        elapsed_ms = (time.monotonic() - started) * 1000
+                    response = await self._http.send(request)
+                except httpx.HTTPError as exc:
+                    error = _transport_error(exc, method, shown)
+                    # Kept when the error is raised after the retries, as `raise ... from exc`.
+                    error.__cause__ = exc
+                    # A connection never made was never counted; anything else may have been.
+                    never_sent = isinstance(error, APIConnectionError) and not error.request_sent
+                    slot.record(None, sent=not never_sent)
+                    logger.debug("%s %s -> %s", method, shown, error)
+                    raise _Failure(error, retryable=True, queued=queued) from exc
+                round_trip = time.monotonic() - started
+                feedback = RateFeedback.from_headers(
+                    response.status_code, response.headers, time.time()
+                )
+                slot.record(feedback)
+        finally:
+            self._flight.leave(kind.value, round_trip)
+        elapsed_ms = (round_trip or 0.0) * 1000
         logger.debug("%s %s -> %d (%.0f ms)", method, shown, response.status_code, elapsed_ms)
         try:
             return _read_answer(response, method, shown, kind, feedback)

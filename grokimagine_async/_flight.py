@@ -1,0 +1,120 @@
+"""How many requests are on the wire at once.
+
+The rate limiter decides when a request may go; this decides how many of
+those it let go are on the wire together. A window that frees a whole
+budget at once would otherwise put hundreds of requests on the wire in one
+instant, and every connection a pool holds costs CPU on every request (httpx's
+default pool looks at each of its connections each time it hands one out).
+Requests beyond the cap wait here, in order, for a place; the server sees the
+same requests, only spread over the time they take to answer.
+
+The cap is what the plan's rate needs at the round trips measured, twice
+over (``2 * requests_per_second * round_trip``), and never below
+:data:`MIN_ON_WIRE`. The round trip is the quickest seen within the last
+period of the rate limit, for each kind of request (a submission may take
+longer to answer than a status call), and the slower kind's counts: a busy
+event loop makes every answer late, but some answer in a period still comes
+back quickly, so the cap does not feed on the client's own lag, and a server
+that slows down for good is followed within a period.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+
+import anyio
+
+__all__ = ["MIN_ON_WIRE", "FlightGate"]
+
+#: Requests on the wire at once, at the least: on loopback or a quick network a
+#: handful carries any plan's rate.
+MIN_ON_WIRE = 8
+
+
+class _WindowedMin:
+    """The least value seen within the last ``horizon`` seconds (a monotonic deque)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: deque[tuple[float, float]] = deque()
+
+    def add(self, now: float, value: float) -> None:
+        values = self._values
+        while values and values[-1][1] >= value:
+            values.pop()
+        values.append((now, value))
+
+    def least(self, now: float, horizon: float) -> float | None:
+        values = self._values
+        while len(values) > 1 and values[0][0] < now - horizon:
+            values.popleft()
+        return values[0][1] if values else None
+
+
+class FlightGate:
+    """Keeps the requests on the wire at once to what the rate needs (see the module doc).
+
+    ``rate`` gives the plan's figures now, as ``(requests a second, period)``:
+    they may change while the client runs (a plan proved bigger).
+    """
+
+    def __init__(self, rate: Callable[[], tuple[float, float]]) -> None:
+        self._rate = rate
+        self._quickest: dict[str, _WindowedMin] = {}
+        self._on_wire = 0
+        self._cap = MIN_ON_WIRE
+        self._waiting: deque[anyio.Event] = deque()
+
+    @property
+    def cap(self) -> int:
+        """Requests that may be on the wire at once now."""
+        return self._cap
+
+    @property
+    def on_wire(self) -> int:
+        """Requests on the wire now."""
+        return self._on_wire
+
+    async def enter(self) -> None:
+        """Wait for a place on the wire; the caller must :meth:`leave` once its
+        request has ended (not if this raised: cancelled, it took no place)."""
+        if self._on_wire < self._cap and not self._waiting:
+            self._on_wire += 1
+            return
+        event = anyio.Event()
+        self._waiting.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():
+                # Handed a place in the instant it was cancelled: pass it on.
+                self.leave()
+            else:
+                self._waiting.remove(event)
+            raise
+
+    def leave(self, kind: str | None = None, round_trip: float | None = None) -> None:
+        """A request has left the wire; ``round_trip`` is how long its answer took
+        (None when it did not come: that says nothing of the network)."""
+        self._on_wire -= 1
+        if kind is not None and round_trip is not None:
+            self._measured(kind, round_trip)
+        while self._waiting and self._on_wire < self._cap:
+            self._on_wire += 1
+            self._waiting.popleft().set()
+
+    def _measured(self, kind: str, round_trip: float) -> None:
+        per_second, period = self._rate()
+        now = anyio.current_time()
+        quickest = self._quickest.get(kind)
+        if quickest is None:
+            quickest = self._quickest[kind] = _WindowedMin()
+        quickest.add(now, round_trip)
+        slowest = max(
+            (q for q in (m.least(now, period) for m in self._quickest.values()) if q is not None),
+            default=0.0,
+        )
+        self._cap = max(MIN_ON_WIRE, math.ceil(2 * per_second * slowest))
