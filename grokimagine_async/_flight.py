@@ -67,6 +67,10 @@ class FlightGate:
         self._on_wire = 0
         self._cap = MIN_ON_WIRE
         self._waiting: deque[anyio.Event] = deque()
+        # The cap is worked out again at most every 1/32 of a period once a few
+        # answers have set it: it is looked at on every request.
+        self._answers = 0
+        self._next_look = -math.inf
 
     @property
     def cap(self) -> int:
@@ -107,12 +111,16 @@ class FlightGate:
             self._waiting.popleft().set()
 
     def _measured(self, kind: str, round_trip: float) -> None:
-        per_second, period = self._rate()
         now = anyio.current_time()
         quickest = self._quickest.get(kind)
         if quickest is None:
             quickest = self._quickest[kind] = _WindowedMin()
         quickest.add(now, round_trip)
+        self._answers += 1
+        if self._answers > 32 and now < self._next_look:
+            return
+        per_second, period = self._rate()
+        self._next_look = now + period / 32
         slowest = max(
             (q for q in (m.least(now, period) for m in self._quickest.values()) if q is not None),
             default=0.0,

@@ -131,12 +131,16 @@ class Wire:
     ) -> None:
         self._http = http
         self._base_url = base_url
-        self._api_key = api_key
         self._timeout = timeout
         self.retry = retry
         self._limiter = limiter
-        self._user_agent = user_agent
         self._flight = FlightGate(self._rate)
+        self._urls: dict[str, httpx.URL] = {}
+        self._request_headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/json",
+            "User-Agent": user_agent,
+        }
 
     async def request(
         self,
@@ -159,7 +163,10 @@ class Wire:
         nothing (a 429, a connection never made) and another is to follow;
         whatever it raises stops the request there.
         """
-        url = self._base_url.copy_with(path=self._base_url.path.rstrip("/") + path)
+        url = self._urls.get(path)
+        if url is None:
+            url = self._base_url.copy_with(path=self._base_url.path.rstrip("/") + path)
+            self._urls[path] = url
         submit = kind is RequestKind.SUBMIT
         may_have_created = False
         # Retries after other failures; 429s are waited out against the patience instead.
@@ -250,11 +257,7 @@ class Wire:
             url,
             params=params,
             json=json_body,
-            headers={
-                "Authorization": f"Bearer {self._api_key}",
-                "Accept": "application/json",
-                "User-Agent": self._user_agent,
-            },
+            headers=self._request_headers,
             timeout=self._timeout,
         )
         shown = str(request.url)

@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from types import TracebackType
+from typing import Generic, Protocol, TypeVar
 
 from anyio.lowlevel import RunVar
 
 from ._config import RateLimit
 from ._headers import RateFeedback
 
-__all__ = ["Limiter", "RateLimitStatus", "Slot", "release_shared_limiter", "shared_limiter"]
+__all__ = [
+    "Limiter",
+    "RateLimitStatus",
+    "Slot",
+    "SlotContext",
+    "release_shared_limiter",
+    "shared_limiter",
+]
 
 logger = logging.getLogger("grokimagine_async")
 
@@ -76,6 +84,34 @@ class RecordedOnce:
     def _ended(self, feedback: RateFeedback | None, sent: bool) -> None:
         """Hand the request's end to the limiter (called once)."""
         raise NotImplementedError
+
+
+_S = TypeVar("_S", bound=Slot)
+
+
+class SlotContext(AbstractAsyncContextManager[_S], Generic[_S]):
+    """``async with limiter.slot() as slot``: the slot ``acquire`` waits for, and on
+    leaving the block without a ``record``, one request the server may have seen.
+    (A class rather than ``@asynccontextmanager``: every request passes here.)"""
+
+    __slots__ = ("_acquire", "_slot")
+
+    def __init__(self, acquire: Callable[[], Awaitable[_S]]) -> None:
+        self._acquire = acquire
+        self._slot: _S | None = None
+
+    async def __aenter__(self) -> _S:
+        self._slot = await self._acquire()
+        return self._slot
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._slot is not None
+        self._slot.record(None)
 
 
 class Limiter(Protocol):

@@ -54,8 +54,7 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -65,7 +64,7 @@ from . import _redis_scripts as scripts
 from ._config import RateLimit
 from ._exceptions import ConfigurationError, RateLimiterUnavailableError
 from ._headers import RateFeedback
-from ._limiter import RateLimitStatus, RecordedOnce
+from ._limiter import RateLimitStatus, RecordedOnce, SlotContext
 from ._sliding_window import SlidingWindowLimiter
 
 if TYPE_CHECKING:
@@ -237,17 +236,9 @@ class RedisLimiter:
             burst=burst if pace else None,
         )
 
-    def slot(self) -> AbstractAsyncContextManager[_RedisSlot]:
+    def slot(self) -> SlotContext[_RedisSlot]:
         """Wait for permission to send one request (see :meth:`Limiter.slot`)."""
-        return self._slot()
-
-    @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[_RedisSlot]:
-        slot = await self.acquire()
-        try:
-            yield slot
-        finally:
-            slot.record(None)
+        return SlotContext(self.acquire)
 
     async def aclose(self) -> None:
         """Wait for the reports still on their way to Redis, then close the connection."""

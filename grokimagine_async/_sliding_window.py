@@ -90,8 +90,8 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from itertools import takewhile
 
@@ -99,7 +99,7 @@ import anyio
 
 from ._config import RateLimit
 from ._headers import RateFeedback
-from ._limiter import RateLimitStatus, RecordedOnce
+from ._limiter import RateLimitStatus, RecordedOnce, SlotContext
 
 __all__ = ["SlidingWindowLimiter", "WindowBudget"]
 
@@ -755,18 +755,9 @@ class SlidingWindowLimiter:
             burst=budget.burst,
         )
 
-    def slot(self) -> AbstractAsyncContextManager[_Slot]:
+    def slot(self) -> SlotContext[_Slot]:
         """Wait for permission to send one request (see :meth:`Limiter.slot`)."""
-        return self._slot()
-
-    @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[_Slot]:
-        slot = await self.acquire()
-        try:
-            yield slot
-        finally:
-            # No answer recorded: the server may still have counted it.
-            slot.record(None)
+        return SlotContext(self.acquire)
 
     async def acquire(self) -> _Slot:
         """Wait for a slot. The caller must ``record`` on it exactly once."""
