@@ -9,7 +9,10 @@ The journal owns the rules that make a stopped batch (a crash, Ctrl-C,
   refusal or a request never sent goes back to ``new`` (a rerun sends it), an
   uncertain one stays ``sending``, a timed-out or unfollowable task stays
   ``submitted`` (a rerun follows it), anything else is ``done`` with its task
-  and its error, type and all;
+  and its error, type and all. Those ``done`` rows are written a batch at a
+  time (with the next write that must land at once, or at most a second
+  later): one lost to a crash leaves its row ``submitted``, and a rerun polls
+  the task again. Everything else is written before the client goes on;
 * :meth:`JournalEntry.resume` says what a rerun does with each row; a row found
   ``sending`` may or may not have created a task, and is resent only with the
   caller's say-so.
@@ -30,12 +33,13 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import logging
 import os
 import sqlite3
 import sys
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,13 @@ from ._models import GenerateRequest, Task
 from ._outcomes import Outcome, OutcomeStatus
 
 __all__ = ["Journal", "JournalEntry", "Resume"]
+
+logger = logging.getLogger("grokimagine_async")
+
+#: Settled rows written in one transaction at the most, and the longest one waits
+#: (seconds) when nothing else is written meanwhile.
+SETTLED_BATCH = 64
+SETTLED_WAIT = 1.0
 
 
 _SCHEMA = """
@@ -220,6 +231,9 @@ class Journal:
         return self._lock is None
 
     def _open(self) -> None:
+        # Settled rows not written yet, as (statement, parameters), and since when.
+        self._settled: list[tuple[str, tuple[Any, ...]]] = []
+        self._settled_since = 0.0
         # A short busy timeout: waiting here blocks the event loop.
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0.5)
         # WAL with NORMAL sync survives the process dying at any point, which is
@@ -269,8 +283,7 @@ class Journal:
                 else:
                     found.append(_entry(row[:7]))
             if new:
-                with self._db:
-                    self._db.execute("BEGIN")
+                with self._transaction():
                     self._db.executemany(
                         "INSERT INTO entries (idx, request, state, updated) VALUES (?, ?, ?, ?)",
                         new,
@@ -334,6 +347,7 @@ class Journal:
 
     def entries(self) -> list[JournalEntry]:
         """Every request's line, in input order."""
+        self.flush()
         return _entries(self._db)
 
     def sending(self, index: int, error: GrokImagineError | None = None) -> None:
@@ -367,7 +381,7 @@ class Journal:
             return  # its polling failed: still submitted, a rerun follows it again
         else:
             task = outcome.task.model_dump(mode="json", by_alias=True) if outcome.task else None
-            self._set(
+            self._set_later(
                 outcome.index,
                 state=self.DONE,
                 outcome=status.value,
@@ -379,8 +393,7 @@ class Journal:
         """Make a settled row new again, keeping its earlier task in ``attempts``
         (a task id that came back is never dropped)."""
         try:
-            with self._db:
-                self._db.execute("BEGIN")
+            with self._transaction():
                 self._db.execute(
                     "INSERT INTO attempts (idx, task_id, task, error, outcome, at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
@@ -404,22 +417,69 @@ class Journal:
             ) from exc
 
     def _set(self, index: int, **fields: Any) -> None:
-        names = ", ".join(f"{k} = ?" for k in fields)
+        statement = _update(index, fields)
         try:
-            self._db.execute(
-                f"UPDATE entries SET {names}, updated = ? WHERE idx = ?",  # noqa: S608 - our names
-                (*fields.values(), time.time(), index),
-            )
+            if self._settled:
+                with self._transaction():
+                    self._db.execute(*statement)
+            else:
+                self._db.execute(*statement)
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: request {index} not recorded: {exc}") from exc
+
+    def _set_later(self, index: int, **fields: Any) -> None:
+        """A settled row: written with the next write that must land, a batch at a time."""
+        if not self._settled:
+            self._settled_since = time.monotonic()
+        self._settled.append(_update(index, fields))
+        if (
+            len(self._settled) >= SETTLED_BATCH
+            or time.monotonic() - self._settled_since >= SETTLED_WAIT
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the settled rows not written yet."""
+        if not self._settled:
+            return
+        try:
+            with self._transaction():
+                pass
+        except sqlite3.Error as exc:
+            raise JournalError(
+                f"journal {self.path}: {len(self._settled)} settled requests not recorded "
+                f"(a rerun polls their tasks again): {exc}"
+            ) from exc
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction, which writes the settled rows waiting first."""
+        with self._db:
+            self._db.execute("BEGIN")
+            for statement in self._settled:
+                self._db.execute(*statement)
+            yield
+        self._settled.clear()
 
     def close(self) -> None:
         """Let go of the file and its lock (the lock file is removed); idempotent."""
         if self._lock is None:
             return
+        try:
+            self.flush()
+        except JournalError as exc:
+            logger.error("%s", exc)
         self._db.close()
         self._lock.release()
         self._lock = None
+
+
+def _update(index: int, fields: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    names = ", ".join(f"{k} = ?" for k in fields)
+    return (
+        f"UPDATE entries SET {names}, updated = ? WHERE idx = ?",  # noqa: S608 - our names
+        (*fields.values(), time.time(), index),
+    )
 
 
 _OPEN: weakref.WeakValueDictionary[str, Journal] = weakref.WeakValueDictionary()

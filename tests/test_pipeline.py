@@ -17,11 +17,13 @@ from grokimagine_async import (
     APIConnectionError,
     AuthenticationError,
     JournalError,
+    Outcome,
     OutcomeStatus,
     SubmitUncertainError,
     TaskFailedError,
     TaskPollError,
 )
+from grokimagine_async._journal import SETTLED_BATCH, Journal
 from grokimagine_async.simulator import Fault
 
 from .helpers import Recorder, api_error, make_client, ok, prompts, running
@@ -249,3 +251,43 @@ async def test_result_gives_the_completed_task_or_raises_the_error() -> None:
     for o in failed:
         with pytest.raises(TaskFailedError):
             o.result()
+
+
+SETTLE_AND_DIE = """
+import os, sys
+from grokimagine_async import Outcome, OutcomeStatus
+from grokimagine_async._journal import Journal
+
+journal = Journal(sys.argv[1], [{"prompt": "a"}, {"prompt": "b"}])
+journal.sending(0)
+journal.submitted(0, "task_a")
+journal.record(Outcome(0, None, OutcomeStatus.COMPLETED, "task_a", None, None, False))
+os._exit(9)  # as a kill -9 would: no close, nothing flushed
+"""
+
+
+def test_a_settled_row_waits_for_the_next_write_and_a_crash_leaves_its_task_id(
+    tmp_path: Path,
+) -> None:
+    payloads = [{"prompt": str(i)} for i in range(SETTLED_BATCH + 2)]
+    path = tmp_path / "j.db"
+    journal = Journal(path, payloads)
+    for i in range(SETTLED_BATCH + 1):
+        journal.submitted(i, f"task_{i}")
+    journal.record(Outcome(0, None, OutcomeStatus.COMPLETED, "task_0", None, None, False))
+    # Not written yet: the row is still the task to follow, id and all.
+    assert Journal.peek(path, payloads)[0].state == Journal.SUBMITTED
+    # The next write that must land takes it along, in one transaction.
+    journal.sending(SETTLED_BATCH + 1)
+    assert Journal.peek(path, payloads)[0].state == Journal.DONE
+    # A full batch is written without waiting for another write.
+    for i in range(1, SETTLED_BATCH + 1):
+        journal.record(Outcome(i, None, OutcomeStatus.FAILED, f"task_{i}", None, None, False))
+    states = [e.state for e in Journal.peek(path, payloads)]
+    assert states[: SETTLED_BATCH + 1] == [Journal.DONE] * (SETTLED_BATCH + 1)
+    journal.close()
+
+    crashed = tmp_path / "crashed.db"
+    subprocess.run([sys.executable, "-c", SETTLE_AND_DIE, str(crashed)], check=False)
+    (entry, _) = Journal.peek(crashed, [{"prompt": "a"}, {"prompt": "b"}])
+    assert (entry.state, entry.task_id) == (Journal.SUBMITTED, "task_a")
