@@ -1,9 +1,10 @@
 """The wire: one place where requests are sent, read, classified and retried.
 
-Every attempt passes the token's rate limiter here, and then waits for a
-place on the wire (:mod:`._flight`: no more requests at once than the rate
-needs, so a window that frees its whole budget does not put hundreds on the
-wire in one instant). What is retried depends
+Every attempt first waits for a place on the wire (:mod:`._flight`: no more
+requests at once than the rate needs, so a window that frees its whole budget
+does not put hundreds on the wire in one instant), then for the token's rate
+limiter, which so counts no request that waits for a place. What is retried
+depends
 on what a resend could cost:
 
 * reads (``GET``) are retried on connection errors, timeouts, 408, 5xx and

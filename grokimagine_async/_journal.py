@@ -10,8 +10,9 @@ The journal owns the rules that make a stopped batch (a crash, Ctrl-C,
   uncertain one stays ``sending``, a timed-out or unfollowable task stays
   ``submitted`` (a rerun follows it), anything else is ``done`` with its task
   and its error, type and all. Those ``done`` rows are written a batch at a
-  time (with the next write that must land at once, or at most a second
-  later): one lost to a crash leaves its row ``submitted``, and a rerun polls
+  time: with the next write that must land at once, with 63 others, with the
+  next one settled a second or more after them, and at the latest when the
+  run lets go of the journal. One lost to a crash leaves its row ``submitted``, and a rerun polls
   the task again. Everything else is written before the client goes on;
 * :meth:`JournalEntry.resume` says what a rerun does with each row; a row found
   ``sending`` may or may not have created a task, and is resent only with the
@@ -62,8 +63,9 @@ __all__ = ["Journal", "JournalEntry", "Resume"]
 
 logger = logging.getLogger("grokimagine_async")
 
-#: Settled rows written in one transaction at the most, and the longest one waits
-#: (seconds) when nothing else is written meanwhile.
+#: Settled rows written in one transaction at the most; and after how many seconds
+#: the next row settled writes those waiting (without one, they wait for the next
+#: write that must land, or for the journal to close).
 SETTLED_BATCH = 64
 SETTLED_WAIT = 1.0
 
