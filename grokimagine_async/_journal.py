@@ -40,7 +40,7 @@ import sqlite3
 import sys
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,9 +316,18 @@ class Journal:
         writing anything, in input order: the rows it holds, which may be fewer
         than ``payloads`` if a run stopped while reading its input; empty when
         there is no journal at ``path`` yet."""
+        return list(cls.scan(path, payloads, len(payloads)))
+
+    @classmethod
+    def scan(
+        cls, path: str | Path, payloads: Iterable[dict[str, Any]], size: int
+    ) -> Iterator[JournalEntry]:
+        """:meth:`peek` one entry at a time, for an input of ``size`` requests whose
+        ``payloads`` are read only as the entries need them: a batch of a million
+        rows is checked against its journal without holding either whole."""
         path = Path(path)
         if not path.exists():
-            return []
+            return
         try:
             # With no write-ahead log beside it (closed cleanly), the file is whole and
             # immutable=1 reads it without making -wal/-shm files; with one (a crash),
@@ -327,21 +336,26 @@ class Journal:
             mode = "mode=ro" if wal else "mode=ro&immutable=1"
             db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=0.5)
             try:
-                size = _batch_size(db)
-                if size is not None and size != len(payloads):
-                    raise _different_batch(path, f"it holds {size}, this input has {len(payloads)}")
-                entries = []
+                held = _batch_size(db)
+                if held is not None and held != size:
+                    raise _different_batch(path, f"it holds {held}, this input has {size}")
+                inputs = iter(payloads)
+                read, payload = 0, None
                 for row in db.execute(
                     f"SELECT idx, state, task_id, task, error, outcome, {_detail(db)}, request "  # noqa: S608 - our names
                     "FROM entries ORDER BY idx"
                 ):
                     index = row[0]
-                    if index >= len(payloads) or row[7] != json.dumps(
-                        payloads[index], sort_keys=True
+                    while read <= index:
+                        payload = next(inputs, None)
+                        read += 1
+                    if (
+                        index >= size
+                        or payload is None
+                        or row[7] != json.dumps(payload, sort_keys=True)
                     ):
                         raise _different_batch(path, f"request {index} differs")
-                    entries.append(_entry(row[:7]))
-                return entries
+                    yield _entry(row[:7])
             finally:
                 db.close()
         except sqlite3.Error as exc:

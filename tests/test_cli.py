@@ -23,9 +23,10 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from grokimagine_async import AsyncClient
+from grokimagine_async import _pipeline as pipeline_module
 from grokimagine_async._cli import _options as options
 from grokimagine_async._cli._app import app
-from grokimagine_async._cli._inputs import read_rows
+from grokimagine_async._cli._inputs import BatchFile, read_rows
 from grokimagine_async._cli.commands import batch as batch_command
 from grokimagine_async._cli.commands.batch import default_journal
 from grokimagine_async._exceptions import JournalError
@@ -653,6 +654,40 @@ def test_max_credits_skips_the_rest_and_exits_1(
     assert result.exit_code == 1
     assert "skipped" in result.stdout
     assert simulator.stats.tasks_created == 2
+
+
+@pytest.mark.parametrize("bad_line", [2, 12])
+def test_a_file_changed_while_the_batch_runs_sends_nothing_unchecked(
+    bad_line: int, key_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read 8 lines at a time, line 2 comes with the first chunk, before anything is
+    # sent; line 12 with the second, after the first 8 were.
+    monkeypatch.setattr(pipeline_module, "CHUNK", 8)
+    lines = [json.dumps({"prompt": f"video {i}"}) + "\n" for i in range(1, 21)]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(lines))
+    checked = BatchFile.verify
+
+    def verify_then_change(self: BatchFile) -> None:
+        checked(self)
+        lines[bad_line - 1] = json.dumps({"prompt": "changed", "ratio": "16:9"}) + "\n"
+        prompts.write_text("".join(lines))
+
+    monkeypatch.setattr(BatchFile, "verify", verify_then_change)
+    simulator = Simulator(limit=200, period=1.0, generation_time=(0.05, 0.1), seed=4)
+    with simulator.serve_in_thread() as url:
+        options: list[str | Path] = ["--base-url", url, "--rate-limit", "200/1s"]
+        options += ["--api-key-file", key_file]
+        result = grok("batch", prompts, "--out", tmp_path / "v", *options, *FAST)
+    assert result.exit_code == 2, result.output
+    assert f"changed while the batch ran (line {bad_line}: ratio" in said(result)
+    sent = [r["prompt"] for r in simulator.stats.created_requests()]
+    assert "changed" not in sent
+    assert len(sent) == (0 if bad_line <= 8 else bad_line - 1)
+    if sent:
+        report = json.loads((tmp_path / "v" / "report.json").read_text())
+        assert len(report["results"]) == 20
+        assert report["totals"]["completed"] == len(sent)
 
 
 def test_a_journal_of_another_batch_is_refused(

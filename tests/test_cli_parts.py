@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from grokimagine_async import RateLimit
 from grokimagine_async._cli._estimate import estimate
 from grokimagine_async._cli._format import least_duration
-from grokimagine_async._cli._inputs import read_rows
-from grokimagine_async._exceptions import InputFileError
+from grokimagine_async._cli._inputs import BatchFile, read_rows
+from grokimagine_async._exceptions import ConfigurationError, InputFileError
 from grokimagine_async._journal import Journal, JournalEntry
 
 
@@ -85,16 +87,22 @@ def test_the_estimate_counts_only_what_is_left_to_pay_for(tmp_path: Path) -> Non
         JournalEntry(3, Journal.NEW, None, None, None, None),
         JournalEntry(4, Journal.NEW, None, None, None, None),
     ]
-    plan = estimate(rows, entries, RateLimit(100, 60), max_credits=None, resubmit_uncertain=False)
+    plan = estimate(
+        len(rows), entries, RateLimit(100, 60), max_credits=None, resubmit_uncertain=False
+    )
     assert (plan.settled, plan.in_flight, plan.uncertain, plan.to_submit) == (1, 1, 1, 2)
     assert plan.credits == 80
-    resend = estimate(rows, entries, RateLimit(100, 60), max_credits=None, resubmit_uncertain=True)
+    resend = estimate(
+        len(rows), entries, RateLimit(100, 60), max_credits=None, resubmit_uncertain=True
+    )
     assert resend.to_submit == 3
-    capped = estimate(rows, entries, RateLimit(100, 60), max_credits=160, resubmit_uncertain=False)
+    capped = estimate(
+        len(rows), entries, RateLimit(100, 60), max_credits=160, resubmit_uncertain=False
+    )
     # Three may already have cost 40 each: room for one more.
     assert capped.to_submit == 1
     resend_capped = estimate(
-        rows, entries, RateLimit(100, 60), max_credits=160, resubmit_uncertain=True
+        len(rows), entries, RateLimit(100, 60), max_credits=160, resubmit_uncertain=True
     )
     # Resent, the uncertain one costs again: two paid before, room for two.
     assert (resend_capped.to_submit, resend_capped.credits) == (2, 80)
@@ -146,15 +154,15 @@ def test_the_estimate_counts_the_failed_lines_retry_failed_resends(tmp_path: Pat
         JournalEntry(3, Journal.DONE, "t3", None, None, "completed"),
     ]
     rate = RateLimit(100, 60)
-    plain = estimate(rows, entries, rate, max_credits=None, resubmit_uncertain=False)
+    plain = estimate(len(rows), entries, rate, max_credits=None, resubmit_uncertain=False)
     assert (plain.retriable, plain.to_submit, plain.credits) == (2, 0, 0)
     resend = estimate(
-        rows, entries, rate, max_credits=None, resubmit_uncertain=False, retry_failed=True
+        len(rows), entries, rate, max_credits=None, resubmit_uncertain=False, retry_failed=True
     )
     assert (resend.to_submit, resend.credits) == (2, 80)
     # Four tasks paid for already: 200 leaves room for one resend.
     capped = estimate(
-        rows, entries, rate, max_credits=200, resubmit_uncertain=False, retry_failed=True
+        len(rows), entries, rate, max_credits=200, resubmit_uncertain=False, retry_failed=True
     )
     assert capped.to_submit == 1
 
@@ -164,3 +172,77 @@ def test_the_estimate_counts_the_failed_lines_retry_failed_resends(tmp_path: Pat
 )
 def test_a_least_time_under_a_second_does_not_read_as_none(seconds: float, said: str) -> None:
     assert least_duration(seconds) == said
+
+
+def test_a_batch_file_keeps_line_numbers_and_reads_its_requests_again(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("# title\na fox\n\na boat\n")
+    source = BatchFile(path).check()
+    assert list(source.lines) == [2, 4]
+    assert [r.prompt for r in source] == ["a fox", "a boat"]
+    # Read twice, the same requests: the second read is the run's.
+    assert [r.prompt for r in source] == ["a fox", "a boat"]
+    assert source.changed is None
+
+
+def test_a_batch_file_changed_after_its_check_is_refused_before_the_run(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("a fox\na boat\n")
+    source = BatchFile(path).check()
+    source.verify()
+    path.write_text("a fox\na boat\na third, never priced\n")
+    with pytest.raises(InputFileError, match="changed since it was checked"):
+        source.verify()
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "read", "why"),
+    [
+        ("a fox\n\nnot where it was\n", ["a fox"], "line 3 is not where a request was"),
+        ("a fox\na boat\na third\n", ["a fox", "a boat"], "line 3 is not where a request was"),
+        ("a fox\n", ["a fox"], "it ends after 1 of its 2 requests"),
+    ],
+)
+def test_a_batch_file_that_changes_mid_read_stops_before_anything_unchecked(
+    rewrite: str, read: list[str], why: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("a fox\na boat\n")
+    source = BatchFile(path).check()
+    path.write_text(rewrite)
+    assert [r.prompt for r in source] == read
+    assert source.changed is not None
+    assert why in source.changed
+    assert "fix it and rerun" in source.changed
+
+
+def test_a_bad_line_written_after_the_check_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    source = BatchFile(path).check()
+    path.write_text('{"prompt": "a"}\n{"prompt": "b", "ratio": "16:9"}\n')
+    assert [r.prompt for r in source] == ["a"]
+    assert source.changed is not None
+    assert "line 2: ratio" in source.changed
+
+
+def test_the_journal_is_checked_against_a_streamed_input(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    payloads = [{"prompt": f"p{i}"} for i in range(5)]
+    Journal(path, payloads).close()
+    read: list[int] = []
+
+    def stream() -> Iterator[dict[str, Any]]:
+        for i, payload in enumerate(payloads):
+            read.append(i)
+            yield payload
+
+    entries = Journal.scan(path, stream(), len(payloads))
+    assert not read  # nothing is read before the first entry is asked for
+    assert [e.index for e in entries] == [0, 1, 2, 3, 4]
+    assert read == [0, 1, 2, 3, 4]
+    other = [*payloads[:3], {"prompt": "another"}, payloads[4]]
+    with pytest.raises(ConfigurationError, match="request 3 differs"):
+        list(Journal.scan(path, iter(other), len(other)))
+    with pytest.raises(ConfigurationError, match="it holds 5, this input has 6"):
+        list(Journal.scan(path, iter([*payloads, payloads[0]]), 6))

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .._config import CREDITS_PER_VIDEO, RateLimit
 from .._journal import Journal, JournalEntry, Resume
-from ._inputs import Row
 
 
 @dataclass(frozen=True)
@@ -39,44 +38,40 @@ class Estimate:
 
 
 def estimate(
-    rows: Sequence[Row],
-    entries: Sequence[JournalEntry],
+    total: int,
+    entries: Iterable[JournalEntry],
     rate: RateLimit,
     *,
     max_credits: int | None,
     resubmit_uncertain: bool,
     retry_failed: bool = False,
 ) -> Estimate:
-    """The cost and the least time of running ``rows`` now, given the journal's
-    ``entries``: each row is taken as the journal's own rule says a rerun takes it."""
-    if not entries:
-        to_submit, settled, in_flight, uncertain, retriable, already = len(rows), 0, 0, 0, 0, 0
-    else:
-        plan = [
-            (e, e.resume(resubmit_uncertain=resubmit_uncertain, resubmit_failed=retry_failed))
-            for e in entries
-        ]
-        actions = Counter(action for _, action in plan)
-        # A run that stopped while reading its input left fewer rows than the input's.
-        to_submit = actions[Resume.SEND] + max(0, len(rows) - len(entries))
-        in_flight = actions[Resume.FOLLOW]
-        uncertain = actions[Resume.UNCERTAIN]
-        settled = sum(1 for e in entries if e.state == Journal.DONE)
-        retriable = sum(1 for e in entries if e.resubmit_may_succeed)
+    """The cost and the least time of running a batch of ``total`` requests now,
+    given its journal's ``entries`` (read once, in one pass): each row is taken
+    as the journal's own rule says a rerun takes it."""
+    actions: Counter[Resume] = Counter()
+    held = settled = retriable = already = 0
+    for entry in entries:
+        action = entry.resume(resubmit_uncertain=resubmit_uncertain, resubmit_failed=retry_failed)
+        held += 1
+        actions[action] += 1
+        settled += entry.state == Journal.DONE
+        retriable += entry.resubmit_may_succeed
         # What earlier runs may already have paid for, as the pipeline counts it.
-        already = sum(
-            1
-            for e, action in plan
-            if (e.state == Journal.DONE and action is Resume.SEND)
-            or (action is not Resume.SEND and e.may_have_paid)
+        already += (entry.state == Journal.DONE and action is Resume.SEND) or (
+            action is not Resume.SEND and entry.may_have_paid
         )
+    # A run that stopped while reading its input left fewer rows than the input's.
+    to_submit = actions[Resume.SEND] + max(0, total - held)
+    in_flight = actions[Resume.FOLLOW]
+    uncertain = actions[Resume.UNCERTAIN]
     if max_credits is not None:
         room = max(0, max_credits - already * CREDITS_PER_VIDEO)
         to_submit = min(to_submit, room // CREDITS_PER_VIDEO)
     requests = 2 * to_submit + in_flight
     least = max(0, requests - rate.requests) / rate.per_second
     return Estimate(
-        len(rows),
+        total,
         settled,
         in_flight,
         uncertain,

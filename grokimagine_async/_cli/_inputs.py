@@ -6,10 +6,11 @@ import csv
 import io
 import json
 import re
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .. import DOCUMENTED_MODES, DOCUMENTED_RATIOS, GenerateRequest, Unchecked
 from .._exceptions import InputFileError, RequestValidationError
@@ -83,6 +84,152 @@ def file_format(path: Path) -> str:
     return "text"
 
 
+class BatchFile:
+    """A batch file, read as a stream: once to check every line, then again to run it.
+
+    Text: one prompt a line; blank lines and lines starting with ``#`` are
+    skipped. JSON Lines: one object a line with the request's fields
+    (``prompt``, ``mode``, ``ratio``, ``images``), or a bare string prompt.
+    CSV: a header row naming those fields; ``images`` holds URLs separated by
+    spaces. A prompt longer than ``max_prompt_chars`` is refused.
+
+    Only the line number of each request is kept between reads, so a file of a
+    million prompts costs a few megabytes, not the gigabyte its requests would.
+    ``text`` holds what was piped in on stdin, read as if it were ``path``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        text: str | None = None,
+        allow_undocumented: bool = False,
+        max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+    ) -> None:
+        self.path = path
+        self.text = text
+        self.allow_undocumented = allow_undocumented
+        self.max_prompt_chars = max_prompt_chars
+        #: The line each request starts on, in input order (filled by :meth:`check`).
+        self.lines = array("L")
+        #: Why a later read stopped short: the file changed after it was checked.
+        self.changed: str | None = None
+        self._stamp: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __iter__(self) -> Iterator[GenerateRequest]:
+        """The checked requests, read again from the file (see :meth:`rows`)."""
+        return (row.request for row in self.rows())
+
+    def check(self) -> BatchFile:
+        """Read every line and check it; raises :class:`InputFileError` listing every
+        bad line, or saying the file holds no request."""
+        problems: list[str] = []
+        self.lines = array("L")
+        self._stamp = self._file_stamp()
+        for line, request in self._read():
+            if isinstance(request, str):
+                problems.append(f"  line {line}: {request}")
+            else:
+                self.lines.append(line)
+        if problems:
+            raise InputFileError(str(self.path), problems)
+        if not self.lines:
+            raise InputFileError(str(self.path), ["holds no requests: write one prompt a line"])
+        return self
+
+    def verify(self) -> None:
+        """Raise :class:`InputFileError` if the file changed since it was checked."""
+        if self._stamp is not None and self._file_stamp() != self._stamp:
+            raise InputFileError(
+                str(self.path),
+                ["changed since it was checked: run the command again to check it anew"],
+            )
+
+    def rows(self) -> Iterator[Row]:
+        """The checked rows, read again, one at a time. Past the checked count, or at
+        a line that no longer checks, the read stops and :attr:`changed` says why:
+        nothing unchecked is ever sent."""
+        return self._checked_rows(self._changed)
+
+    def reread(self) -> Iterator[Row]:
+        """The checked rows read again for a report: as :meth:`rows`, but a file that
+        changed or went away since only ends the read."""
+        return self._checked_rows(lambda why: None)
+
+    def _checked_rows(self, changed: Callable[[str], None]) -> Iterator[Row]:
+        count = 0
+        try:
+            for line, request in self._read():
+                if isinstance(request, str):
+                    changed(f"line {line}: {request}")
+                    return
+                if count >= len(self.lines) or self.lines[count] != line:
+                    changed(f"line {line} is not where a request was when checked")
+                    return
+                yield Row(line, request)
+                count += 1
+        except InputFileError as exc:
+            changed(str(exc))
+            return
+        if count < len(self.lines):
+            changed(f"it ends after {count:,} of its {len(self.lines):,} requests")
+
+    def _changed(self, why: str) -> None:
+        self.changed = f"{self.path} changed while the batch ran ({why}): fix it and rerun"
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        if self.text is not None:
+            return None
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_size, stat.st_mtime_ns
+
+    def _read(self) -> Iterator[tuple[int, GenerateRequest | str]]:
+        """Each request's line and the request, or what is wrong with it."""
+        name = str(self.path)
+        fmt = file_format(self.path)
+        try:
+            with self._open(newline="" if fmt == "csv" else "\n") as stream:
+                records = (
+                    _csv(stream, self.path)
+                    if fmt == "csv"
+                    else _jsonl(stream)
+                    if fmt == "jsonl"
+                    else _text(stream)
+                )
+                for line, fields in records:
+                    yield line, self._request(fields)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputFileError(name, [f"cannot be read: {exc}"]) from None
+
+    def _open(self, *, newline: str) -> TextIO:
+        if self.text is not None:
+            return io.StringIO(self.text, newline=newline)
+        # Only newlines end a line: universal newlines (and str.splitlines()) would
+        # also split on a lone CR inside a prompt, making two paid videos of one.
+        return self.path.open(encoding="utf-8-sig", newline=newline)
+
+    def _request(self, fields: dict[str, Any] | str) -> GenerateRequest | str:
+        if isinstance(fields, str):
+            return fields
+        try:
+            request = build_request(fields, allow_undocumented=self.allow_undocumented)
+        except RequestValidationError as exc:
+            return str(exc)
+        if len(request.prompt) > self.max_prompt_chars:
+            return (
+                f"prompt: {len(request.prompt):,} characters, over the "
+                f"{self.max_prompt_chars:,} a prompt may hold. Shorten it, or pass "
+                "--max-prompt-chars to allow more"
+            )
+        return request
+
+
 def read_rows(
     path: Path,
     *,
@@ -90,64 +237,28 @@ def read_rows(
     allow_undocumented: bool = False,
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
 ) -> list[Row]:
-    """Every request in ``path`` (or in ``text``, read as if it were that file).
-
-    Text: one prompt a line; blank lines and lines starting with ``#`` are
-    skipped. JSON Lines: one object a line with the request's fields
-    (``prompt``, ``mode``, ``ratio``, ``images``), or a bare string prompt.
-    CSV: a header row naming those fields; ``images`` holds URLs separated by
-    spaces. A prompt longer than ``max_prompt_chars`` is refused. Raises
-    :class:`InputFileError` listing every bad line.
-    """
-    name = str(path)
-    if text is None:
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputFileError(name, [f"cannot be read: {exc}"]) from None
-    fmt = file_format(path)
-    records = _csv(text, path) if fmt == "csv" else _jsonl(text) if fmt == "jsonl" else _text(text)
-    rows: list[Row] = []
-    problems: list[str] = []
-    for line, fields in records:
-        if isinstance(fields, str):
-            problems.append(f"  line {line}: {fields}")
-            continue
-        try:
-            request = build_request(fields, allow_undocumented=allow_undocumented)
-        except RequestValidationError as exc:
-            problems.append(f"  line {line}: {exc}")
-            continue
-        if len(request.prompt) > max_prompt_chars:
-            problems.append(
-                f"  line {line}: prompt: {len(request.prompt):,} characters, over the "
-                f"{max_prompt_chars:,} a prompt may hold. Shorten it, or pass "
-                "--max-prompt-chars to allow more"
-            )
-            continue
-        rows.append(Row(line, request))
-    if problems:
-        raise InputFileError(name, problems)
-    if not rows:
-        raise InputFileError(name, ["holds no requests: write one prompt a line"])
-    return rows
+    """Every request in ``path`` (or in ``text``), checked, as a list: for inputs
+    small enough to hold; :class:`BatchFile` streams them."""
+    batch = BatchFile(
+        path, text=text, allow_undocumented=allow_undocumented, max_prompt_chars=max_prompt_chars
+    )
+    return list(batch.check().rows())
 
 
-def _lines(text: str) -> list[str]:
-    # Only newlines end a line: str.splitlines() would also split on U+2028, form
-    # feeds and the like inside a prompt, making two paid videos of one.
-    return [line.removesuffix("\r") for line in text.split("\n")]
+def _lines(stream: Iterable[str]) -> Iterator[tuple[int, str]]:
+    for line, raw in enumerate(stream, 1):
+        yield line, raw.removesuffix("\n").removesuffix("\r")
 
 
-def _text(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    for line, raw in enumerate(_lines(text), 1):
+def _text(stream: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    for line, raw in _lines(stream):
         prompt = raw.strip()
         if prompt and not prompt.startswith("#"):
             yield line, {"prompt": prompt}
 
 
-def _jsonl(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    for line, raw in enumerate(_lines(text), 1):
+def _jsonl(stream: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    for line, raw in _lines(stream):
         if not raw.strip():
             continue
         try:
@@ -169,10 +280,10 @@ def _jsonl(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
             )
 
 
-def _csv(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def _csv(stream: Iterable[str], path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     # strict: a quote left open is an error, not the rest of the file as one prompt.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    reader = csv.reader(stream, delimiter=delimiter, strict=True)
     try:
         header = [h.strip() for h in next(reader, [])]
     except csv.Error as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .. import BudgetExceededError, OutcomeStatus, TaskTimeoutError
+from .. import BudgetExceededError, GenerateRequest, OutcomeStatus, TaskTimeoutError
 from .._config import USD_PER_CREDIT
 from ._estimate import Estimate
 from ._exits import stops_batch
@@ -74,9 +75,9 @@ def print_summary(job: BatchRun, report: Path | None) -> None:
     for r in trouble[:LISTED]:
         assert r.outcome is not None
         if r.outcome.status is OutcomeStatus.COMPLETED:
-            line = f"line {r.row.line}: completed, not downloaded: {r.download_error}"
+            line = f"line {r.line}: completed, not downloaded: {r.download_error}"
         else:
-            line = outcome_line(r.row.line, r.outcome)[0]
+            line = outcome_line(r.line, r.outcome)[0]
         out.print(f"  {line}", soft_wrap=True)
     if len(trouble) > LISTED:
         out.print(f"  ... and {len(trouble) - LISTED} more in the report")
@@ -110,13 +111,14 @@ def _not_submitted(job: BatchRun) -> dict[str, int]:
     return reasons
 
 
-def row_json(result: Result) -> dict[str, Any]:
-    outcome, request = result.outcome, result.row.request
+def row_json(result: Result, request: GenerateRequest | None) -> dict[str, Any]:
+    """A row of the report; ``request`` is what the row asks for, if it is known."""
+    outcome = result.outcome
     task = outcome.task if outcome else None
     error = outcome.error if outcome else None
     return {
-        "line": result.row.line,
-        "request": request.to_payload(),
+        "line": result.line,
+        "request": request.to_payload() if request else None,
         "status": str(outcome.status) if outcome else "unsettled",
         "task_id": outcome.task_id if outcome else None,
         "videos": list(outcome.videos) if outcome else [],
@@ -131,7 +133,11 @@ def row_json(result: Result) -> dict[str, Any]:
 
 
 def write_report(job: BatchRun, path: Path, source: str) -> None:
-    """The JSON report of every row, written whole or not at all."""
+    """The JSON report of every row, written whole or not at all.
+
+    Written a row at a time: the rows never settled (an interrupted run) get their
+    request from the file read again, the others from their outcome.
+    """
     counts = job.counts
     body = {
         "source": source,
@@ -140,7 +146,7 @@ def write_report(job: BatchRun, path: Path, source: str) -> None:
         "out": str(job.out),
         "journal": str(job.journal) if job.journal else None,
         "totals": {
-            "requests": len(job.rows),
+            "requests": len(job.results),
             **{str(s): counts.get(s, 0) for s in OutcomeStatus},
             "downloaded": sum(1 for r in job.results if r.done),
             "unsettled": sum(1 for r in job.results if r.outcome is None),
@@ -148,9 +154,30 @@ def write_report(job: BatchRun, path: Path, source: str) -> None:
         "credits": job.credits,
         "usd": round(job.credits * USD_PER_CREDIT, 2),
         "unfinished_task_ids": job.unfinished,
-        "results": [row_json(r) for r in job.results],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    with part.open("w", encoding="utf-8") as out:
+        out.write(json.dumps(body, indent=2).removesuffix("\n}"))
+        out.write(',\n  "results": [')
+        for i, (result, request) in enumerate(_with_requests(job)):
+            row = json.dumps(row_json(result, request), indent=2).replace("\n", "\n    ")
+            out.write(f"{',' if i else ''}\n    {row}")
+        out.write("\n  ]\n}\n")
     os.replace(part, path)
+
+
+def _with_requests(job: BatchRun) -> Iterator[tuple[Result, GenerateRequest | None]]:
+    rows = job.source.reread()
+    row = None
+    for result in job.results:
+        request = result.outcome.request if result.outcome else None
+        if request is None:
+            # The file is in line order, like the results: one read serves them all.
+            while row is None or row.line < result.line:
+                row = next(rows, None)
+                if row is None:
+                    break
+            if row is not None and row.line == result.line:
+                request = row.request
+        yield result, request

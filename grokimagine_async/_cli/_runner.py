@@ -6,7 +6,8 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -15,10 +16,10 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .. import AsyncClient, GenerationPipeline, Outcome, OutcomeStatus
-from .._exceptions import GrokImagineError, VideoExpiredError
+from .._exceptions import ConfigurationError, GrokImagineError, VideoExpiredError
 from ._exits import stops_batch
 from ._format import outcome_line
-from ._inputs import Row
+from ._inputs import BatchFile
 
 #: Seconds a Ctrl-C waits for submissions on the wire to answer: past a read timeout.
 STOP_GRACE = 45.0
@@ -56,11 +57,11 @@ class Display(Protocol):
     def refresh(self, snapshot: Snapshot) -> None: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     """One row of the batch, as it ended."""
 
-    row: Row
+    line: int
     outcome: Outcome | None = None
     files: list[Path] = field(default_factory=list)
     download_error: str | None = None
@@ -85,10 +86,14 @@ class Result:
 
 @dataclass
 class BatchRun:
-    """A batch file's rows run through ``generate_many``, with downloads."""
+    """A batch file's rows run through ``generate_many``, with downloads.
+
+    The file is streamed into the pipeline as it needs rows, read again from
+    disk; what is kept of each row is its line and how it ended.
+    """
 
     client: AsyncClient
-    rows: Sequence[Row]
+    source: BatchFile
     out: Path
     journal: Path | None
     max_credits: int | None = None
@@ -104,13 +109,19 @@ class BatchRun:
     started: float = field(init=False, default=0.0)
     unfinished: dict[str, str] = field(init=False, default_factory=dict)
     _pipeline: GenerationPipeline | None = field(init=False, default=None)
+    # Kept as rows settle, so that a progress refresh costs the same for a million
+    # rows as for ten.
+    _counts: Counter[OutcomeStatus] = field(init=False, default_factory=Counter)
+    _settled_now: int = field(init=False, default=0)
+    _with_task: int = field(init=False, default=0)
+    _downloaded: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        self.results = [Result(row) for row in self.rows]
+        self.results = [Result(line) for line in self.source.lines]
 
     @property
     def counts(self) -> Counter[OutcomeStatus]:
-        return Counter(r.outcome.status for r in self.results if r.outcome)
+        return Counter(self._counts)
 
     @property
     def credits(self) -> int:
@@ -134,7 +145,7 @@ class BatchRun:
         progress = self._pipeline.progress
         budget = self.client.rate_limit_status()
         elapsed = time.monotonic() - self.started
-        settled_now = sum(1 for r in self.results if r.outcome and not r.outcome.from_journal)
+        settled_now = self._settled_now
         left = progress.queued + progress.submitting + progress.running
         eta: float | None = None
         if left == 0:
@@ -148,14 +159,13 @@ class BatchRun:
             elif progress.queued:
                 eta = floor
         return Snapshot(
-            total=len(self.rows),
-            submitted=progress.running
-            + sum(1 for r in self.results if r.outcome and r.outcome.task_id),
+            total=len(self.results),
+            submitted=progress.running + self._with_task,
             queued=progress.queued,
             submitting=progress.submitting,
             running=progress.running,
             counts=dict(self.counts),
-            downloaded=sum(1 for r in self.results if r.done),
+            downloaded=self._downloaded,
             credits=progress.spent_credits,
             requests_left=budget.remaining,
             limit=budget.limit,
@@ -168,7 +178,7 @@ class BatchRun:
         """Run to the end, or until cancelled."""
         self.started = time.monotonic()
         self._pipeline = self.client.generate_many(
-            [row.request for row in self.rows],
+            self.source,
             journal=self.journal,
             max_credits=self.max_credits,
             resubmit_uncertain=self.resubmit_uncertain,
@@ -231,20 +241,46 @@ class BatchRun:
     async def _settle_all(self, display: Display) -> None:
         assert self._pipeline is not None
         slots = anyio.CapacityLimiter(DOWNLOADS_AT_ONCE)
-        async with anyio.create_task_group() as downloads, self._pipeline as outcomes:
-            async for outcome in outcomes:
-                result = self.results[outcome.index]
-                result.outcome = outcome
-                if stops_batch(outcome.error):
-                    assert outcome.error is not None
-                    self.stop_reason = self.stop_reason or outcome.error
-                    continue
-                if self.interrupted and outcome.status is OutcomeStatus.SKIPPED:
-                    continue
-                message, style = outcome_line(result.row.line, outcome)
-                display.event(message, style=style)
-                if outcome.status is OutcomeStatus.COMPLETED and outcome.task is not None:
-                    downloads.start_soon(self._download, result, slots, display)
+        # A file that changed under the run ends short of the journal's batch (at the
+        # start, or after its last outcome): the change, said once the run ends, is
+        # what went wrong. Caught inside the task group, which would wrap it.
+        with self._unless_the_file_changed():
+            async with self._pipeline as outcomes, anyio.create_task_group() as downloads:
+                with self._unless_the_file_changed():
+                    async for outcome in outcomes:
+                        self._settled(outcome, downloads, slots, display)
+
+    @contextmanager
+    def _unless_the_file_changed(self) -> Iterator[None]:
+        try:
+            yield
+        except ConfigurationError:
+            if self.source.changed is None:
+                raise
+
+    def _settled(
+        self,
+        outcome: Outcome,
+        downloads: TaskGroup,
+        slots: anyio.CapacityLimiter,
+        display: Display,
+    ) -> None:
+        """Keep how a row ended, say so, and start its download."""
+        result = self.results[outcome.index]
+        result.outcome = outcome
+        self._counts[outcome.status] += 1
+        self._settled_now += not outcome.from_journal
+        self._with_task += outcome.task_id is not None
+        if stops_batch(outcome.error):
+            assert outcome.error is not None
+            self.stop_reason = self.stop_reason or outcome.error
+            return
+        if self.interrupted and outcome.status is OutcomeStatus.SKIPPED:
+            return
+        message, style = outcome_line(result.line, outcome)
+        display.event(message, style=style)
+        if outcome.status is OutcomeStatus.COMPLETED and outcome.task is not None:
+            downloads.start_soon(self._download, result, slots, display)
 
     async def _download(
         self, result: Result, slots: anyio.CapacityLimiter, display: Display
@@ -262,9 +298,10 @@ class BatchRun:
             except (GrokImagineError, OSError) as exc:
                 result.download_error = str(exc)
                 display.event(
-                    f"line {result.row.line}: download of task {task.task_id} failed: {exc}",
+                    f"line {result.line}: download of task {task.task_id} failed: {exc}",
                     style="red",
                 )
                 return
+        self._downloaded += result.done
         files = ", ".join(str(p) for p in result.files)
-        display.event(f"line {result.row.line}: saved {files}", style="green")
+        display.event(f"line {result.line}: saved {files}", style="green")

@@ -16,7 +16,7 @@ from .._display import LiveDisplay, PlainDisplay
 from .._estimate import estimate
 from .._exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, fail, run, stop_line
 from .._format import stderr, usd
-from .._inputs import DEFAULT_MAX_PROMPT_CHARS, Row, read_rows
+from .._inputs import DEFAULT_MAX_PROMPT_CHARS, BatchFile
 from .._options import (
     DEFAULT_POLL_INTERVAL,
     ApiKeyFile,
@@ -142,32 +142,34 @@ def batch(
             "failed: drop --no-journal"
         )
     connection = Connection(api_key_file, base_url, tier, rate_limit, redis_url, redis_fallback)
+    stdin = str(file) == "-"
+    source = BatchFile(
+        Path("stdin.txt") if stdin else file,
+        text=sys.stdin.read() if stdin else None,
+        allow_undocumented=allow_undocumented,
+        max_prompt_chars=max_prompt_chars,
+    )
     try:
-        if str(file) == "-":
-            rows = read_rows(
-                Path("stdin.txt"),
-                text=sys.stdin.read(),
-                allow_undocumented=allow_undocumented,
-                max_prompt_chars=max_prompt_chars,
-            )
-        else:
-            rows = read_rows(
-                file, allow_undocumented=allow_undocumented, max_prompt_chars=max_prompt_chars
-            )
+        source.check()
         journal_path = None if no_journal else journal or default_journal(out)
-        payloads = [row.request.to_payload() for row in rows]
-        entries = Journal.peek(journal_path, payloads) if journal_path else []
         rate, rate_source, rate_hint = connection.plan_rate()
+        entries = (
+            Journal.scan(journal_path, (r.request.to_payload() for r in source.rows()), len(source))
+            if journal_path
+            else ()
+        )
+        plan = estimate(
+            len(source),
+            entries,
+            rate,
+            max_credits=max_credits,
+            resubmit_uncertain=resubmit_uncertain,
+            retry_failed=retry_failed,
+        )
     except (InputFileError, ConfigurationError, JournalError) as exc:
         fail(str(exc))
-    plan = estimate(
-        rows,
-        entries,
-        rate,
-        max_credits=max_credits,
-        resubmit_uncertain=resubmit_uncertain,
-        retry_failed=retry_failed,
-    )
+    if source.changed:
+        fail(source.changed)
     print_estimate(stderr(), plan, rate_source, rate_hint, journal_path)
     if dry_run:
         raise typer.Exit(EXIT_OK)
@@ -198,9 +200,13 @@ def batch(
             # A question answered no: the command did what it was told.
             stderr().print("nothing was sent")
             raise typer.Exit(EXIT_OK)
+    try:
+        source.verify()
+    except InputFileError as exc:
+        fail(str(exc))
     run_batch(
         client,
-        rows,
+        source,
         source=str(file),
         out=out,
         journal=journal_path,
@@ -237,7 +243,7 @@ def check_writable(option: str, folder: Path) -> None:
 
 def run_batch(
     client: AsyncClient,
-    rows: list[Row],
+    rows: BatchFile,
     *,
     source: str,
     out: Path,
@@ -290,6 +296,9 @@ def run_batch(
         print_summary(job, written)
         _say_interrupted(job, written)
         raise typer.Exit(EXIT_INTERRUPTED)
+    if rows.changed:
+        print_summary(job, keep_report(failed=True))
+        fail(rows.changed)
     if job.stop_reason is not None:
         if job.created_anything:
             print_summary(job, keep_report(failed=True))

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ... import AsyncClient, GenerateRequest, RateLimit
+from ... import AsyncClient, RateLimit
 from ..._config import CREDITS_PER_VIDEO
 from .._format import stderr
-from .._inputs import Row
+from .._inputs import BatchFile
 from .._options import Progress, ProgressOption
 from .batch import run_batch
 
@@ -51,7 +52,9 @@ def demo(
     """
     from ...simulator import Simulator
 
-    rows = [Row(i + 1, GenerateRequest.build(p)) for i, p in enumerate(DEMO_PROMPTS)]
+    prompts = BatchFile(
+        Path("demo.jsonl"), text="".join(json.dumps(p) + "\n" for p in DEMO_PROMPTS)
+    ).check()
     minute, fastest, slowest = 2.0 * time_scale, 2.0 * time_scale, 6.0 * time_scale
     sim = Simulator(
         limit=60, period=minute, generation_time=(fastest, slowest), failure_rate=0.1, seed=2
@@ -61,7 +64,7 @@ def demo(
     with sim.serve_in_thread() as url:
         err.print(
             f"simulator on {url} (a rate-limit minute lasts {minute:g} s); "
-            f"{len(rows)} sample prompts, {CREDITS_PER_VIDEO} simulated credits each",
+            f"{len(prompts)} sample prompts, {CREDITS_PER_VIDEO} simulated credits each",
         )
         client = AsyncClient(
             "demo-token",
@@ -72,7 +75,7 @@ def demo(
         try:
             run_batch(
                 client,
-                rows,
+                prompts,
                 source="the demo's sample prompts",
                 out=out,
                 journal=Path(journal_dir.name) / "demo.journal.db",
