@@ -74,6 +74,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0, pool=None)
 #: what the plan's rate needs (see ``_flight``), so far fewer are opened.
 DEFAULT_POOL = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=4.0)
 DEFAULT_WAIT_TIMEOUT = 600.0
+#: The longest wait the client takes from the server's Retry-After or rate headers.
+DEFAULT_MAX_RETRY_AFTER = 120.0
 
 
 def _check_positive(field: str, value: float | None, example: str) -> None:
@@ -143,6 +145,15 @@ class AsyncClient:
         limiter: a rate limiter of your own (one shared by many processes,
             say) in place of the process-wide one for this token; ``tier`` and
             ``rate_limit`` are then its business. See :class:`Limiter`.
+        max_retry_after: the longest wait, in seconds, the client takes from the
+            server (``Retry-After``, ``X-RateLimit-Reset``): a server that asks
+            for longer fails the call at once with :class:`RateLimitError`
+            rather than holding it, and no answer holds the rate limiter back
+            longer than this. 120 by default.
+        allow_insecure_http: allow a plain ``http://`` ``base_url`` to a host
+            other than this machine, which sends the token in clear text; off by
+            default, and ``GROKIMAGINE_ALLOW_INSECURE_HTTP=1`` turns it on.
+            Loopback addresses (a local simulator) need no opt-in.
     """
 
     def __init__(
@@ -162,9 +173,11 @@ class AsyncClient:
         limiter: Limiter | None = None,
         redis_url: str | None = None,
         redis_fallback: float | None = None,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
+        allow_insecure_http: bool | None = None,
     ) -> None:
         key = resolve_api_key(api_key)
-        self._base_url = resolve_base_url(base_url)
+        self._base_url = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
         self._tier = resolve_tier(tier)
         rate_limit = resolve_rate_limit(rate_limit)
         self._redis_url, self._redis_fallback = resolve_redis(redis_url, redis_fallback)
@@ -182,6 +195,13 @@ class AsyncClient:
         ):
             raise ConfigurationError(
                 f"rate_limit_patience must be seconds >= 0 (or None), got {rate_limit_patience!r}"
+            )
+        if isinstance(max_retry_after, bool) or not (
+            isinstance(max_retry_after, (int, float)) and 0 < max_retry_after < math.inf
+        ):
+            raise ConfigurationError(
+                f"max_retry_after must be seconds above 0, got {max_retry_after!r}; "
+                f"leave it out for {DEFAULT_MAX_RETRY_AFTER:g}"
             )
         self._poll_interval = resolve_poll_interval(poll_interval)
         http_timeout: httpx.Timeout | httpx._client.UseClientDefault
@@ -210,6 +230,7 @@ class AsyncClient:
                 max_retries=max_retries,
                 initial_backoff=backoff,
                 max_backoff=max(8.0, backoff),
+                max_retry_after=float(max_retry_after),
                 retry_uncertain_submits=retry_uncertain_submits,
                 rate_limit_patience=rate_limit_patience,
             ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 import os
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ ENV_POLL_INTERVAL = "GROKIMAGINE_POLL_INTERVAL"
 ENV_RATE_LIMIT = "GROKIMAGINE_RATE_LIMIT"
 ENV_REDIS_URL = "GROKIMAGINE_REDIS_URL"
 ENV_REDIS_FALLBACK = "GROKIMAGINE_REDIS_FALLBACK"
+ENV_ALLOW_INSECURE_HTTP = "GROKIMAGINE_ALLOW_INSECURE_HTTP"
 
 #: What one video costs, per the provider's page.
 CREDITS_PER_VIDEO = 40
@@ -132,8 +134,50 @@ def resolve_api_key(api_key: str | None) -> str:
     return key
 
 
-def resolve_base_url(base_url: str | httpx.URL | None) -> httpx.URL:
-    """The base URL given, else ``GROKIMAGINE_BASE_URL``, else the provider's."""
+#: Names that never reach another machine: this one's (RFC 6761), and the names
+#: reserved for tests, which no public resolver answers (an in-process transport
+#: such as the simulator's is addressed by one).
+_LOCAL_NAMES = ("localhost", "test", "invalid")
+
+
+def is_local(host: str) -> bool:
+    """Whether a request to ``host`` stays on this machine: ``localhost``,
+    127.0.0.0/8, ``::1``, or a name under ``.test`` or ``.invalid``."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host.rpartition(".")[2] in _LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_allow_insecure_http(allow: bool | None) -> bool:
+    """The choice given, else ``GROKIMAGINE_ALLOW_INSECURE_HTTP``, else False."""
+    if allow is not None:
+        if not isinstance(allow, bool):
+            raise ConfigurationError(f"allow_insecure_http must be True or False, got {allow!r}")
+        return allow
+    raw = os.environ.get(ENV_ALLOW_INSECURE_HTTP, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigurationError(
+        f"{ENV_ALLOW_INSECURE_HTTP}={raw!r}: set it to 1 to allow plain http:// to a host "
+        "that is not this machine, or unset it"
+    )
+
+
+def resolve_base_url(
+    base_url: str | httpx.URL | None, *, allow_insecure_http: bool | None = None
+) -> httpx.URL:
+    """The base URL given, else ``GROKIMAGINE_BASE_URL``, else the provider's.
+
+    Plain ``http://`` would carry the API token in clear text: it is refused for
+    any host but this machine's (see :func:`is_local`) unless ``allow_insecure_http`` (or
+    ``GROKIMAGINE_ALLOW_INSECURE_HTTP=1``) says the network is trusted.
+    """
     raw = base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
     source = "base_url" if base_url is not None else ENV_BASE_URL
     try:
@@ -147,6 +191,23 @@ def resolve_base_url(base_url: str | httpx.URL | None) -> httpx.URL:
         )
     if url.query or url.fragment:
         raise ConfigurationError(f"{source}: {raw!r} must not have a query or fragment")
+    if url.userinfo:
+        # Credentials in the URL would reach logs, reprs and error messages with it.
+        raise ConfigurationError(
+            f"{source}: {url.copy_with(username=None, password=None)} must not carry a user "
+            "name or password: pass the API token as api_key (or GROKIMAGINE_API_KEY)"
+        )
+    if (
+        url.scheme == "http"
+        and not is_local(url.host)
+        and not resolve_allow_insecure_http(allow_insecure_http)
+    ):
+        raise ConfigurationError(
+            f"{source}: {raw!r} is plain http:// to another machine, which would send your "
+            f"API token in clear text. Use https://{url.netloc.decode('ascii')}, or, on a "
+            "network you trust, allow it: AsyncClient(allow_insecure_http=True), "
+            f"--allow-insecure-http on the command line, or {ENV_ALLOW_INSECURE_HTTP}=1"
+        )
     return url.copy_with(path=url.path.rstrip("/") or "")
 
 

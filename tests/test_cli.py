@@ -185,6 +185,39 @@ def test_usage_errors_name_the_flag_not_python(
     assert not PYTHON_ADVICE.search(said(result)), result.output
 
 
+@pytest.mark.parametrize("command", ["generate", "batch", "status", "download"])
+def test_plain_http_to_another_machine_is_refused_before_anything_runs(
+    command: str, key_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GROKIMAGINE_ALLOW_INSECURE_HTTP", raising=False)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    target: dict[str, list[str | Path]] = {
+        "generate": ["a fox"],
+        "batch": [prompts, "--dry-run"],
+        "status": ["t1"],
+        "download": ["t1"],
+    }
+    where: list[str | Path] = ["--base-url", "http://api.example.com", "--api-key-file", key_file]
+    refused = grok(command, *target[command], *where)
+    assert refused.exit_code == 2, refused.output
+    text = said(refused)
+    assert "clear text" in text
+    assert "--allow-insecure-http" in text
+    assert TOKEN not in refused.output
+
+
+def test_the_flag_lets_plain_http_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GROKIMAGINE_ALLOW_INSECURE_HTTP", raising=False)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    where = ["--base-url", "http://api.example.com"]
+    allowed = grok("batch", prompts, "--dry-run", *where, "--allow-insecure-http")
+    assert allowed.exit_code == 0, allowed.output
+    by_env = grok("batch", prompts, "--dry-run", *where, GROKIMAGINE_ALLOW_INSECURE_HTTP="1")
+    assert by_env.exit_code == 0, by_env.output
+
+
 def test_a_plan_that_does_not_exist_names_the_plans(key_file: Path) -> None:
     result = grok("status", "task_1", "--tier", "gold", "--api-key-file", key_file)
     assert result.exit_code == 2

@@ -102,6 +102,66 @@ def test_bad_settings_are_named(kwargs: dict[str, object], needle: str) -> None:
         AsyncClient(TOKEN, **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "url", ["http://api.example.com", "http://10.0.0.7:8000", "http://localhost.example.com"]
+)
+def test_plain_http_to_another_machine_is_refused_and_names_the_opt_in(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GROKIMAGINE_ALLOW_INSECURE_HTTP", raising=False)
+    with pytest.raises(ConfigurationError) as info:
+        AsyncClient(TOKEN, base_url=url)
+    message = str(info.value)
+    for opt_in in (
+        "allow_insecure_http=True",
+        "--allow-insecure-http",
+        "GROKIMAGINE_ALLOW_INSECURE_HTTP=1",
+        "https://",
+    ):
+        assert opt_in in message
+    assert TOKEN not in message
+    assert str(AsyncClient(TOKEN, base_url=url, allow_insecure_http=True).base_url) == url
+    monkeypatch.setenv("GROKIMAGINE_ALLOW_INSECURE_HTTP", "1")
+    assert str(AsyncClient(TOKEN, base_url=url).base_url) == url
+    # The argument wins over the environment.
+    with pytest.raises(ConfigurationError, match="clear text"):
+        AsyncClient(TOKEN, base_url=url, allow_insecure_http=False)
+    monkeypatch.setenv("GROKIMAGINE_ALLOW_INSECURE_HTTP", "perhaps")
+    with pytest.raises(ConfigurationError, match="GROKIMAGINE_ALLOW_INSECURE_HTTP='perhaps'"):
+        AsyncClient(TOKEN, base_url=url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000",
+        "http://127.8.9.10",
+        "http://localhost:8000",
+        "http://[::1]:8000",
+        "http://sim.test",
+        "https://api.example.com",
+    ],
+)
+def test_loopback_test_names_and_https_need_no_opt_in(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GROKIMAGINE_ALLOW_INSECURE_HTTP", raising=False)
+    assert AsyncClient(TOKEN, base_url=url).base_url.host
+
+
+def test_a_base_url_carrying_credentials_is_refused_without_echoing_them() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        AsyncClient(TOKEN, base_url="https://me:hunter2@api.example.com")
+    assert "hunter2" not in str(info.value)
+    assert "api_key" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), True, "60"])
+def test_the_cap_on_server_advised_waits_is_checked(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="max_retry_after"):
+        AsyncClient(TOKEN, max_retry_after=bad)  # type: ignore[arg-type]
+
+
 def test_the_poll_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert AsyncClient(TOKEN).poll_interval == 5.0
     monkeypatch.setenv("GROKIMAGINE_POLL_INTERVAL", "0.25")
@@ -333,6 +393,14 @@ async def test_a_wait_longer_than_the_cap_is_not_waited_for() -> None:
         with pytest.raises(RateLimitError) as info:
             await client.get_task("task_1")
     assert info.value.retry_after == 3600
+    assert len(api.requests) == 1
+
+
+async def test_the_cap_on_server_advised_waits_is_an_option() -> None:
+    api = Recorder(api_error(503, "BUSY", "x", **{"Retry-After": "2"}), ok(TASK))
+    async with make_client(api, max_retry_after=1.5) as client:
+        with pytest.raises(ServerError):
+            await client.get_task("task_1")
     assert len(api.requests) == 1
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import AsyncClient
-from .._config import ENV_API_KEY, ENV_TIER, RateLimit, Tier
+from .._config import ENV_API_KEY, ENV_TIER, RateLimit, Tier, resolve_base_url
 from .._exceptions import ConfigurationError
 
 _PLANS = ", ".join(t.value for t in Tier)
@@ -139,6 +139,16 @@ RedisFallbackOption = Annotated[
         show_default=False,
     ),
 ]
+InsecureHttpOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-insecure-http",
+        help="Allow a plain http:// --base-url to another machine, which sends the token "
+        "in clear text: only on a network you trust (default: "
+        "GROKIMAGINE_ALLOW_INSECURE_HTTP, else refused).",
+        show_default=False,
+    ),
+]
 UndocumentedOption = Annotated[
     bool,
     typer.Option(
@@ -176,6 +186,7 @@ class Connection:
     rate: str | None
     redis_url: str | None = None
     redis_fallback: float | None = None
+    insecure_http: bool = False
 
     def client(self, **kwargs: Any) -> AsyncClient:
         key: str | None = None
@@ -203,8 +214,14 @@ class Connection:
             rate_limit=parse_rate(self.rate),
             redis_url=self.redis_url,
             redis_fallback=self.redis_fallback,
+            # Unset, the environment's GROKIMAGINE_ALLOW_INSECURE_HTTP decides.
+            allow_insecure_http=True if self.insecure_http else None,
             **kwargs,
         )
+
+    def check_base_url(self) -> None:
+        """Refuse a ``--base-url`` the client would refuse, before anything else runs."""
+        resolve_base_url(self.base_url, allow_insecure_http=True if self.insecure_http else None)
 
     def plan(self) -> Tier | None:
         """``--tier``, else ``GROKIMAGINE_TIER``, else None (learned from the API)."""

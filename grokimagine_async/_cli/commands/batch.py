@@ -22,6 +22,7 @@ from .._options import (
     ApiKeyFile,
     BaseUrl,
     Connection,
+    InsecureHttpOption,
     PollIntervalOption,
     Progress,
     ProgressOption,
@@ -128,6 +129,7 @@ def batch(
     rate_limit: RateOption = None,
     redis_url: RedisUrlOption = None,
     redis_fallback: RedisFallbackOption = None,
+    allow_insecure_http: InsecureHttpOption = False,
 ) -> None:
     """Generate a video for every request in FILE and download each as it completes.
 
@@ -141,7 +143,15 @@ def batch(
             "--retry-failed resends the lines the journal of an earlier run holds as "
             "failed: drop --no-journal"
         )
-    connection = Connection(api_key_file, base_url, tier, rate_limit, redis_url, redis_fallback)
+    connection = Connection(
+        api_key_file,
+        base_url,
+        tier,
+        rate_limit,
+        redis_url,
+        redis_fallback,
+        allow_insecure_http,
+    )
     stdin = str(file) == "-"
     source = BatchFile(
         Path("stdin.txt") if stdin else file,
@@ -150,6 +160,7 @@ def batch(
         max_prompt_chars=max_prompt_chars,
     )
     try:
+        connection.check_base_url()
         source.check()
         journal_path = None if no_journal else journal or default_journal(out)
         rate, rate_source, rate_hint = connection.plan_rate()

@@ -16,6 +16,7 @@ from .._options import (
     ApiKeyFile,
     BaseUrl,
     Connection,
+    InsecureHttpOption,
     RateOption,
     RedisFallbackOption,
     RedisUrlOption,
@@ -33,9 +34,18 @@ def download(
     rate_limit: RateOption = None,
     redis_url: RedisUrlOption = None,
     redis_fallback: RedisFallbackOption = None,
+    allow_insecure_http: InsecureHttpOption = False,
 ) -> None:
     """Download the videos of completed tasks (fresh links are fetched first)."""
-    connection = Connection(api_key_file, base_url, tier, rate_limit, redis_url, redis_fallback)
+    connection = Connection(
+        api_key_file,
+        base_url,
+        tier,
+        rate_limit,
+        redis_url,
+        redis_fallback,
+        allow_insecure_http,
+    )
     err = stderr()
 
     async def main() -> int:

@@ -18,6 +18,7 @@ from .._options import (
     ApiKeyFile,
     BaseUrl,
     Connection,
+    InsecureHttpOption,
     PollIntervalOption,
     RateOption,
     RedisFallbackOption,
@@ -47,6 +48,7 @@ def generate(
     rate_limit: RateOption = None,
     redis_url: RedisUrlOption = None,
     redis_fallback: RedisFallbackOption = None,
+    allow_insecure_http: InsecureHttpOption = False,
 ) -> None:
     """Generate one video (40 credits), wait for it and download it."""
     fields = {"prompt": prompt, "mode": mode, "ratio": ratio, "images": image or None}
@@ -54,7 +56,15 @@ def generate(
         request = build_request(fields, allow_undocumented=allow_undocumented, name=option_name)
     except RequestValidationError as exc:
         fail(str(exc))
-    connection = Connection(api_key_file, base_url, tier, rate_limit, redis_url, redis_fallback)
+    connection = Connection(
+        api_key_file,
+        base_url,
+        tier,
+        rate_limit,
+        redis_url,
+        redis_fallback,
+        allow_insecure_http,
+    )
     err = stderr()
     submitted: list[str] = []
 

@@ -17,6 +17,7 @@ from .._options import (
     ApiKeyFile,
     BaseUrl,
     Connection,
+    InsecureHttpOption,
     RateOption,
     RedisFallbackOption,
     RedisUrlOption,
@@ -35,9 +36,18 @@ def status(
     rate_limit: RateOption = None,
     redis_url: RedisUrlOption = None,
     redis_fallback: RedisFallbackOption = None,
+    allow_insecure_http: InsecureHttpOption = False,
 ) -> None:
     """Show where each task is: pending, running, completed (with its video URLs) or failed."""
-    connection = Connection(api_key_file, base_url, tier, rate_limit, redis_url, redis_fallback)
+    connection = Connection(
+        api_key_file,
+        base_url,
+        tier,
+        rate_limit,
+        redis_url,
+        redis_fallback,
+        allow_insecure_http,
+    )
 
     async def main() -> list[Task | GrokImagineError]:
         found: list[Task | GrokImagineError] = [GrokImagineError("not looked up")] * len(task_ids)
