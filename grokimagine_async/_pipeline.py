@@ -438,6 +438,11 @@ class _Batch:
                 with anyio.CancelScope() as scope:
                     self.scopes[item.index] = scope
                     self.unsent.add(item.index)
+                    if self.stopping:
+                        # Stopped after this task was started but before it ran, so
+                        # stop() could not call it off: it would wait a whole window
+                        # for a slot just to learn that.
+                        scope.cancel()
                     await self._submit(item)
                 if scope.cancelled_caught:
                     self.credits.refund()

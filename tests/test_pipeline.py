@@ -7,26 +7,31 @@ import gc
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 from grokimagine_async import (
     APIConnectionError,
+    AsyncClient,
     AuthenticationError,
     JournalError,
     Outcome,
     OutcomeStatus,
+    RateLimit,
     SubmitUncertainError,
     TaskFailedError,
     TaskPollError,
 )
 from grokimagine_async._journal import SETTLED_BATCH, Journal
-from grokimagine_async.simulator import Fault
+from grokimagine_async.simulator import Fault, Simulator
 
-from .helpers import Recorder, api_error, make_client, ok, prompts, running
+from .helpers import SIM_URL, TOKEN, Recorder, api_error, make_client, ok, prompts, running
 
 pytestmark = [pytest.mark.anyio, pytest.mark.backends("asyncio", "trio")]
 
@@ -291,3 +296,44 @@ def test_a_settled_row_waits_for_the_next_write_and_a_crash_leaves_its_task_id(
     subprocess.run([sys.executable, "-c", SETTLE_AND_DIE, str(crashed)], check=False)
     (entry, _) = Journal.peek(crashed, [{"prompt": "a"}, {"prompt": "b"}])
     assert (entry.state, entry.task_id) == (Journal.SUBMITTED, "task_a")
+
+
+class StopOnPop(deque[Any]):
+    """A queue that stops its batch as the feeder takes the ``at``-th request from it:
+    that request's task is then started but has not run."""
+
+    def __init__(self, items: Iterable[Any], batch: Any, at: int) -> None:
+        super().__init__(items)
+        self.batch, self.at, self.popped = batch, at, 0
+
+    def popleft(self) -> Any:
+        item = super().popleft()
+        self.popped += 1
+        if self.popped == self.at:
+            self.batch.stop(self.batch.stop_reason)
+        return item
+
+
+async def test_a_stop_reaches_a_submission_started_but_not_yet_run() -> None:
+    sim = Simulator(limit=100, period=1.0, generation_time=(0.05, 0.1), seed=3)
+    # Two slots in five seconds: the third submission would wait that long for one,
+    # only to find the batch stopped.
+    async with (
+        httpx.AsyncClient(transport=sim.transport()) as http,
+        AsyncClient(TOKEN, base_url=SIM_URL, http_client=http, rate_limit=RateLimit(2, 5.0)) as c,
+    ):
+        pipeline = c.generate_many(prompts(6))
+        async with pipeline as results:
+            batch = pipeline._batch
+            batch.queue = StopOnPop(batch.queue, batch, at=3)
+            with anyio.fail_after(10):
+                async for _ in results:
+                    if batch.stopping:
+                        break
+                stopped = anyio.current_time()
+                await pipeline.wait_submitted()
+                quiet_after = anyio.current_time() - stopped
+    # The two before it may have gone; the third and the rest never do.
+    assert sim.stats.tasks_created <= 2
+    # At once, not after the five seconds a slot would have taken.
+    assert quiet_after < 2.5
