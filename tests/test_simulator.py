@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import email.utils
 import json
@@ -25,6 +26,7 @@ from grokimagine_async._cli._app import app as cli_app
 from grokimagine_async.simulator import (
     FAILURE_MESSAGES,
     Fault,
+    FaultEndpoint,
     ManualClock,
     RateModel,
     RequestRecord,
@@ -799,6 +801,7 @@ def test_every_models_window_matches_what_it_then_admits(
         (Fault.empty_body(), 1),
         (Fault.reset_after(), 1),
         (Fault.delay(0.01), 1),
+        (Fault.server_error_after(), 1),
     ],
     ids=lambda v: v.kind if isinstance(v, Fault) else str(v),
 )
@@ -956,6 +959,233 @@ async def test_plain_asgi_transport_sees_the_fallback_drop() -> None:
         with pytest.raises(SimulatedDisconnect):
             await http.post("/v1/generate", json={"prompt": "p"})
     assert sim.stats.tasks_created == 1
+
+
+# Faults after the server acted, answers that go backwards, videos that 404 once
+
+
+@pytest.mark.anyio
+async def test_server_error_after_creates_and_counts_then_answers_500(clock: ManualClock) -> None:
+    sim = Simulator(clock=clock, limit=10, generation_time=(0.0, 0.0))
+    async with client(sim) as http:
+        sim.inject("server_error_after", endpoint="generate")
+        failed = await http.post("/v1/generate", json={"prompt": "lost to a 500"})
+        task_id = await create(http, "answered")
+        sim.inject(Fault.server_error_after(), endpoint="status")
+        poll = await http.get("/v1/status", params={"task_id": task_id})
+        after = await http.get("/v1/status", params={"task_id": task_id})
+    body = {"code": 500, "message": "Internal server error", "error": "SERVER_ERROR"}
+    assert (failed.status_code, failed.json()) == (500, body)
+    assert (poll.status_code, poll.json()) == (500, body)
+    # Handled, so counted: each answer carries the limiter's count, the 500s included.
+    remaining = [int(r.headers["x-ratelimit-remaining"]) for r in (failed, poll, after)]
+    assert remaining == [9, 7, 6]
+    assert after.json()["data"]["status"] == "completed"
+    stats = sim.stats
+    assert stats.tasks_created == 2
+    assert [r["prompt"] for r in stats.created_requests()] == ["lost to a 500", "answered"]
+    assert [(r.status, r.counted) for r in stats.log] == [
+        (500, True),
+        (200, True),
+        (500, True),
+        (200, True),
+    ]
+    assert stats.faults == Counter({"server_error_after": 2})
+    assert stats.tasks_unreported == 1
+    assert stats.unreported_requests() == [{"prompt": "lost to a 500"}]
+
+
+@pytest.mark.anyio
+async def test_server_error_after_on_a_refused_request_creates_nothing(clock: ManualClock) -> None:
+    sim = Simulator(clock=clock, limit=1)
+    async with client(sim) as http:
+        await create(http)
+        sim.inject("server_error_after")
+        refused = await http.post("/v1/generate", json={"prompt": "over the limit"})
+    assert refused.status_code == 500
+    assert sim.stats.tasks_created == 1
+    assert sim.stats.tasks_unreported == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+async def test_status_backwards_shows_a_finished_task_running_once(
+    clock: ManualClock, outcome: str
+) -> None:
+    sim = Simulator(
+        clock=clock, generation_time=(10.0, 10.0), videos_per_task=2, refund_failed=True
+    )
+    async with client(sim) as http:
+        task_id = await create(http)
+        if outcome == "failed":
+            sim.fail_now(task_id)
+        else:
+            clock.advance(10.0)
+        sim.inject("status_backwards", endpoint="status")
+        backwards = await http.get("/v1/status", params={"task_id": task_id})
+        again = await status(http, task_id)
+    assert backwards.status_code == 200
+    assert backwards.headers["x-ratelimit-remaining"] == "98"
+    shown = backwards.json()["data"]
+    assert shown["status"] == "processing"
+    assert shown["response"] == []
+    assert shown["error_message"] is None
+    assert shown["consumed_credits"] == 40
+    assert (shown["task_id"], shown["created_at"]) == (task_id, again["created_at"])
+    assert shown["request"] == again["request"]
+    assert again["status"] == outcome
+    if outcome == "completed":
+        assert len(again["response"]) == 2
+    else:
+        assert again["error_message"] == "grok imagine build failed"
+        assert again["consumed_credits"] == 0
+    assert sim.stats.faults == Counter({"status_backwards": 1})
+    assert sim.stats.log[1].counted
+
+
+@pytest.mark.anyio
+async def test_status_backwards_leaves_a_running_task_and_other_endpoints_alone(
+    clock: ManualClock,
+) -> None:
+    sim = Simulator(clock=clock, generation_time=(10.0, 10.0), queue_fraction=0.0)
+    sim.inject("status_backwards", times=2)
+    async with client(sim) as http:
+        # A generate and a video download pass a status_backwards queued for "any" by.
+        task_id = await create(http)
+        assert (await http.get(f"/videos/{task_id}/1.mp4")).status_code == 404
+        assert sim.pending_faults == 2
+        running = await status(http, task_id)
+        clock.advance(10.0)
+        backwards = await status(http, task_id)
+        done = await status(http, task_id)
+    assert running["status"] == backwards["status"] == "processing"
+    assert done["status"] == "completed"
+    assert sim.pending_faults == 0
+    # Only the answer it changed is counted.
+    assert sim.stats.faults == Counter({"status_backwards": 1})
+    elsewhere: tuple[FaultEndpoint, ...] = ("generate", "video")
+    for endpoint in elsewhere:
+        with pytest.raises(ValueError, match="only to status requests"):
+            sim.inject("status_backwards", endpoint=endpoint)
+        with pytest.raises(ValueError, match="only to status requests"):
+            sim.set_fault_rate("status_backwards", 0.5, endpoint=endpoint)
+
+
+@pytest.mark.anyio
+async def test_video_not_found_404s_a_url_once(clock: ManualClock) -> None:
+    sim = Simulator(clock=clock, generation_time=(0.0, 0.0), videos_per_task=2)
+    async with client(sim) as http:
+        task_id = await create(http)
+        first, second = (await status(http, task_id))["response"]
+        sim.inject("video_not_found", endpoint="video", times=3)
+        missing = await http.get(first)
+        retried = await http.get(first)
+        other = await http.get(second)
+        assert sim.pending_faults == 0
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/xml"
+    assert b"<Code>NoSuchKey</Code>" in missing.content
+    # The fault was drawn again for the retry, yet the URL had had its one 404.
+    assert retried.status_code == 200
+    assert retried.content[4:8] == b"ftyp"
+    assert other.status_code == 404
+    assert sim.stats.faults == Counter({"video_not_found": 2})
+    with pytest.raises(ValueError, match="only to video requests"):
+        sim.inject("video_not_found", endpoint="status")
+
+
+@pytest.mark.anyio
+async def test_video_not_found_at_full_rate_lets_every_retry_through(clock: ManualClock) -> None:
+    sim = Simulator(clock=clock, generation_time=(10.0, 10.0), video_ttl=60.0)
+    sim.set_fault_rate("video_not_found", 1.0)
+    async with client(sim) as http:
+        task_id = await create(http)
+        url = f"/videos/{task_id}/1.mp4"
+        # Not finished yet, then expired: the real answers stand and the 404 is kept.
+        early = await http.get(url)
+        clock.advance(10.0)
+        assert (await status(http, task_id))["status"] == "completed"
+        codes = [(await http.get(url)).status_code for _ in range(3)]
+        clock.advance(60.0)
+        expired = await http.get(url)
+    assert early.status_code == 404
+    assert codes == [404, 200, 200]
+    assert expired.status_code == 403
+    assert sim.stats.faults == Counter({"video_not_found": 1})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("fault", "unreported"),
+    [
+        (Fault.reset_after(), 1),
+        (Fault.empty_body(), 1),
+        (Fault.server_error_after(), 1),
+        (Fault.truncated_json(), 1),
+        (Fault.delay(0.01), 0),
+        (Fault.reset_before(), 0),
+        (Fault.server_error(), 0),
+        (Fault.html(), 0),
+    ],
+    ids=lambda v: v.kind if isinstance(v, Fault) else str(v),
+)
+async def test_tasks_unreported_counts_created_ids_the_client_never_got(
+    fault: Fault, unreported: int
+) -> None:
+    sim = Simulator()
+    async with client(sim) as http:
+        await create(http, "seen")
+        sim.inject(fault, endpoint="generate")
+        with contextlib.suppress(httpx.RemoteProtocolError):
+            await http.post("/v1/generate", json={"prompt": "unseen"})
+        sim.inject(fault, endpoint="status")
+        with contextlib.suppress(httpx.RemoteProtocolError):
+            await http.get("/v1/status", params={"task_id": "task_1"})
+    stats = sim.stats
+    assert stats.tasks_unreported == unreported
+    assert stats.unreported_requests() == [{"prompt": "unseen"}] * unreported
+
+
+@pytest.mark.anyio
+async def test_a_delay_the_client_gave_up_on_leaves_an_unreported_task() -> None:
+    sim = Simulator()
+    sim.inject(Fault.delay(30.0), endpoint="generate")
+    sim.inject(Fault.delay(0.01), endpoint="generate")
+    async with client(sim) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post("/v1/generate", json={"prompt": "gave up"}, timeout=0.05)
+        await create(http, "waited")
+    assert sim.stats.tasks_created == 2
+    assert sim.stats.unreported_requests() == [{"prompt": "gave up"}]
+
+
+@pytest.mark.anyio
+async def test_unreported_tasks_survive_the_trip_through_stats() -> None:
+    sim = Simulator()
+    sim.inject("empty_body", endpoint="generate")
+    async with client(sim) as http:
+        await http.post("/v1/generate", json={"prompt": "emptied", "mode": "fun"})
+        served = (await http.get("/_sim/stats")).json()
+    assert served["tasks_unreported"] == 1
+    assert served["unreported_requests"] == [{"prompt": "emptied", "mode": "fun"}]
+    rebuilt = SimulatorStats.from_dict(served)
+    assert rebuilt.tasks_unreported == 1
+    assert rebuilt.unreported_requests() == [{"prompt": "emptied", "mode": "fun"}]
+    assert rebuilt.to_dict() == served
+    copied = rebuilt.copy()
+    copied.unreported.append({"prompt": "later"})
+    copied.tasks_unreported += 1
+    assert rebuilt.tasks_unreported == 1
+    assert len(rebuilt.unreported_requests()) == 1
+    # A reader's copy of a body cannot change what the stats hold.
+    rebuilt.unreported_requests()[0]["prompt"] = "changed"
+    assert rebuilt.unreported_requests()[0]["prompt"] == "emptied"
+    # Stats from a simulator that did not count these read as none.
+    del served["tasks_unreported"], served["unreported_requests"]
+    old = SimulatorStats.from_dict(served)
+    assert (old.tasks_unreported, old.unreported) == (0, [])
+    sim.reset()
+    assert sim.stats.tasks_unreported == 0
 
 
 # Errors as HTTP 200
@@ -1227,6 +1457,60 @@ def test_serve_in_thread_with_a_dropped_connection() -> None:
         assert http.post("/v1/generate", json={"prompt": "two"}).status_code == 200
     assert not [t for t in threading.enumerate() if t.name == "grokimagine-simulator"]
     assert [r["prompt"] for r in sim.stats.created_requests()] == ["one", "two"]
+
+
+def test_new_faults_and_unreported_tasks_over_real_sockets() -> None:
+    sim = Simulator(limit=50, generation_time=(0.0, 0.0))
+    with serve_in_thread(sim) as base_url, httpx.Client(base_url=base_url, headers=AUTH) as http:
+        sim.inject("server_error_after", endpoint="generate")
+        failed = http.post("/v1/generate", json={"prompt": "500 after"})
+        assert failed.status_code == 500
+        assert failed.json()["error"] == "SERVER_ERROR"
+
+        sim.inject("reset_after", endpoint="generate")
+        with pytest.raises(httpx.RemoteProtocolError, match="Server disconnected"):
+            http.post("/v1/generate", json={"prompt": "dropped"})
+
+        # The client hangs up on a delayed answer: the server sees the disconnect.
+        sim.inject(Fault.delay(30.0), endpoint="generate")
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/generate", json={"prompt": "gave up"}, timeout=0.2)
+        eventually(lambda: sim.stats.tasks_unreported == 3)
+
+        created = http.post("/v1/generate", json={"prompt": "seen"})
+        task_id = created.json()["data"]["task_id"]
+        sim.inject("status_backwards")
+        backwards = http.get("/v1/status", params={"task_id": task_id}).json()["data"]
+        done = http.get("/v1/status", params={"task_id": task_id}).json()["data"]
+        assert (backwards["status"], backwards["response"]) == ("processing", [])
+        assert done["status"] == "completed"
+
+        (url,) = done["response"]
+        sim.inject("video_not_found", times=2)
+        with httpx.Client() as anonymous:
+            missing = anonymous.get(url)
+            retried = anonymous.get(url)
+        assert missing.status_code == 404
+        assert b"NoSuchKey" in missing.content
+        assert retried.status_code == 200
+
+        served = SimulatorStats.from_dict(http.get("/_sim/stats").json())
+    assert served.tasks_created == 4
+    assert served.tasks_unreported == 3
+    assert [r["prompt"] for r in served.unreported_requests()] == [
+        "500 after",
+        "dropped",
+        "gave up",
+    ]
+    assert served.faults == Counter(
+        {
+            "server_error_after": 1,
+            "reset_after": 1,
+            "delay": 1,
+            "status_backwards": 1,
+            "video_not_found": 1,
+        }
+    )
 
 
 @pytest.mark.anyio

@@ -5,8 +5,9 @@ limiting (fixed window, sliding window, token bucket, a gateway's leaky bucket w
 small burst, or an approximate two-window counter; with the documented headers or
 without), tasks that move from pending through running to completed or failed on a
 clock you control, fake mp4 downloads that can expire, and injectable faults (proxy
-HTML pages, 500s, errors inside HTTP 200, forced 429s, truncated or empty bodies,
-dropped connections, slow answers). It shares no code with the client it tests.
+HTML pages, 500s before or after the server acted, errors inside HTTP 200, forced
+429s, truncated or empty bodies, dropped connections, slow answers, status answers that
+go backwards, video URLs that 404 once). It shares no code with the client it tests.
 
 In-process::
 

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 
-from ._config import DOCUMENTED_MODES, DOCUMENTED_RATIOS, SimulatorConfig
+from ._config import DOCUMENTED_MODES, DOCUMENTED_RATIOS, Phase, SimulatorConfig
 from ._counters import RateLimiterBank, Window, rate_limit_headers, retry_after_header
 from ._faults import Fault, FaultPlan
 from ._state import SimTask, TaskStore
@@ -54,6 +54,10 @@ _REASONS: dict[int, str] = {
 }
 
 _JSON = b"application/json"
+
+# Often drawn where they change nothing (a task still running, a URL that has had its
+# 404), so they are counted where they change an answer rather than where drawn.
+_COUNTED_WHEN_SHOWN = frozenset({"status_backwards", "video_not_found"})
 
 
 class SimulatedDisconnect(Exception):
@@ -126,6 +130,8 @@ class _Reply:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     drop: bool = False
     delay: float = 0.0
+    #: The task this answer tells the client about, while its id is still to be sent.
+    reports: SimTask | None = None
 
     @property
     def logged_status(self) -> int:
@@ -188,6 +194,8 @@ class SimulatorApp:
         self.limiters = RateLimiterBank(self.config, self.origin)
         self.stats = SimulatorStats(period=self.config.period)
         self.store.clear()
+        # By (task id, number): a URL 404s once, so a client's retry of it gets the file.
+        self.not_found_once: set[tuple[str, int]] = set()
 
     def reset(self) -> None:
         with self.lock:
@@ -219,7 +227,18 @@ class SimulatorApp:
         request = _Request.from_scope(scope, body)
         with self.lock:
             reply = self._handle(request)
-        await _deliver(reply, scope, receive, send)
+        answered = False
+        try:
+            answered = await _deliver(reply, scope, receive, send)
+        finally:
+            # A client that hung up during a delay (or, in-process, cancelled the call)
+            # never sees the task id the answer carried. A reset while the answer was
+            # held back has forgotten the task; the new stats must not count it.
+            task = reply.reports
+            if task is not None and not answered:
+                with self.lock:
+                    if self.store.get(task.task_id) is not None:
+                        self._unreported(task)
 
     # Routing and answers (all called with the lock held)
 
@@ -309,24 +328,53 @@ class SimulatorApp:
                         )
                     )
                 self.stats.rate_limited += 1
-                _apply_processed(fault, reply)
+                self._spoil(fault, reply)
                 self.stats.record(now, endpoint, reply.logged_status, counted=False)
                 return reply
 
         if endpoint == "generate":
             reply = self._generate(request, now, wall_offset)
         else:
-            reply = self._status(request, now)
+            backwards = fault is not None and fault.kind == "status_backwards"
+            reply = self._status(request, now, backwards=backwards)
         reply.headers.extend(rate_headers)
-        _apply_processed(fault, reply)
+        self._spoil(fault, reply)
+        task = reply.reports
+        if task is not None and (reply.drop or task.task_id.encode() not in reply.body):
+            self._unreported(task)
+            reply.reports = None
         self.stats.record(now, endpoint, reply.logged_status, counted=counted)
         return reply
 
+    def _unreported(self, task: SimTask) -> None:
+        self.stats.tasks_unreported += 1
+        self.stats.unreported.append(deepcopy(task.request))
+
     def _pick_fault(self, endpoint: str) -> Fault | None:
         fault = self.faults.pick(endpoint)
-        if fault is not None:
+        if fault is not None and fault.kind not in _COUNTED_WHEN_SHOWN:
             self.stats.faults[fault.kind] += 1
         return fault
+
+    def _spoil(self, fault: Fault | None, reply: _Reply) -> None:
+        """Apply a processed ``fault`` to the answer the server gave."""
+        if fault is None:
+            return
+        if fault.kind == "truncated_json":
+            reply.body = reply.body[: len(reply.body) // 2]
+        elif fault.kind == "empty_body":
+            reply.body = b""
+        elif fault.kind == "reset_after":
+            reply.drop = True
+        elif fault.kind == "delay":
+            reply.delay = fault.seconds or 0.0
+        elif fault.kind == "server_error_after":
+            error = self._error(500)
+            reply.status, reply.body, reply.content_type = (
+                error.status,
+                error.body,
+                error.content_type,
+            )
 
     def _unprocessed(
         self, fault: Fault, token: str | None, now: float, wall_offset: float
@@ -384,7 +432,9 @@ class SimulatorApp:
         self.stats.tasks_created += 1
         self.stats.created.append(deepcopy(payload))
         return _Reply(
-            200, _json_body({"code": 200, "message": "success", "data": {"task_id": task.task_id}})
+            200,
+            _json_body({"code": 200, "message": "success", "data": {"task_id": task.task_id}}),
+            reports=task,
         )
 
     def _validate(self, payload: dict[str, Any]) -> str | None:
@@ -406,7 +456,7 @@ class SimulatorApp:
             return "The images parameter must be a list of http(s) image URLs"
         return None
 
-    def _status(self, request: _Request, now: float) -> _Reply:
+    def _status(self, request: _Request, now: float, *, backwards: bool) -> _Reply:
         task_id = (request.query.get("task_id") or [""])[0].strip()
         if not task_id:
             return self._invalid("The task_id parameter is required")
@@ -415,7 +465,11 @@ class SimulatorApp:
             return self._error(404)
         template = self.config.video_base_url
         base = request.base_url if template is None else request.fill(template)
-        data = self.store.status_data(task, now, base)
+        shown: Phase | None = None
+        if backwards and task.phase(now) in ("completed", "failed"):
+            shown = "running"
+            self.stats.faults["status_backwards"] += 1
+        data = self.store.status_data(task, now, base, phase=shown)
         return _Reply(200, _json_body({"code": 200, "message": "success", "data": data}))
 
     def _video(
@@ -442,9 +496,20 @@ class SimulatorApp:
             reply = self._unprocessed(fault, None, now, wall_offset)
         else:
             reply = self._video_file(task_id, number, now)
-            _apply_processed(fault, reply)
+            if fault is not None and fault.kind == "video_not_found":
+                reply = self._not_found_once(task_id, number, reply)
+            else:
+                self._spoil(fault, reply)
         stats.record(now, "video", reply.logged_status, counted=False)
         return reply
+
+    def _not_found_once(self, task_id: str, number: int, reply: _Reply) -> _Reply:
+        key = (task_id, number)
+        if reply.status != 200 or key in self.not_found_once:
+            return reply
+        self.not_found_once.add(key)
+        self.stats.faults["video_not_found"] += 1
+        return _Reply(404, NOT_FOUND_BODY, content_type=b"application/xml")
 
     def _video_file(self, task_id: str, number: int, now: float) -> _Reply:
         task = self.store.get(task_id)
@@ -463,19 +528,6 @@ class SimulatorApp:
             if self.store.get(task_id) is None:
                 raise KeyError(task_id)
             self.store.finish_now(task_id, self.clock(), error_message=error_message, videos=videos)
-
-
-def _apply_processed(fault: Fault | None, reply: _Reply) -> None:
-    if fault is None:
-        return
-    if fault.kind == "truncated_json":
-        reply.body = reply.body[: len(reply.body) // 2]
-    elif fault.kind == "empty_body":
-        reply.body = b""
-    elif fault.kind == "reset_after":
-        reply.drop = True
-    elif fault.kind == "delay":
-        reply.delay = fault.seconds or 0.0
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -500,12 +552,13 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-async def _deliver(reply: _Reply, scope: Scope, receive: Receive, send: Send) -> None:
+async def _deliver(reply: _Reply, scope: Scope, receive: Receive, send: Send) -> bool:
+    """Send ``reply``; whether an answer went out (not when dropped or the client left)."""
     if reply.delay > 0 and await _client_left_during(reply.delay, receive):
-        return
+        return False
     if reply.drop:
         await _drop(scope, receive, send)
-        return
+        return False
     headers = [
         (b"content-type", reply.content_type),
         (b"content-length", str(len(reply.body)).encode()),
@@ -513,6 +566,7 @@ async def _deliver(reply: _Reply, scope: Scope, receive: Receive, send: Send) ->
     ]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body, "more_body": False})
+    return True
 
 
 async def _client_left_during(seconds: float, receive: Receive) -> bool:

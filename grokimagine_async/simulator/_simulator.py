@@ -106,8 +106,11 @@ class Simulator:
 
         Only requests that pass authentication use up a queued fault (video downloads
         need none). Faults queue up in order: each request takes the first one queued
-        for its endpoint or for ``"any"``. A kind name may stand for a fault with
-        default parameters, e.g. ``sim.inject("reset_after", endpoint="generate")``.
+        for its endpoint or for ``"any"``, skipping a ``status_backwards`` or
+        ``video_not_found`` that does not apply to the request (they wait for a status
+        request or a video download; naming another endpoint for one is a
+        ``ValueError``). A kind name may stand for a fault with default parameters,
+        e.g. ``sim.inject("reset_after", endpoint="generate")``.
         """
         with self._app.lock:
             self._app.faults.inject(as_fault(fault), endpoint, times)
@@ -118,7 +121,9 @@ class Simulator:
         """Give each request to ``endpoint`` the chance ``rate`` (0..1) of suffering ``fault``.
 
         Draws use the seeded random generator. A rate of 0 removes the setting. Queued
-        faults from :meth:`inject` take precedence.
+        faults from :meth:`inject` take precedence. ``status_backwards`` is drawn for
+        status requests only and ``video_not_found`` for video downloads only (naming
+        another endpoint for one is a ``ValueError``).
         """
         with self._app.lock:
             self._app.faults.set_rate(as_fault(fault), rate, endpoint)

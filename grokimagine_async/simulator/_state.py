@@ -125,10 +125,16 @@ class TaskStore:
         self._tasks[task_id] = task
         return task
 
-    def status_data(self, task: SimTask, now: float, video_base: str) -> dict[str, Any]:
-        """The ``data`` object of a status answer for ``task`` at ``now``."""
+    def status_data(
+        self, task: SimTask, now: float, video_base: str, *, phase: Phase | None = None
+    ) -> dict[str, Any]:
+        """The ``data`` object of a status answer for ``task`` at ``now``.
+
+        ``phase`` shows the task in that phase instead of the one it is in.
+        """
         config = self._config
-        phase = task.phase(now)
+        if phase is None:
+            phase = task.phase(now)
         credits = task.credits
         if phase == "failed" and config.refund_failed:
             credits = 0

@@ -43,10 +43,16 @@ class SimulatorStats:
     video_requests_with_auth: int = 0
     background_requests: int = 0
     background_rejected: int = 0
-    #: How many times each fault kind was applied.
+    #: How many times each fault kind was applied (``status_backwards`` and
+    #: ``video_not_found`` only when they changed the answer).
     faults: Counter[str] = field(default_factory=Counter)
     log: list[RequestRecord] = field(default_factory=list)
     created: list[dict[str, Any]] = field(default_factory=list)
+    #: Tasks created whose id never reached the client: the ``generate`` answer was
+    #: dropped, emptied, replaced by a 500, truncated before the id, or held back by a
+    #: ``delay`` until its client hung up. A client that resubmits these pays twice.
+    tasks_unreported: int = 0
+    unreported: list[dict[str, Any]] = field(default_factory=list)
 
     def created_requests(self) -> list[dict[str, Any]]:
         """The request body of every task created, in creation order.
@@ -55,6 +61,13 @@ class SimulatorStats:
         ``Counter(r["prompt"] for r in stats.created_requests())``.
         """
         return deepcopy(self.created)
+
+    def unreported_requests(self) -> list[dict[str, Any]]:
+        """The request body of every task counted in :attr:`tasks_unreported`, in order.
+
+        Each also appears in :meth:`created_requests`.
+        """
+        return deepcopy(self.unreported)
 
     def max_in_window(self, window: float | None = None) -> int:
         """The most counted (allowed) visible requests inside any span of ``window`` seconds.
@@ -75,6 +88,7 @@ class SimulatorStats:
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "rate_limited": self.rate_limited,
             "tasks_created": self.tasks_created,
+            "tasks_unreported": self.tasks_unreported,
             "video_requests": self.video_requests,
             "video_requests_with_auth": self.video_requests_with_auth,
             "background_requests": self.background_requests,
@@ -83,11 +97,15 @@ class SimulatorStats:
             "max_in_window": self.max_in_window(),
             "log": [list(r) for r in self.log],
             "created_requests": deepcopy(self.created),
+            "unreported_requests": deepcopy(self.unreported),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SimulatorStats:
-        """Rebuild stats from :meth:`to_dict` output, e.g. a simulator in another process."""
+        """Rebuild stats from :meth:`to_dict` output, e.g. a simulator in another process.
+
+        Output of a simulator from before ``tasks_unreported`` existed reads as none.
+        """
         return cls(
             period=float(data["period"]),
             requests=int(data["requests"]),
@@ -102,13 +120,15 @@ class SimulatorStats:
             faults=Counter({str(k): int(v) for k, v in data["faults"].items()}),
             log=[RequestRecord(float(t), str(e), int(s), bool(c)) for t, e, s, c in data["log"]],
             created=deepcopy(list(data["created_requests"])),
+            tasks_unreported=int(data.get("tasks_unreported", 0)),
+            unreported=deepcopy(list(data.get("unreported_requests", ()))),
         )
 
     def copy(self) -> SimulatorStats:
         """An independent copy."""
-        # Records are immutable and created bodies are never changed once logged (readers
-        # get deep copies from created_requests), so shallow list copies are enough and
-        # keep snapshots cheap for long benchmark runs.
+        # Records are immutable and request bodies are never changed once logged (readers
+        # get deep copies from created_requests and unreported_requests), so shallow list
+        # copies are enough and keep snapshots cheap for long benchmark runs.
         return SimulatorStats(
             period=self.period,
             requests=self.requests,
@@ -123,6 +143,8 @@ class SimulatorStats:
             faults=Counter(self.faults),
             log=list(self.log),
             created=list(self.created),
+            tasks_unreported=self.tasks_unreported,
+            unreported=list(self.unreported),
         )
 
     def record(self, time: float, endpoint: str, status: int, *, counted: bool) -> None:
