@@ -79,10 +79,29 @@ DEFAULT_MAX_RETRY_AFTER = 120.0
 
 
 def _check_positive(field: str, value: float | None, example: str) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and value > 0):
+    if value is not None and not (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+    ):
         raise RequestValidationError(
             field, f"must be above 0, got {value!r}", f"Pass e.g. {example}"
         )
+
+
+def _check_flag(field: str, value: object) -> None:
+    """A yes/no option takes True or False: a string such as ``"no"`` would read as yes,
+    and these say whether to pay twice."""
+    if not isinstance(value, bool):
+        raise RequestValidationError(
+            field, f"must be True or False, got {value!r}", "Pass True or False"
+        )
+
+
+def _check_wait(timeout: float | None, poll_interval: float | None) -> None:
+    """The checks of :meth:`AsyncClient.wait`'s own options (made before a submission)."""
+    if poll_interval is not None:
+        _check_positive("poll_interval", poll_interval, "5")
+    if timeout is not None:
+        _check_positive("timeout", timeout, "600, or None")
 
 
 class AsyncClient:
@@ -178,6 +197,23 @@ class AsyncClient:
     ) -> None:
         key = resolve_api_key(api_key)
         self._base_url = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+            raise ConfigurationError(
+                f"http_client must be an httpx.AsyncClient, got {type(http_client).__name__}: "
+                "pass httpx.AsyncClient(...) (a synchronous httpx.Client cannot be awaited)"
+            )
+        if limiter is not None and not all(
+            hasattr(limiter, name) for name in ("slot", "status", "rate")
+        ):
+            raise ConfigurationError(
+                f"limiter must be a Limiter (such as RedisLimiter), got "
+                f"{type(limiter).__name__}; for a budget of your own pass rate_limit=RateLimit(...)"
+            )
+        if not isinstance(retry_uncertain_submits, bool):
+            raise ConfigurationError(
+                f"retry_uncertain_submits must be True or False, got {retry_uncertain_submits!r}"
+                " (True resends submissions that may have created a paid task)"
+            )
         self._tier = resolve_tier(tier)
         rate_limit = resolve_rate_limit(rate_limit)
         self._redis_url, self._redis_fallback = resolve_redis(redis_url, redis_fallback)
@@ -188,8 +224,10 @@ class AsyncClient:
             raise ConfigurationError(
                 f"max_retries must be a whole number >= 0, got {max_retries!r}"
             )
-        if not backoff >= 0:
-            raise ConfigurationError(f"backoff must be seconds >= 0, got {backoff!r}")
+        if isinstance(backoff, bool) or not (
+            isinstance(backoff, (int, float)) and 0 <= backoff < math.inf
+        ):
+            raise ConfigurationError(f"backoff must be seconds >= 0, got {backoff!r}; e.g. 0.5")
         if rate_limit_patience is not None and not (
             isinstance(rate_limit_patience, (int, float)) and rate_limit_patience >= 0
         ):
@@ -208,6 +246,13 @@ class AsyncClient:
         if isinstance(timeout, httpx.Timeout):
             http_timeout = timeout
         elif timeout is not None:
+            if isinstance(timeout, bool) or not (
+                isinstance(timeout, (int, float)) and 0 < timeout < math.inf
+            ):
+                raise ConfigurationError(
+                    f"timeout must be seconds above 0 (or an httpx.Timeout), got {timeout!r}; "
+                    "e.g. 30"
+                )
             http_timeout = httpx.Timeout(timeout, pool=None)
         elif http_client is not None:
             http_timeout = httpx.USE_CLIENT_DEFAULT
@@ -434,15 +479,8 @@ class AsyncClient:
                 it carries the task id and the error.
         """
         task_id = check_task_id(task_id)
+        _check_wait(timeout, poll_interval)
         interval = self._poll_interval if poll_interval is None else poll_interval
-        if not (isinstance(interval, (int, float)) and interval > 0):
-            raise RequestValidationError(
-                "poll_interval", f"must be above 0 seconds, got {poll_interval!r}", "Pass e.g. 5"
-            )
-        if timeout is not None and not timeout > 0:
-            raise RequestValidationError(
-                "timeout", f"must be above 0 seconds, got {timeout!r}", "Pass e.g. 600, or None"
-            )
         started = anyio.current_time()
         deadline = None if timeout is None else started + timeout
         last: Task | None = None
@@ -493,6 +531,8 @@ class AsyncClient:
         A timeout raises :class:`TaskTimeoutError` with the task id, so the
         paid task is never lost.
         """
+        # Checked before the paid submission: a wait that cannot start would lose its id.
+        _check_wait(timeout, poll_interval)
         task_id = await self.submit(request, prompt=prompt, mode=mode, ratio=ratio, images=images)
         return await self.wait(task_id, timeout=timeout, poll_interval=poll_interval)
 
@@ -508,9 +548,15 @@ class AsyncClient:
         the hosts that serve videos. An expired link raises
         :class:`VideoExpiredError`, which says how to get a fresh one.
         """
+        _check_positive("concurrency", concurrency, "4")
         if isinstance(task, str):
             task = await self.get_task(task)
-        _check_positive("concurrency", concurrency, "4")
+        elif not isinstance(task, Task):
+            raise RequestValidationError(
+                "task",
+                f"expected a Task or a task id, got {type(task).__name__}",
+                "Pass a Task or the id that submit() returned",
+            )
         return await download_task(
             self._http,
             task,
@@ -599,6 +645,12 @@ class AsyncClient:
         """
         _check_positive("timeout", timeout, "3600, or None")
         _check_positive("poll_interval", poll_interval, "5")
+        if isinstance(task_ids, (str, bytes)):
+            raise RequestValidationError(
+                "task_ids",
+                "expected many task ids, got one string",
+                f"Pass a list: watch([{task_ids!r}])",
+            )
         return TaskWatch(self, task_ids, timeout=timeout, poll_interval=poll_interval)
 
     def generate_many(
@@ -659,10 +711,24 @@ class AsyncClient:
         _check_positive("concurrency", concurrency, "16")
         _check_positive("timeout", timeout, "3600, or None")
         _check_positive("poll_interval", poll_interval, "5")
-        if max_credits is not None and max_credits < 0:
-            raise RequestValidationError(
-                "max_credits", f"must be 0 or more, got {max_credits}", "Pass e.g. 4000"
-            )
+        for field, value in (
+            ("max_credits", max_credits),
+            ("credits_per_video", credits_per_video),
+        ):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < (0 if field == "max_credits" else 1)
+            ):
+                least = "0 or more" if field == "max_credits" else "at least 1"
+                example = "4000" if field == "max_credits" else f"{CREDITS_PER_VIDEO}"
+                raise RequestValidationError(
+                    field,
+                    f"must be a whole number of credits, {least}, got {value!r}",
+                    f"Pass e.g. {example}",
+                )
+        _check_flag("resubmit_uncertain", resubmit_uncertain)
+        _check_flag("resubmit_failed", resubmit_failed)
         return GenerationPipeline(
             self,
             requests,

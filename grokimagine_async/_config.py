@@ -117,6 +117,13 @@ _TIER_LIMITS = {
 
 def resolve_api_key(api_key: str | None) -> str:
     """The token given, else ``GROKIMAGINE_API_KEY``; a clear error if neither."""
+    if api_key is not None and not isinstance(api_key, str):
+        raise ConfigurationError(
+            f"api_key must be the token as a string, got {type(api_key).__name__}: pass "
+            "the token from your Grok Imagine dashboard as AsyncClient(api_key='...'), or "
+            f"set {ENV_API_KEY}"
+        )
+    source = "api_key" if api_key is not None else ENV_API_KEY
     key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
     if key is None or not key.strip():
         raise ConfigurationError(
@@ -127,7 +134,7 @@ def resolve_api_key(api_key: str | None) -> str:
     key = key.strip()
     if any(c.isspace() for c in key) or not key.isprintable() or not key.isascii():
         raise ConfigurationError(
-            "api_key holds spaces, control characters or non-ASCII letters, which an HTTP "
+            f"{source} holds spaces, control characters or non-ASCII letters, which an HTTP "
             "header cannot carry: copy the token again, without a 'Bearer ' prefix or "
             "line breaks."
         )
@@ -169,17 +176,29 @@ def resolve_allow_insecure_http(allow: bool | None) -> bool:
     )
 
 
+#: How a Python caller allows plain http:// to another machine.
+INSECURE_OPT_IN = (
+    "AsyncClient(allow_insecure_http=True), --allow-insecure-http on the command line, "
+    f"or {ENV_ALLOW_INSECURE_HTTP}=1"
+)
+
+
 def resolve_base_url(
-    base_url: str | httpx.URL | None, *, allow_insecure_http: bool | None = None
+    base_url: str | httpx.URL | None,
+    *,
+    allow_insecure_http: bool | None = None,
+    name: str = "base_url",
+    opt_in: str = INSECURE_OPT_IN,
 ) -> httpx.URL:
     """The base URL given, else ``GROKIMAGINE_BASE_URL``, else the provider's.
 
     Plain ``http://`` would carry the API token in clear text: it is refused for
     any host but this machine's (see :func:`is_local`) unless ``allow_insecure_http`` (or
-    ``GROKIMAGINE_ALLOW_INSECURE_HTTP=1``) says the network is trusted.
+    ``GROKIMAGINE_ALLOW_INSECURE_HTTP=1``) says the network is trusted. ``name``
+    and ``opt_in`` are how errors call the setting and the way to allow it.
     """
     raw = base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
-    source = "base_url" if base_url is not None else ENV_BASE_URL
+    source = name if base_url is not None else ENV_BASE_URL
     try:
         url = httpx.URL(str(raw).strip())
     except httpx.InvalidURL as exc:
@@ -205,8 +224,7 @@ def resolve_base_url(
         raise ConfigurationError(
             f"{source}: {raw!r} is plain http:// to another machine, which would send your "
             f"API token in clear text. Use https://{url.netloc.decode('ascii')}, or, on a "
-            "network you trust, allow it: AsyncClient(allow_insecure_http=True), "
-            f"--allow-insecure-http on the command line, or {ENV_ALLOW_INSECURE_HTTP}=1"
+            f"network you trust, allow it: {opt_in}"
         )
     return url.copy_with(path=url.path.rstrip("/") or "")
 

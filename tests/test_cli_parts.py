@@ -65,7 +65,7 @@ def test_only_newlines_end_a_prompt(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_file_is_an_input_error(tmp_path: Path) -> None:
-    with pytest.raises(InputFileError, match="cannot be read"):
+    with pytest.raises(InputFileError, match="does not exist: check the path"):
         read_rows(tmp_path / "missing.txt")
 
 

@@ -1594,8 +1594,9 @@ def test_cli_rate_models_burst_and_no_rate_headers(capsys: pytest.CaptureFixture
         parse_args(["--burst", "3"])
     assert exited.value.code == 2
     assert "--burst needs --rate-model leaky" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="burst"):
+    with pytest.raises(SystemExit):
         parse_args(["--rate-model", "leaky", "--burst", "0"])
+    assert "--burst must be a whole number of requests >= 1, got 0" in capsys.readouterr().err
 
     # grokimagine simulate hands its arguments to the same parser.
     shown = CliRunner().invoke(cli_app, ["simulate", "--help"])

@@ -193,19 +193,50 @@ class BatchFile:
         """Each request's line and the request, or what is wrong with it."""
         name = str(self.path)
         fmt = file_format(self.path)
+        counted = _Counted()
         try:
             with self._open(newline="" if fmt == "csv" else "\n") as stream:
+                counted.stream = stream
                 records = (
-                    _csv(stream, self.path)
+                    _csv(counted, self.path)
                     if fmt == "csv"
-                    else _jsonl(stream)
+                    else _jsonl(counted)
                     if fmt == "jsonl"
-                    else _text(stream)
+                    else _text(counted)
                 )
                 for line, fields in records:
                     yield line, self._request(fields)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputFileError(name, [f"cannot be read: {exc}"]) from None
+        except FileNotFoundError:
+            raise InputFileError(
+                name, ["does not exist: check the path (or pass - to read standard input)"]
+            ) from None
+        except UnicodeDecodeError:
+            raise InputFileError(
+                name,
+                [
+                    f"line {self._undecodable_line(counted.lines + 1)}: not UTF-8 text: save "
+                    "the file as UTF-8 (in most editors: Save As, encoding UTF-8)"
+                ],
+            ) from None
+        except OSError as exc:
+            raise InputFileError(
+                name, [f"cannot be read ({exc.strerror or type(exc).__name__}): check the path"]
+            ) from None
+
+    def _undecodable_line(self, after: int) -> int:
+        """The first line from ``after`` on that is not UTF-8 (the decoder reads ahead
+        by whole blocks, so the lines counted so far only bound it)."""
+        try:
+            with self.path.open("rb") as raw:
+                for number, line in enumerate(raw, 1):
+                    if number >= after:
+                        try:
+                            line.decode("utf-8")
+                        except UnicodeDecodeError:
+                            return number
+        except OSError:
+            pass
+        return after
 
     def _open(self, *, newline: str) -> TextIO:
         if self.text is not None:
@@ -245,6 +276,19 @@ def read_rows(
     return list(batch.check().rows())
 
 
+class _Counted:
+    """A text stream that counts the lines read from it, to say where decoding failed."""
+
+    def __init__(self) -> None:
+        self.stream: Iterable[str] = ()
+        self.lines = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for raw in self.stream:
+            self.lines += 1
+            yield raw
+
+
 def _lines(stream: Iterable[str]) -> Iterator[tuple[int, str]]:
     for line, raw in enumerate(stream, 1):
         yield line, raw.removesuffix("\n").removesuffix("\r")
@@ -274,10 +318,21 @@ def _jsonl(stream: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
             yield (
                 line,
                 (
-                    f"a JSON {type(value).__name__}, not an object: write "
+                    f"a JSON {_JSON_NAMES.get(type(value), type(value).__name__)}, not an "
+                    "object: write "
                     '{"prompt": "...", "ratio": "3:2"}'
                 ),
             )
+
+
+#: JSON's own names for what a line holds, not Python's.
+_JSON_NAMES: dict[type, str] = {
+    type(None): "null",
+    bool: "true or false",
+    int: "number",
+    float: "number",
+    list: "list",
+}
 
 
 def _csv(stream: Iterable[str], path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:

@@ -13,7 +13,14 @@ from typing import Annotated, Any
 import typer
 
 from .. import AsyncClient
-from .._config import ENV_API_KEY, ENV_TIER, RateLimit, Tier, resolve_base_url
+from .._config import (
+    ENV_ALLOW_INSECURE_HTTP,
+    ENV_API_KEY,
+    ENV_TIER,
+    RateLimit,
+    Tier,
+    resolve_base_url,
+)
 from .._exceptions import ConfigurationError
 
 _PLANS = ", ".join(t.value for t in Tier)
@@ -156,9 +163,25 @@ UndocumentedOption = Annotated[
         help="Send modes or ratios the API does not document (new ones, say).",
     ),
 ]
+
+
+def _parse_progress(value: str | Progress) -> Progress:
+    if isinstance(value, Progress):
+        return value
+    try:
+        return Progress(str(value).strip().lower())
+    except ValueError:
+        names = ", ".join(repr(p.value) for p in Progress)
+        raise typer.BadParameter(f"{value!r} is not one of {names}") from None
+
+
 ProgressOption = Annotated[
-    Progress,
-    typer.Option(help="auto (a live view on a terminal), live, or plain log lines."),
+    str,
+    typer.Option(
+        metavar="[auto|live|plain]",
+        callback=_parse_progress,
+        help="auto (a live view on a terminal), live, or plain log lines.",
+    ),
 ]
 PollIntervalOption = Annotated[
     float | None,
@@ -189,6 +212,7 @@ class Connection:
     insecure_http: bool = False
 
     def client(self, **kwargs: Any) -> AsyncClient:
+        self.check_base_url()
         key: str | None = None
         if self.api_key_file is not None:
             try:
@@ -220,8 +244,14 @@ class Connection:
         )
 
     def check_base_url(self) -> None:
-        """Refuse a ``--base-url`` the client would refuse, before anything else runs."""
-        resolve_base_url(self.base_url, allow_insecure_http=True if self.insecure_http else None)
+        """Refuse a ``--base-url`` the client would refuse, in the command line's words,
+        before anything else runs."""
+        resolve_base_url(
+            self.base_url,
+            allow_insecure_http=True if self.insecure_http else None,
+            name="--base-url",
+            opt_in=f"--allow-insecure-http, or {ENV_ALLOW_INSECURE_HTTP}=1",
+        )
 
     def plan(self) -> Tier | None:
         """``--tier``, else ``GROKIMAGINE_TIER``, else None (learned from the API)."""

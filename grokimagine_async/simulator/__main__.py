@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, get_args
@@ -125,8 +126,30 @@ def parse_args(
         fields["count_rejected"] = True
     if args.errors_as_http_200:
         fields["errors_as_http_200"] = True
-    config = SimulatorConfig().replace(**fields)
+    if not 0 <= args.port <= 65535:
+        parser.error(
+            f"--port {args.port} is not a port: pass one from 0 to 65535 (0 picks a free one)"
+        )
+    try:
+        socket.getaddrinfo(args.host, None)
+    except OSError:
+        parser.error(f"--host {args.host} is not a name this machine can look up: pass 127.0.0.1")
+    if args.api_keys is not None and not all(key.strip() for key in args.api_keys):
+        parser.error("--api-key is empty: pass the token clients will send, or leave it out")
+    try:
+        config = SimulatorConfig().replace(**fields)
+    except ValueError as exc:
+        parser.error(_as_flags(str(exc)))
     return config, args.host, args.port, args.seed
+
+
+def _as_flags(message: str) -> str:
+    """A setting's error in the command line's words: ``--failure-rate``, not
+    ``failure_rate``, and no ``None`` that the flags cannot pass."""
+    field, _, rest = message.partition(" ")
+    if field.isidentifier():
+        message = f"--{field.replace('_', '-')} {rest}"
+    return message.replace(" or None", "")
 
 
 def main(
@@ -162,6 +185,9 @@ def _cannot_listen(exc: OSError, host: str, port: int) -> str | None:
         )
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"--host {host} is not an address of this machine: pass 127.0.0.1"
+    # getaddrinfo's errors are negative (EAI_NONAME and the like), re-raised as OSError.
+    if isinstance(exc, socket.gaierror) or (exc.errno is not None and exc.errno < 0):
+        return f"--host {host} is not a name this machine can look up: pass 127.0.0.1"
     return None
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -15,6 +14,7 @@ from ..._journal import Journal
 from .._display import LiveDisplay, PlainDisplay
 from .._estimate import estimate
 from .._exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, fail, run, stop_line
+from .._folders import check_journal, check_writable
 from .._format import stderr, usd
 from .._inputs import DEFAULT_MAX_PROMPT_CHARS, BatchFile
 from .._options import (
@@ -121,7 +121,7 @@ def batch(
         ),
     ] = None,
     poll_interval: PollIntervalOption = DEFAULT_POLL_INTERVAL,
-    progress: ProgressOption = Progress.AUTO,
+    progress: ProgressOption = "auto",
     allow_undocumented: UndocumentedOption = False,
     api_key_file: ApiKeyFile = None,
     base_url: BaseUrl = None,
@@ -163,6 +163,8 @@ def batch(
         connection.check_base_url()
         source.check()
         journal_path = None if no_journal else journal or default_journal(out)
+        if journal_path is not None and journal_path.is_dir():
+            check_journal(journal_path)
         rate, rate_source, rate_hint = connection.plan_rate()
         entries = (
             Journal.scan(journal_path, (r.request.to_payload() for r in source.rows()), len(source))
@@ -194,7 +196,7 @@ def batch(
     check_writable("--out", out)
     check_writable("--report", report.parent)
     if journal_path is not None:
-        check_writable("--journal", journal_path.parent)
+        check_journal(journal_path)
     if plan.credits > confirm_over and not yes:
         if not interactive():
             fail(
@@ -235,23 +237,6 @@ def interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
-def check_writable(option: str, folder: Path) -> None:
-    """Fail now, before anything is paid for, if ``folder`` could not take our files.
-
-    Nothing is created: a run that fails before it sends anything leaves no folder.
-    """
-    existing = folder
-    try:
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            fail(f"{option} {folder}: {existing} is a file, not a folder")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        fail(f"{option} {folder}: cannot write there ({exc.strerror or exc})")
-
-
 def run_batch(
     client: AsyncClient,
     rows: BatchFile,
@@ -264,12 +249,13 @@ def run_batch(
     resubmit_uncertain: bool = False,
     retry_failed: bool = False,
     timeout: float | None = None,
-    progress: Progress = Progress.AUTO,
+    progress: str = Progress.AUTO,
     demo: bool = False,
 ) -> NoReturn:
     """Run a batch to its end and exit with its code, after the summary."""
     err = stderr()
-    live = progress is Progress.LIVE or (progress is Progress.AUTO and err.is_terminal)
+    view = Progress(progress)
+    live = view is Progress.LIVE or (view is Progress.AUTO and err.is_terminal)
     display: Display = LiveDisplay(err) if live else PlainDisplay(sys.stderr)
     job = BatchRun(
         client,

@@ -11,9 +11,10 @@ import typer
 
 from ... import AsyncClient, RateLimit
 from ..._config import CREDITS_PER_VIDEO
+from .._folders import check_writable
 from .._format import stderr
 from .._inputs import BatchFile
-from .._options import Progress, ProgressOption
+from .._options import ProgressOption
 from .batch import run_batch
 
 DEMO_PROMPTS = [
@@ -34,7 +35,7 @@ DEMO_PROMPTS = [
 
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the videos.")] = Path("videos"),
-    progress: ProgressOption = Progress.AUTO,
+    progress: ProgressOption = "auto",
     time_scale: Annotated[
         float,
         typer.Option(
@@ -52,6 +53,7 @@ def demo(
     """
     from ...simulator import Simulator
 
+    check_writable("--out", out)
     prompts = BatchFile(
         Path("demo.jsonl"), text="".join(json.dumps(p) + "\n" for p in DEMO_PROMPTS)
     ).check()

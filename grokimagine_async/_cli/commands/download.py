@@ -11,6 +11,7 @@ import typer
 from ... import TaskState
 from ..._exceptions import AuthenticationError, ConfigurationError, GrokImagineError
 from .._exits import EXIT_FAILED, EXIT_OK, run
+from .._folders import check_writable
 from .._format import failure_line, stderr
 from .._options import (
     ApiKeyFile,
@@ -46,6 +47,7 @@ def download(
         redis_fallback,
         allow_insecure_http,
     )
+    check_writable("--out", out)
     err = stderr()
 
     async def main() -> int:

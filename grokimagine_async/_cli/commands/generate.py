@@ -11,6 +11,7 @@ from ... import TaskFailedError, TaskTimeoutError
 from ..._config import CREDITS_PER_VIDEO
 from ..._exceptions import RequestValidationError
 from .._exits import EXIT_FAILED, EXIT_OK, fail, run
+from .._folders import check_writable
 from .._format import duration, failure_line, stderr
 from .._inputs import build_request, option_name
 from .._options import (
@@ -39,7 +40,7 @@ def generate(
         ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Folder for the video.")] = Path("videos"),
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the video.")] = 900,
+    timeout: Annotated[float, typer.Option(min=0.001, help="Seconds to wait for the video.")] = 900,
     poll_interval: PollIntervalOption = DEFAULT_POLL_INTERVAL,
     allow_undocumented: UndocumentedOption = False,
     api_key_file: ApiKeyFile = None,
@@ -65,6 +66,8 @@ def generate(
         redis_fallback,
         allow_insecure_http,
     )
+    # Before the paid submission: a video with nowhere to go would be paid for for nothing.
+    check_writable("--out", out)
     err = stderr()
     submitted: list[str] = []
 

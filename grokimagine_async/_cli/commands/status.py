@@ -24,7 +24,22 @@ from .._options import (
     TierOption,
 )
 
-TaskIds = Annotated[list[str], typer.Argument(help="One or more task ids.", show_default=False)]
+
+def _check_task_ids(values: list[str]) -> list[str]:
+    if any(not v.strip() for v in values):
+        raise typer.BadParameter("an empty task id: pass the id generate or batch printed")
+    return [v.strip() for v in values]
+
+
+TaskIds = Annotated[
+    list[str],
+    typer.Argument(
+        help="One or more task ids.",
+        show_default=False,
+        metavar="TASK_ID",
+        callback=_check_task_ids,
+    ),
+]
 
 
 def status(
