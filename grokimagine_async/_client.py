@@ -47,6 +47,7 @@ from ._exceptions import (
     _excerpt,
     poll_error_is_final,
 )
+from ._headers import DEFAULT_MAX_WAIT
 from ._http import RequestKind, RetryPolicy, Uncertain, Wire
 from ._limiter import (
     Limiter,
@@ -75,7 +76,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0, pool=None)
 DEFAULT_POOL = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=4.0)
 DEFAULT_WAIT_TIMEOUT = 600.0
 #: The longest wait the client takes from the server's Retry-After or rate headers.
-DEFAULT_MAX_RETRY_AFTER = 120.0
+DEFAULT_MAX_RETRY_AFTER = DEFAULT_MAX_WAIT
 
 
 def _check_positive(field: str, value: float | None, example: str) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
+import re
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import httpx
 
 from ._exceptions import DownloadError, VideoExpiredError
@@ -17,6 +20,9 @@ __all__ = ["download_task"]
 logger = logging.getLogger("grokimagine_async")
 
 _EXPIRED = frozenset({401, 403, 404, 410})
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+#: Characters of a task id kept in a file name; the rest of a longer one is a hash.
+_NAME_CHARS = 100
 
 
 async def download_task(
@@ -32,10 +38,12 @@ async def download_task(
     """Stream every video of a completed ``task`` into ``directory``.
 
     Files are named ``<task_id>_<n>.mp4``, so no two videos of a batch share a
-    name. Each is written to ``<name>.part`` and renamed only when whole, so a
-    crash never leaves a half-written mp4 under the final name, and a failed or
-    cancelled download leaves no ``.part`` behind; a file already there is
-    kept, not downloaded again. Redirects (a CDN's signed location) are
+    name; a task id that is no plain file name (one with ``/`` or ``..`` in it,
+    say) is made one, so nothing is written outside ``directory``. Each is
+    written to ``<name>.part`` and renamed only when whole, so a crash never
+    leaves a half-written mp4 under the final name, and a failed or cancelled
+    download leaves no ``.part`` behind; a file already there is kept, not
+    downloaded again. Redirects (a CDN's signed location) are
     followed. The ``Authorization`` header is never sent to the hosts that
     serve videos, nor to any they redirect to.
 
@@ -61,7 +69,7 @@ async def download_task(
 
     async def one(n: int, url: str) -> None:
         async with limit:
-            target = folder / f"{task.task_id}_{n}.mp4"
+            target = folder / f"{_file_stem(task.task_id)}_{n}.mp4"
             try:
                 if not await target.exists():
                     await _fetch(http, url, target, max_retries, backoff, chunk_size, task.task_id)
@@ -104,7 +112,7 @@ async def _fetch(
     partial = target.with_name(target.name + ".part")
     for attempt in range(max_retries + 1):
         try:
-            await _fetch_once(http, url, partial, chunk_size, task_id)
+            await _fetch_once(http, url, partial, chunk_size, task_id, first=attempt == 0)
         except (httpx.TransportError, _Retryable) as exc:
             if attempt == max_retries:
                 raise DownloadError(
@@ -113,6 +121,10 @@ async def _fetch(
             delay = backoff * 2**attempt * (0.75 + random.random() / 4)
             logger.info("retrying download of %s in %.2fs after: %s", url, delay, exc)
             await anyio.sleep(delay)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            # Not the network: too many redirects, a body that does not decode, a URL
+            # that is none. Trying again would fail alike.
+            raise DownloadError(f"could not download {url}: {exc}", url=url) from exc
         else:
             await partial.replace(target)
             return
@@ -121,19 +133,68 @@ async def _fetch(
             Path(partial).unlink(missing_ok=True)  # noqa: ASYNC240
 
 
+def _file_stem(task_id: str) -> str:
+    """A task id as a file name of its own in the folder: the server's word decides
+    it, and ``../x``, ``/etc/x`` or a NUL would write elsewhere or not at all."""
+    stem = _UNSAFE.sub("_", task_id)
+    if stem == task_id and len(stem) <= _NAME_CHARS and stem.strip("."):
+        return stem
+    # Changed, so two ids could come out alike: a hash of the id tells them apart.
+    digest = hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{stem[:_NAME_CHARS]}-{digest}"
+
+
 class _Retryable(Exception):
     pass
 
 
+def _mp4_cut_short(path: Path) -> bool:
+    """Whether an MP4 file ends inside one of its top-level boxes (a body cut short
+    whose length header was cut to match). A file that is not an MP4 passes."""
+    with path.open("rb") as f:
+        size = f.seek(0, 2)
+        f.seek(0)
+        if f.read(8)[4:8] != b"ftyp":
+            return False
+        offset = 0
+        while offset < size:
+            f.seek(offset)
+            header = f.read(16)
+            box = int.from_bytes(header[:4], "big") if len(header) >= 8 else -1
+            if box == 1:
+                box = int.from_bytes(header[8:16], "big") if len(header) >= 16 else -1
+            elif box == 0:
+                return False  # the last box runs to the end of the file
+            if box < 8:
+                return True
+            offset += box
+        return offset != size
+
+
 async def _fetch_once(
-    http: httpx.AsyncClient, url: str, partial: anyio.Path, chunk_size: int, task_id: str
+    http: httpx.AsyncClient,
+    url: str,
+    partial: anyio.Path,
+    chunk_size: int,
+    task_id: str,
+    *,
+    first: bool,
 ) -> None:
-    request = http.build_request("GET", url)
-    # Video hosts are not the API: the token must never travel there. Redirects are
-    # built from this request's headers, so they carry no token either.
-    request.headers.pop("Authorization", None)
-    response = await http.send(request, stream=True, follow_redirects=True)
     try:
+        request = http.build_request("GET", url)
+        # Video hosts are not the API: the token must never travel there. Redirects are
+        # built from this request's headers, so they carry no token either.
+        request.headers.pop("Authorization", None)
+        response = await http.send(request, stream=True, follow_redirects=True)
+    except ValueError as exc:
+        # httpx lets some bad URLs through as plain ValueErrors: a redirect's Location
+        # that its cookie jar cannot read, say.
+        raise httpx.InvalidURL(f"{type(exc).__name__}: {exc}") from exc
+    try:
+        if first and response.status_code == 404:
+            # A link handed out a moment ago may not have reached every edge of the
+            # video host yet: one more look before it is taken for expired.
+            raise _Retryable("HTTP 404")
         if response.status_code in _EXPIRED:
             raise VideoExpiredError(
                 f"the link to {url} has expired (HTTP {response.status_code}): links last "
@@ -147,7 +208,8 @@ async def _fetch_once(
             raise DownloadError(f"{url}: unexpected HTTP {response.status_code}", url=url)
         kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind and not (kind.startswith("video/") or kind == "application/octet-stream"):
-            raise DownloadError(f"{url} is {kind!r}, not a video", url=url)
+            # A 200 that is no video is most often a proxy's or the host's error page.
+            raise _Retryable(f"the answer is {kind!r}, not a video")
         expected = response.headers.get("content-length")
         received = 0
         f = await anyio.open_file(partial, "wb")
@@ -160,8 +222,19 @@ async def _fetch_once(
             # caller removes it.
             with anyio.CancelScope(shield=True):
                 await f.aclose()
-        if expected is not None and expected.isdigit() and int(expected) != received:
+        # ASCII digits only (str.isdigit() passes '²', which int() refuses), compared
+        # as digits: int() refuses more than 4300 of them.
+        if (
+            expected is not None
+            and expected.isascii()
+            and expected.isdigit()
+            and (expected.lstrip("0") or "0") != str(received)
+        ):
             raise _Retryable(f"got {received} of {expected} bytes")
+        if received == 0:
+            raise _Retryable("the answer was empty")
+        if await anyio.to_thread.run_sync(_mp4_cut_short, Path(partial)):
+            raise _Retryable("the MP4 ends inside one of its boxes: it was cut short")
     finally:
         with anyio.CancelScope(shield=True):
             await response.aclose()

@@ -7,7 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-__all__ = ["RateFeedback", "parse_remaining", "parse_reset", "parse_retry_after"]
+__all__ = [
+    "DEFAULT_MAX_WAIT",
+    "RateFeedback",
+    "parse_remaining",
+    "parse_reset",
+    "parse_retry_after",
+]
+
+#: The longest wait a server's word may impose, unless the client says otherwise
+#: (``AsyncClient(max_retry_after=...)``).
+DEFAULT_MAX_WAIT = 120.0
 
 # Below 1e9 a reset can only be a count of seconds: 1e9 epoch seconds is 2001.
 _EPOCH_SECONDS_FLOOR = 1e9
@@ -78,18 +88,40 @@ class RateFeedback:
     reset_after: float | None = None
     #: ``Retry-After``, as seconds from when the answer arrived.
     retry_after: float | None = None
+    #: The client's cap on server-advised waits (``max_retry_after``): however long
+    #: the server asks for, a limiter holds requests back no longer than this.
+    max_wait: float = DEFAULT_MAX_WAIT
 
     @property
     def rate_limited(self) -> bool:
         """True for a 429."""
         return self.status_code == 429
 
+    @property
+    def advised_wait(self) -> float | None:
+        """The wait the server asked for (``Retry-After``, else ``X-RateLimit-Reset``),
+        at most :attr:`max_wait`; None when it named none that can be waited."""
+        for wait in (self.retry_after, self.reset_after):
+            # Built by hand, a feedback may hold what no header parses to: NaN fails this.
+            if wait is not None and wait >= 0:
+                return min(wait, self.max_wait)
+        return None
+
     @classmethod
-    def from_headers(cls, status_code: int, headers: Mapping[str, str], now: float) -> RateFeedback:
-        """Read the headers of an answer that arrived at ``now`` (epoch seconds)."""
+    def from_headers(
+        cls,
+        status_code: int,
+        headers: Mapping[str, str],
+        now: float,
+        *,
+        max_wait: float = DEFAULT_MAX_WAIT,
+    ) -> RateFeedback:
+        """Read the headers of an answer that arrived at ``now`` (epoch seconds), for
+        a client that waits at most ``max_wait`` seconds on the server's word."""
         return cls(
             status_code=status_code,
             remaining=parse_remaining(headers.get("x-ratelimit-remaining")),
             reset_after=parse_reset(headers.get("x-ratelimit-reset"), now),
             retry_after=parse_retry_after(headers.get("retry-after"), now),
+            max_wait=max_wait,
         )

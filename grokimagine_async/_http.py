@@ -20,12 +20,19 @@ on what a resend could cost:
   unless the caller allowed resending those.
 
 Waits between attempts back off exponentially with jitter and honour
-``Retry-After`` and ``X-RateLimit-Reset``.
+``Retry-After`` and ``X-RateLimit-Reset``, up to ``max_retry_after``: a server
+that asks for longer gets the error raised at once.
+
+The token never leaves in what the wire builds from an answer: a server (or a
+proxy) that echoes it back in a body, a header or a broken answer's error has it
+masked in the data handed on, in every message and excerpt, and in the
+transport error kept as the cause.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import logging
 import random
@@ -49,7 +56,7 @@ from ._exceptions import (
     status_error_class,
 )
 from ._flight import FlightGate
-from ._headers import RateFeedback
+from ._headers import DEFAULT_MAX_WAIT, RateFeedback
 from ._limiter import Limiter
 
 __all__ = ["RequestKind", "RetryPolicy", "Uncertain", "Wire"]
@@ -75,7 +82,7 @@ class RetryPolicy:
     initial_backoff: float = 0.5
     max_backoff: float = 8.0
     #: A server that asks for a longer wait than this is not waited for: the error is raised.
-    max_retry_after: float = 120.0
+    max_retry_after: float = DEFAULT_MAX_WAIT
     #: Seconds one call waits out 429s before raising ``RateLimitError``; None means
     #: :data:`PATIENCE_PERIODS` periods of the token's rate limit. 429s don't use up
     #: ``max_retries``: the server said "slow down", not "no".
@@ -137,6 +144,7 @@ class Wire:
         self._limiter = limiter
         self._flight = FlightGate(self._rate)
         self._urls: dict[str, httpx.URL] = {}
+        self._redact = _Redactor(api_key)
         self._request_headers = {
             "Authorization": f"Bearer {api_key}",
             "Accept": "application/json",
@@ -283,17 +291,22 @@ class Wire:
                 try:
                     response = await self._http.send(request)
                 except httpx.HTTPError as exc:
-                    error = _transport_error(exc, method, shown)
+                    error = _transport_error(exc, method, shown, self._redact)
                     # Kept when the error is raised after the retries, as `raise ... from exc`.
-                    error.__cause__ = exc
+                    error.__cause__ = self._redact.error(exc)
                     # A connection never made was never counted; anything else may have been.
                     never_sent = isinstance(error, APIConnectionError) and not error.request_sent
                     slot.record(None, sent=not never_sent)
                     logger.debug("%s %s -> %s", method, shown, error)
                     raise _Failure(error, retryable=True, queued=queued) from exc
                 round_trip = time.monotonic() - started
+                # The cap rides on the feedback: the limiter is shared by clients whose
+                # caps may differ, and each answer's wait is judged by its own client's.
                 feedback = RateFeedback.from_headers(
-                    response.status_code, response.headers, time.time()
+                    response.status_code,
+                    response.headers,
+                    time.time(),
+                    max_wait=self.retry.max_retry_after,
                 )
                 slot.record(feedback)
         finally:
@@ -301,17 +314,96 @@ class Wire:
         elapsed_ms = (round_trip or 0.0) * 1000
         logger.debug("%s %s -> %d (%.0f ms)", method, shown, response.status_code, elapsed_ms)
         try:
-            return _read_answer(response, method, shown, kind, feedback)
+            return _read_answer(response, method, shown, kind, feedback, self._redact)
         except _Failure as failure:
             failure.queued = queued
             raise
 
 
-def _transport_error(exc: httpx.HTTPError, method: str, url: str) -> APIError:
+class _Redactor:
+    """Masks the token wherever an answer, or a transport error, echoes it back."""
+
+    __slots__ = ("_mask", "_secret")
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+        # Of a character the token lacks: what is left around a mask cannot join up
+        # with it to spell the token again.
+        candidates = itertools.chain("*#~", map(chr, itertools.count(0x2500)))
+        self._mask = next(c for c in candidates if c not in secret) * 8
+
+    def text(self, text: str) -> str:
+        """``text`` with the token masked."""
+        if not self._secret or self._secret not in text:
+            return text
+        return text.replace(self._secret, self._mask)
+
+    def may_hold(self, content: bytes) -> bool:
+        """Whether ``content`` can hold the token, plainly or ``\\u``-escaped in JSON:
+        most answers cannot, and need no walk through their JSON."""
+        return bool(self._secret) and (self._secret.encode() in content or b"\\u" in content)
+
+    def body(self, response: httpx.Response) -> str:
+        """The answer's body as text, for messages and excerpts."""
+        return self.text(response.content.decode("utf-8", "replace"))
+
+    def json(self, value: Any) -> Any:
+        """Decoded JSON with the token masked in every string, keys too, in place.
+
+        A loop, not recursion: JSON that ``json.loads`` took can be nested deeper
+        than the stack has left.
+        """
+        if isinstance(value, str):
+            return self.text(value)
+        todo: list[dict[Any, Any] | list[Any]] = []
+        if isinstance(value, (dict, list)):
+            todo.append(value)
+        while todo:
+            node = todo.pop()
+            if isinstance(node, list):
+                for i, item in enumerate(node):
+                    if isinstance(item, str):
+                        node[i] = self.text(item)
+                    elif isinstance(item, (dict, list)):
+                        todo.append(item)
+                continue
+            for key in list(node):
+                item = node[key]
+                if isinstance(item, str):
+                    item = node[key] = self.text(item)
+                elif isinstance(item, (dict, list)):
+                    todo.append(item)
+                if isinstance(key, str) and self.text(key) != key:
+                    del node[key]
+                    node[self.text(key)] = item
+        return value
+
+    def error(self, exc: httpx.HTTPError) -> BaseException:
+        """``exc``, or, when it or an error behind it echoes the token (a protocol
+        error quoting the bad line, say), a copy of it without: it becomes the cause."""
+        chain: list[BaseException] = []
+        e: BaseException | None = exc
+        while e is not None and e not in chain:
+            chain.append(e)
+            e = e.__cause__ or e.__context__
+        if not self._secret or not any(self._secret in f"{e}{e!r}" for e in chain):
+            return exc
+        message = self.text(str(exc))
+        try:
+            copy: BaseException = type(exc)(message)
+        except Exception:  # an httpx error that wants more than a message
+            copy = httpx.TransportError(message)
+        if self._secret in repr(copy):
+            copy = httpx.TransportError(message)
+        copy.__suppress_context__ = True
+        return copy
+
+
+def _transport_error(exc: httpx.HTTPError, method: str, url: str, redact: _Redactor) -> APIError:
     if isinstance(exc, httpx.DecodingError):
         # The answer arrived, but its body could not be decoded.
         return MalformedResponseError(
-            f"{method} {url}: the answer's body could not be decoded: {exc}",
+            f"{method} {url}: the answer's body could not be decoded: {redact.text(str(exc))}",
             status_code=0,
             excerpt="",
             method=method,
@@ -319,7 +411,7 @@ def _transport_error(exc: httpx.HTTPError, method: str, url: str) -> APIError:
         )
     # Only these fail before a byte of the request left: the server cannot have seen it.
     never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-    detail = str(exc) or type(exc).__name__
+    detail = redact.text(str(exc)) or type(exc).__name__
     cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
     what = "timed out" if cls is APITimeoutError else "failed"
     return cls(
@@ -346,10 +438,19 @@ def _may_have_created_task(error: APIError) -> bool:
 
 
 def _read_answer(
-    response: httpx.Response, method: str, url: str, kind: RequestKind, feedback: RateFeedback
+    response: httpx.Response,
+    method: str,
+    url: str,
+    kind: RequestKind,
+    feedback: RateFeedback,
+    redact: _Redactor,
 ) -> dict[str, Any]:
     status = response.status_code
+    # Masked before anything reads it: the data handed on (a task, its error message,
+    # its videos) and every message below are then free of the token.
     body = _decode_json(response)
+    if redact.may_hold(response.content):
+        body = redact.json(body)
     fields: dict[str, Any] = body if isinstance(body, dict) else {}
     data = fields.get("data")
     # A task id that came back is kept whatever else the body says.
@@ -365,23 +466,23 @@ def _read_answer(
             )
         return data
     if 300 <= status < 400:
-        location = response.headers.get("location", "?")
+        location = redact.text(response.headers.get("location", "?"))
         error = APIStatusError(
             f"{method} {url}: HTTP {status} redirect to {location}: point base_url at the "
             "final address (https://, no trailing path); nothing was created",
             status_code=status,
-            excerpt=_excerpt(response.content),
+            excerpt=_excerpt(redact.body(response)),
             method=method,
             url=url,
         )
         raise _Failure(error, retryable=False)
     code = status if status >= 400 else _body_error_code(fields)
     if code is not None:
-        raise _status_failure(response, fields, code, method, url, feedback)
+        raise _status_failure(response, fields, code, method, url, feedback, redact)
     if 200 <= status < 300 and isinstance(data, dict):
         return data
     if kind is RequestKind.SUBMIT and body is None:
-        salvaged = _SALVAGE_TASK_ID.search(response.text)
+        salvaged = _SALVAGE_TASK_ID.search(redact.text(response.text))
         if salvaged:
             logger.warning(
                 "%s %s: the answer was cut short, but it names task %s; keeping it",
@@ -391,10 +492,11 @@ def _read_answer(
             )
             return {"task_id": salvaged.group(1)}
     what = "not JSON" if body is None else "JSON without a 'data' object"
+    text = redact.body(response)
     malformed = MalformedResponseError(
-        f"{method} {url}: HTTP {status} answer is {what}: {_excerpt(response.content, 120)!r}",
+        f"{method} {url}: HTTP {status} answer is {what}: {_excerpt(text, 120)!r}",
         status_code=status,
-        excerpt=_excerpt(response.content),
+        excerpt=_excerpt(text),
         method=method,
         url=url,
     )
@@ -416,14 +518,25 @@ def _decode_json(response: httpx.Response) -> Any:
         return None
 
 
+def _as_code(value: object) -> int | None:
+    """A body's ``code`` as a whole number: an int, or a string of digits."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        digits = value.strip()
+        # ASCII digits, and few: str.isdigit() also passes '²' and '٣', and int() takes
+        # no more than 4300 digits; either would make int() raise.
+        if digits.isascii() and digits.isdigit() and len(digits) <= 9:
+            return int(digits)
+    return None
+
+
 def _body_error_code(body: Mapping[str, Any]) -> int | None:
     """The body's ``code`` when it is an HTTP error status (400-599)."""
-    code = body.get("code")
-    if isinstance(code, bool):
-        return None
-    if isinstance(code, str) and code.strip().isdigit():
-        code = int(code)
-    if isinstance(code, int) and 400 <= code <= 599:
+    code = _as_code(body.get("code"))
+    if code is not None and 400 <= code <= 599:
         return code
     return None
 
@@ -435,16 +548,16 @@ def _status_failure(
     method: str,
     url: str,
     feedback: RateFeedback,
+    redact: _Redactor,
 ) -> _Failure:
     api_message = fields.get("message") if isinstance(fields.get("message"), str) else None
     error_name = fields.get("error") if isinstance(fields.get("error"), str) else None
-    body_code = fields.get("code")
-    if isinstance(body_code, str) and body_code.strip().isdigit():
-        body_code = int(body_code)
+    body_code = _as_code(fields.get("code"))
     if api_message or error_name:
         said = f"{error_name + ': ' if error_name else ''}{api_message or ''}".rstrip(": ")
     else:
-        said = f"{_excerpt(response.content, 120)!r}" if response.content else "(empty body)"
+        text = redact.body(response)
+        said = f"{_excerpt(text, 120)!r}" if response.content else "(empty body)"
     where = f"HTTP {response.status_code}" + (
         f" carrying code {code}" if code != response.status_code else ""
     )
@@ -455,11 +568,11 @@ def _status_failure(
         f"{method} {url}: {where}: {said}",
         status_code=code,
         http_status=response.status_code,
-        code=body_code if isinstance(body_code, int) and not isinstance(body_code, bool) else None,
+        code=body_code,
         error=error_name,
         api_message=api_message,
         retry_after=wait,
-        excerpt="" if fields else _excerpt(response.content),
+        excerpt="" if fields else _excerpt(redact.body(response)),
         method=method,
         url=url,
     )

@@ -74,6 +74,8 @@ def _check_choice(field: str, value: object, documented: tuple[str, ...]) -> str
     if not isinstance(value, str):
         raise _invalid(f"must be text, got {value!r}", f"Pass one of {', '.join(documented)}")
     normalised = value.strip().lower()
+    if not normalised:
+        raise _invalid("is empty", f"Pass one of {', '.join(documented)}, or leave it out")
     if normalised not in documented:
         raise _invalid(
             f"{value!r} is not a documented {field} (documented: {', '.join(documented)})",

@@ -444,6 +444,13 @@ class RedisLimiter:
         def opt(value: float | None) -> float:
             return -1 if value is None else value
 
+        # The client's cap on server-advised waits holds here as in one process: no
+        # Retry-After or Reset shuts every process out for longer.
+        reset_after = retry_after = None
+        if feedback is not None:
+            retry_after = feedback.advised_wait
+            if feedback.reset_after is not None:
+                reset_after = min(feedback.reset_after, feedback.max_wait)
         try:
             reply = await self._record(
                 keys=self._keys[:2],
@@ -453,8 +460,8 @@ class RedisLimiter:
                     "1" if sent else "0",
                     feedback.status_code if feedback is not None else 0,
                     opt(feedback.remaining if feedback is not None else None),
-                    opt(feedback.reset_after if feedback is not None else None),
-                    opt(feedback.retry_after if feedback is not None else None),
+                    opt(reset_after),
+                    opt(retry_after),
                     taken_at,
                 ],
             )

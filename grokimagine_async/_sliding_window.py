@@ -45,8 +45,9 @@ Corrections from the server
   a burst into a window that someone else has nearly filled. A ``Reset`` that
   says everything is back sooner than the plan's rate could free what is
   missing marks a fixed window near its end (nothing comes back before the
-  reset, then all of it) or a bucket with a small burst, not someone else's
-  requests.
+  reset, then all of it; unless the reset is further off than the client's
+  cap on server-advised waits) or a bucket with a small burst, not someone
+  else's requests.
 * A plan that is not known (``upgrades``) starts at the Free figures and
   moves up to the largest plan that the headers prove: a ``Remaining`` above
   what the current limit allows.
@@ -70,10 +71,11 @@ Servers that count differently from what they say
 * A 429 closes the gate for every waiter until ``Retry-After`` (else
   ``X-RateLimit-Reset``, else two of the plan's intervals, doubling with each
   refusal in a row; from the second refusal in a row, at least that doubled
-  wait even when the server gave a time, which proved too short), and
-  reserves what was left of the budget; that reservation fades over the
-  following period, so the gate reopens at the plan's steady rate rather
-  than to a burst.
+  wait even when the server gave a time, which proved too short; never
+  longer than two periods, nor than the client's cap on server-advised
+  waits, ``RateFeedback.max_wait``), and reserves what was left of the
+  budget; that reservation fades over the following period, so the gate
+  reopens at the plan's steady rate rather than to a burst.
 * A 429 that comes with at least half of the window's budget let in to us,
   and a tenth or more not, tells a full window apart from fine counting
   (which refuses a burst early): what ours do not account for is someone
@@ -281,7 +283,12 @@ class WindowBudget:
                 rate = self.limit / self.period
                 times.append(cap.at + (math.floor((now - cap.at) * rate) + 1) / rate)
         if self._sent and self._capping_flight(now):
-            times.append(min(self._sent.values()) + self._stale)
+            # The next request in flight to go stale frees a place; one stale already
+            # frees no more, and left in it would have every look come back "due now"
+            # (a waiter woken each millisecond until the hung request's answer).
+            stale = [t for sent in self._sent.values() if (t := sent + self._stale) > now]
+            if stale:
+                times.append(min(stale))
         paced = self._pacer.next_free(now)
         if paced is not None:
             times.append(paced)
@@ -362,8 +369,9 @@ class WindowBudget:
         self._sent.pop(ticket, None)
         self._expire(now)
         self._held.append((now + self.period, ticket))
+        remaining, reset_after = _readable(feedback)
         if self._cap is not None:
-            self._cap.settle(ticket, None if feedback is None else feedback.remaining)
+            self._cap.settle(ticket, remaining)
         if feedback is None:
             return
         self._measured(max(0.0, now - sent_at))
@@ -374,7 +382,7 @@ class WindowBudget:
             self._ramp = None
             ours = self._on_rate_limited(now, feedback)
             self._pacer.refused(now, sent_at, resume_at=self._gate_until, share=ours)
-        elif feedback.remaining is None:
+        elif remaining is None:
             if sent_at >= self._last_refused:
                 self._refused_in_a_row = 0
             # No word on the server's count: the slow start goes on.
@@ -386,21 +394,31 @@ class WindowBudget:
             # The server says how much is left: that caps every burst from now on.
             self._ramp = None
             self._told = True
-            self._upgrade(feedback.remaining, sent_at)
-            self._on_remaining(
-                now, feedback.remaining, ticket, feedback.reset_after, self._aged_since(sent_at)
-            )
+            self._upgrade(remaining, sent_at)
+            self._on_remaining(now, remaining, ticket, reset_after, self._aged_since(sent_at))
             if self._cap is None or ticket > self._cap.ticket:
-                self._cap = self._fresh_cap(now, feedback.remaining, ticket, feedback.reset_after)
+                self._cap = self._fresh_cap(now, remaining, ticket, reset_after, feedback.max_wait)
 
     def _fresh_cap(
-        self, now: float, remaining: int, ticket: int, reset_after: float | None
+        self,
+        now: float,
+        remaining: int,
+        ticket: int,
+        reset_after: float | None,
+        max_wait: float = math.inf,
     ) -> _Cap:
         # _sent is in send order: stop at the first sent after it.
         unsure = set(takewhile(lambda seq: seq < ticket, self._sent))
         missing = self.limit - remaining
         # A slot's worth of slack either way: headers round Remaining down and Reset up.
-        if reset_after is not None and reset_after * self.limit / self.period < missing - 1:
+        # A reset further off than the client's cap on server-advised waits holds
+        # nothing back until then: what is missing comes back at the plan's rate, as
+        # when no reset is said (a call the server then refuses for longer fails at once).
+        if (
+            reset_after is not None
+            and reset_after <= max_wait
+            and reset_after * self.limit / self.period < missing - 1
+        ):
             # All back sooner than the plan's rate could free it: back at once, then.
             return _Cap(remaining, ticket, now, now + reset_after, False, unsure)
         return _Cap(remaining, ticket, now, now + self.period, True, unsure)
@@ -450,16 +468,18 @@ class WindowBudget:
         # the pacing and the reservation below keep what follows from a burst.
         base = min(self.period / 4, 2 * self.period / self.limit)
         backoff = min(self.period / 2, base * 2 ** min(self._refused_in_a_row - 1, 16))
-        wait = feedback.retry_after
-        if wait is None:
-            wait = feedback.reset_after
+        wait = feedback.advised_wait
         if wait is None:
             wait = backoff
         elif self._refused_in_a_row > 1:
             # The server's time proved too short (someone else took the room it saw):
             # from the second refusal in a row, the longer of the two.
             wait = max(wait, backoff)
-        self._gate_until = max(self._gate_until, now + min(wait, self.period * 2))
+        # Never past the client's cap, whatever the plan's period: a server asking for
+        # an hour gets the caller's call failed at once (the wire's rule), not every
+        # other request of the token held for that hour.
+        wait = min(wait, self.period * 2, feedback.max_wait)
+        self._gate_until = max(self._gate_until, now + wait)
         # The server's window was full. When the gate opens, what our own slots don't
         # cover is not known to be free: let it out over a period, not in one burst.
         start = self._gate_until
@@ -503,6 +523,25 @@ class WindowBudget:
             self.limit = best.requests
             self._upgrades = [p for p in self._upgrades if p.requests > best.requests]
             self._pacer.set_rate(best)
+
+
+def _readable(feedback: RateFeedback | None) -> tuple[int | None, float | None]:
+    """The feedback's ``remaining`` and ``reset_after``, as the header parsers give them.
+
+    A feedback built by hand may hold what no header parses to. Less than nothing
+    left is nothing left: taken as said, it would have the server missing more than
+    the plan holds, and a reset that far off hold the budget shut for as long. A
+    reset that is no time at all (negative, NaN, infinite) is none.
+    """
+    if feedback is None:
+        return None, None
+    remaining = feedback.remaining
+    if remaining is not None:
+        remaining = max(0, remaining)
+    reset_after = feedback.reset_after
+    if reset_after is not None and not 0 <= reset_after < math.inf:
+        reset_after = None
+    return remaining, reset_after
 
 
 @dataclass(slots=True)

@@ -420,7 +420,6 @@ REQUEST_ROWS = [
         "ratio",
         "Pass one of 1:1, 2:3, 3:2",
         lambda h: h.client().submit(prompt="a fox", ratio=""),
-        open="the fix advises ratio=Unchecked(''), which is refused in turn ('is empty')",
     ),
     lib(
         "request",

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from grokimagine_async import AsyncClient, DownloadError, RateLimit, Task, VideoExpiredError
-from grokimagine_async.simulator import ManualClock, Simulator
+from grokimagine_async.simulator import Fault, ManualClock, Simulator
+from grokimagine_async.simulator._video import fake_mp4
 
 from .helpers import SIM_URL, TOKEN, serving
 
@@ -72,6 +73,35 @@ async def test_an_expired_link_says_so_and_how_to_get_a_fresh_one(tmp_path: Path
         with pytest.raises(VideoExpiredError, match=r"expired.*get_task"):
             await client.download(task, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+async def test_a_fresh_link_that_404s_once_is_tried_again(tmp_path: Path) -> None:
+    async with running(generation_time=(0.1, 0.2), seed=4) as (sim, client):
+        with anyio.fail_after(20):
+            task = await client.generate(prompt="p")
+            sim.inject(Fault.video_not_found(), endpoint="video")
+            (path,) = await client.download(task, tmp_path)
+    assert path.read_bytes()[4:8] == b"ftyp"
+    assert sim.stats.faults["video_not_found"] == 1
+    assert sim.stats.video_requests == 2
+
+
+@pytest.mark.parametrize(
+    "fault", [Fault.truncated_json(), Fault.empty_body(), Fault.error_in_200(503)]
+)
+async def test_a_video_answer_that_is_short_empty_or_no_video_is_fetched_again(
+    fault: Fault, tmp_path: Path
+) -> None:
+    # Each comes with a length header that matches what was sent: only looking at the
+    # file (an MP4 that ends inside a box, no bytes, a JSON page) tells.
+    async with running(generation_time=(0.1, 0.2), video_bytes=4096, seed=5) as (sim, client):
+        with anyio.fail_after(20):
+            task = await client.generate(prompt="p")
+            sim.inject(fault, endpoint="video")
+            (path,) = await client.download(task, tmp_path)
+    assert path.read_bytes() == fake_mp4(task.task_id, 1, 4096)
+    assert sim.stats.video_requests == 2
+    assert not list(tmp_path.glob("*.part"))
 
 
 async def test_a_folder_that_cannot_be_written_is_a_download_error(tmp_path: Path) -> None:

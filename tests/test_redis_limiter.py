@@ -329,6 +329,30 @@ async def test_a_429_seen_by_one_process_closes_the_gate_for_the_others(
     assert retry_after - 0.02 <= waited < retry_after + 0.5 * PERIOD, waited
 
 
+async def test_no_server_advised_wait_shuts_the_processes_out_past_the_cap(
+    redis_server: RedisServer,
+) -> None:
+    async with (
+        limiters(redis_server.url, 1, key="capped") as (a,),
+        raw_redis(redis_server.url) as r,
+    ):
+        state = redis_keys("capped")["state"]
+        slot = await a.acquire()
+        seconds, micros = await r.time()
+        refused_at = seconds + micros / 1e6
+        # An hour asked for, and a client whose cap is a tenth of a period.
+        slot.record(RateFeedback(429, retry_after=3600.0, reset_after=7200.0, max_wait=0.1))
+
+        async def refusal_in_redis() -> bool:
+            return await r.hget(state, "last_refused") is not None
+
+        await wait_for(refusal_in_redis, within=2)
+        held = await r.hget(state, "gate_until")
+    assert held is not None
+    gate = float(held)
+    assert gate - refused_at < 0.1 + 0.5, gate - refused_at
+
+
 async def test_a_stated_burst_paces_every_process_from_the_start(
     redis_server: RedisServer,
 ) -> None:

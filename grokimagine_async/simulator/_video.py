@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import struct
 
-_FTYP = struct.pack(">I4s4sI4s4s4s", 32, b"ftyp", b"isom", 0x200, b"isom", b"iso2", b"mp41")
+_FTYP = struct.pack(">I4s4sI4s4s4s", 28, b"ftyp", b"isom", 0x200, b"isom", b"iso2", b"mp41")
 
 EXPIRED_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n'
