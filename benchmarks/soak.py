@@ -14,7 +14,7 @@ process of its own, so that its memory is its own: ``generate_many`` over
 constant scaled to the compressed minute), downloading each video that
 completes. Printed:
 
-* outcomes by kind, and the downloads;
+* outcomes by kind, and the downloads (every completed video saved whole);
 * every request accounted for exactly once;
 * tasks created per request: duplicates (0 with the default settings);
 * exceptions that escaped the client or a task of its (0);
@@ -283,6 +283,10 @@ def main(args: argparse.Namespace) -> int:
             ("every request accounted for exactly once", seen["once"]),
             ("0 duplicates with the default settings", seen["duplicates"] == 0),
             ("0 exceptions escaped", not first["escaped"]),
+            (
+                "every completed video downloaded whole",
+                first["downloads"].get("saved", 0) == first["statuses"].get("completed", 0),
+            ),
             (
                 "every task created but unreported is an uncertain request",
                 seen["unreported not uncertain"] == 0,
