@@ -78,14 +78,16 @@ def load_example(name: str) -> ModuleType:
 
 
 @asynccontextmanager
-async def serving(sim: Simulator) -> AsyncIterator[str]:
+async def serving(sim: Simulator, *, in_thread: bool = False) -> AsyncIterator[str]:
     """``sim`` on loopback, whatever the backend; yields its base URL.
 
     ``sim.serve()`` runs uvicorn in the running loop, which must be asyncio's; on any
-    other backend the simulator serves from its own loop in a thread, and the waits for
-    that thread to start and stop happen in a worker thread, not in the loop.
+    other backend, or ``in_thread`` (so that the loop runs the client's tasks alone,
+    and they can be counted), the simulator serves from its own loop in a thread, and
+    the waits for that thread to start and stop happen in a worker thread, not in the
+    loop.
     """
-    if sniffio.current_async_library() == "asyncio":
+    if sniffio.current_async_library() == "asyncio" and not in_thread:
         async with sim.serve() as url:
             yield url
         return

@@ -15,20 +15,18 @@ import gc
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
 import pytest
 import sniffio
 
 from grokimagine_async import AsyncClient, OutcomeStatus, RateLimit
 from grokimagine_async.simulator import Fault, Simulator
 
-from .helpers import TOKEN
+from .helpers import TOKEN, serving
 
 pytestmark = [
     pytest.mark.anyio,
@@ -102,26 +100,13 @@ def simulator_for(op: str) -> Simulator:
     )
 
 
-@asynccontextmanager
-async def served(sim: Simulator) -> AsyncIterator[str]:
-    """``sim`` on loopback from a thread of its own, whatever the backend: the event
-    loop then runs the client's tasks alone, and they can be counted."""
-    server = sim.serve_in_thread()
-    url = await anyio.to_thread.run_sync(server.__enter__)
-    try:
-        yield url
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(server.__exit__, None, None, None)
-
-
 async def cancelled_while_busy(
     op: str, how: str, tmp_path: Path
 ) -> tuple[Simulator, Busy, float, int]:
     """Run ``op`` until busy, cancel it ``how``; the simulator, the call, the seconds the
     cancellation took, and descriptors open before the client was made."""
     sim = simulator_for(op)
-    async with served(sim) as url:
+    async with serving(sim, in_thread=True) as url:
         baseline = open_descriptors()
         tasks_before = len(anyio.get_running_tasks())
         # A slow plan keeps the batch half sent when it is cancelled.
@@ -195,7 +180,7 @@ async def test_a_cancelled_batch_resumes_from_its_journal_without_paying_twice(
     created_before = sim.stats.tasks_created
     outcomes: list[Any] = []
     async with (
-        served(sim) as url,
+        serving(sim, in_thread=True) as url,
         AsyncClient(TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0), poll_interval=0.05) as c,
     ):
         requests = [{"prompt": f"video {i}"} for i in range(30)]
