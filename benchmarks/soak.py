@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -100,9 +101,11 @@ async def run_batch(
     limit: int,
     period: float,
     resubmit_uncertain: bool = False,
+    timeout: float | httpx.Timeout | None = None,
 ) -> dict[str, Any]:
     """``generate_many`` over ``n`` prompts with default settings (time scaled to a
-    ``period``-second minute), downloading every completed video; what came of it."""
+    ``period``-second minute, the read ``timeout`` too unless one is given),
+    downloading every completed video; what came of it."""
     scale = period / 60
     escaped: list[str] = []
     loop_errors: list[str] = []
@@ -133,7 +136,7 @@ async def run_batch(
                 rate_limit=RateLimit(limit, period),
                 backoff=0.5 * scale,
                 poll_interval=5.0 * scale,
-                timeout=30.0 * scale,
+                timeout=30.0 * scale if timeout is None else timeout,
                 max_retry_after=120.0 * scale,
             ) as client,
             anyio.create_task_group() as tg,

@@ -79,12 +79,38 @@ DEFAULT_WAIT_TIMEOUT = 600.0
 DEFAULT_MAX_RETRY_AFTER = DEFAULT_MAX_WAIT
 
 
+def _is_seconds(value: object, *, zero_ok: bool = False) -> bool:
+    """A finite number of seconds, above 0 (or 0 itself when ``zero_ok``); not a bool."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (value >= 0 if zero_ok else value > 0)
+        and value < math.inf
+    )
+
+
+def _check_setting(field: str, value: object, *, zero_ok: bool, example: str) -> None:
+    """A client option in seconds; None (its default) passes."""
+    if value is not None and not _is_seconds(value, zero_ok=zero_ok):
+        least = ">= 0" if zero_ok else "above 0"
+        raise ConfigurationError(f"{field} must be seconds {least}, got {value!r}; e.g. {example}")
+
+
 def _check_positive(field: str, value: float | None, example: str) -> None:
-    if value is not None and not (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
-    ):
+    if value is not None and not _is_seconds(value):
         raise RequestValidationError(
             field, f"must be above 0, got {value!r}", f"Pass e.g. {example}"
+        )
+
+
+def _check_count(field: str, value: int | None, example: str, *, none_ok: bool = True) -> None:
+    """A number of things at once: a whole number, at least 1 (None: the default, where
+    ``none_ok``)."""
+    if (value is not None or not none_ok) and (
+        isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ):
+        raise RequestValidationError(
+            field, f"must be a whole number, at least 1, got {value!r}", f"Pass e.g. {example}"
         )
 
 
@@ -225,35 +251,20 @@ class AsyncClient:
             raise ConfigurationError(
                 f"max_retries must be a whole number >= 0, got {max_retries!r}"
             )
-        if isinstance(backoff, bool) or not (
-            isinstance(backoff, (int, float)) and 0 <= backoff < math.inf
-        ):
-            raise ConfigurationError(f"backoff must be seconds >= 0, got {backoff!r}; e.g. 0.5")
-        if rate_limit_patience is not None and not (
-            isinstance(rate_limit_patience, (int, float)) and rate_limit_patience >= 0
-        ):
+        _check_setting("backoff", backoff, zero_ok=True, example="0.5")
+        _check_setting("rate_limit_patience", rate_limit_patience, zero_ok=True, example="180")
+        if max_retry_after is None:
             raise ConfigurationError(
-                f"rate_limit_patience must be seconds >= 0 (or None), got {rate_limit_patience!r}"
+                f"max_retry_after must be seconds above 0, got None; leave it out for "
+                f"{DEFAULT_MAX_RETRY_AFTER:g}"
             )
-        if isinstance(max_retry_after, bool) or not (
-            isinstance(max_retry_after, (int, float)) and 0 < max_retry_after < math.inf
-        ):
-            raise ConfigurationError(
-                f"max_retry_after must be seconds above 0, got {max_retry_after!r}; "
-                f"leave it out for {DEFAULT_MAX_RETRY_AFTER:g}"
-            )
+        _check_setting("max_retry_after", max_retry_after, zero_ok=False, example="120")
         self._poll_interval = resolve_poll_interval(poll_interval)
         http_timeout: httpx.Timeout | httpx._client.UseClientDefault
         if isinstance(timeout, httpx.Timeout):
             http_timeout = timeout
         elif timeout is not None:
-            if isinstance(timeout, bool) or not (
-                isinstance(timeout, (int, float)) and 0 < timeout < math.inf
-            ):
-                raise ConfigurationError(
-                    f"timeout must be seconds above 0 (or an httpx.Timeout), got {timeout!r}; "
-                    "e.g. 30"
-                )
+            _check_setting("timeout", timeout, zero_ok=False, example="30, or an httpx.Timeout")
             http_timeout = httpx.Timeout(timeout, pool=None)
         elif http_client is not None:
             http_timeout = httpx.USE_CLIENT_DEFAULT
@@ -544,12 +555,14 @@ class AsyncClient:
 
         ``task`` is a :class:`Task` or a task id (then looked up first). Files
         are named ``<task_id>_<n>.mp4`` and written whole or not at all (via a
-        ``.part`` file); one already there is kept. Content type and length are
-        checked, transient failures retried. The API token is never sent to
-        the hosts that serve videos. An expired link raises
+        ``.part`` file); one already there is kept. Transient failures are
+        retried, and so is an answer that is empty, is no video, is shorter
+        than its length header, or is an MP4 cut short inside one of its boxes.
+        The API token is never sent to the hosts that serve videos. An expired
+        link (401, 403, 410, or a 404 that a second look still gets) raises
         :class:`VideoExpiredError`, which says how to get a fresh one.
         """
-        _check_positive("concurrency", concurrency, "4")
+        _check_count("concurrency", concurrency, "4", none_ok=False)
         if isinstance(task, str):
             task = await self.get_task(task)
         elif not isinstance(task, Task):
@@ -592,7 +605,7 @@ class AsyncClient:
         For batches you may interrupt, use :meth:`generate_many` with a
         ``journal``.
         """
-        _check_positive("concurrency", concurrency, "16")
+        _check_count("concurrency", concurrency, "16")
         items = await collect_requests(requests)
         limit = anyio.CapacityLimiter(concurrency or self._default_concurrency())
         outcomes: list[SubmitOutcome | None] = [None] * len(items)
@@ -709,7 +722,7 @@ class AsyncClient:
         :meth:`GenerationPipeline.wait_submitted`: nothing more is sent and no
         task id on the wire is lost.
         """
-        _check_positive("concurrency", concurrency, "16")
+        _check_count("concurrency", concurrency, "16")
         _check_positive("timeout", timeout, "3600, or None")
         _check_positive("poll_interval", poll_interval, "5")
         for field, value in (

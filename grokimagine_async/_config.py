@@ -6,6 +6,7 @@ import enum
 import ipaddress
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import httpx
@@ -141,17 +142,27 @@ def resolve_api_key(api_key: str | None) -> str:
     return key
 
 
-#: Names that never reach another machine: this one's (RFC 6761), and the names
-#: reserved for tests, which no public resolver answers (an in-process transport
-#: such as the simulator's is addressed by one).
-_LOCAL_NAMES = ("localhost", "test", "invalid")
+#: Top-level names reserved for tests, which no public resolver answers (an
+#: in-process transport such as the simulator's is addressed by one). A bare
+#: ``test`` is not one of them: a resolver's search domains may complete it.
+_TEST_DOMAINS = ("test", "invalid")
+#: ``user:password@`` in a URL, to mask before a message shows it.
+_CREDENTIALS = re.compile(r"(//)[^/@\s]*@")
+
+
+def _masked(text: str) -> str:
+    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 def is_local(host: str) -> bool:
     """Whether a request to ``host`` stays on this machine: ``localhost``,
-    127.0.0.0/8, ``::1``, or a name under ``.test`` or ``.invalid``."""
+    127.0.0.0/8, ``::1``, or a name under ``.test`` or ``.invalid``
+    (``api.test``)."""
     host = host.strip("[]").lower().rstrip(".")
-    if host.rpartition(".")[2] in _LOCAL_NAMES:
+    if host == "localhost":
+        return True
+    name, dot, domain = host.rpartition(".")
+    if dot and name and domain in _TEST_DOMAINS:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -199,30 +210,32 @@ def resolve_base_url(
     """
     raw = base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
     source = name if base_url is not None else ENV_BASE_URL
+    # What the messages show: a user name or password in the URL masked, first of all.
+    shown = repr(_masked(str(raw).strip()))
     try:
         url = httpx.URL(str(raw).strip())
     except httpx.InvalidURL as exc:
-        raise ConfigurationError(f"{source}: {raw!r} is not a URL ({exc})") from None
+        raise ConfigurationError(f"{source}: {shown} is not a URL ({_masked(str(exc))})") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigurationError(
-            f"{source}: {raw!r} must be an http(s) URL with a host, "
+            f"{source}: {shown} must be an http(s) URL with a host, "
             f"such as {DEFAULT_BASE_URL} or http://127.0.0.1:8000 for the simulator"
         )
-    if url.query or url.fragment:
-        raise ConfigurationError(f"{source}: {raw!r} must not have a query or fragment")
     if url.userinfo:
         # Credentials in the URL would reach logs, reprs and error messages with it.
         raise ConfigurationError(
-            f"{source}: {url.copy_with(username=None, password=None)} must not carry a user "
-            "name or password: pass the API token as api_key (or GROKIMAGINE_API_KEY)"
+            f"{source}: {shown} must not carry a user name or password: pass the API token "
+            "as api_key (or GROKIMAGINE_API_KEY)"
         )
+    if url.query or url.fragment:
+        raise ConfigurationError(f"{source}: {shown} must not have a query or fragment")
     if (
         url.scheme == "http"
         and not is_local(url.host)
         and not resolve_allow_insecure_http(allow_insecure_http)
     ):
         raise ConfigurationError(
-            f"{source}: {raw!r} is plain http:// to another machine, which would send your "
+            f"{source}: {shown} is plain http:// to another machine, which would send your "
             f"API token in clear text. Use https://{url.netloc.decode('ascii')}, or, on a "
             f"network you trust, allow it: {opt_in}"
         )

@@ -20,6 +20,9 @@ __all__ = ["download_task"]
 logger = logging.getLogger("grokimagine_async")
 
 _EXPIRED = frozenset({401, 403, 404, 410})
+#: Content types a video may come as besides video/* (RFC 4337's, and the generic
+#: ones object stores give files uploaded without one).
+_VIDEO_TYPES = frozenset({"application/mp4", "application/octet-stream", "binary/octet-stream"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 #: Characters of a task id kept in a file name; the rest of a longer one is a hash.
 _NAME_CHARS = 100
@@ -110,15 +113,24 @@ async def _fetch(
     task_id: str,
 ) -> None:
     partial = target.with_name(target.name + ".part")
-    for attempt in range(max_retries + 1):
+    looked_again = False
+    attempt = 0
+    while True:
         try:
-            await _fetch_once(http, url, partial, chunk_size, task_id, first=attempt == 0)
+            await _fetch_once(http, url, partial, chunk_size, task_id, first=not looked_again)
+        except _NotYetThere as exc:
+            # Outside the retries: a link that 404s twice has expired, retries or none.
+            looked_again = True
+            delay = backoff * (0.75 + random.random() / 4)
+            logger.info("looking again at %s in %.2fs after: %s", url, delay, exc)
+            await anyio.sleep(delay)
         except (httpx.TransportError, _Retryable) as exc:
             if attempt == max_retries:
                 raise DownloadError(
                     f"could not download {url} after {attempt + 1} attempts: {exc}", url=url
                 ) from exc
             delay = backoff * 2**attempt * (0.75 + random.random() / 4)
+            attempt += 1
             logger.info("retrying download of %s in %.2fs after: %s", url, delay, exc)
             await anyio.sleep(delay)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -146,6 +158,10 @@ def _file_stem(task_id: str) -> str:
 
 class _Retryable(Exception):
     pass
+
+
+class _NotYetThere(Exception):
+    """A fresh link that answered 404: it may not have reached every edge of the host."""
 
 
 def _mp4_cut_short(path: Path) -> bool:
@@ -192,9 +208,7 @@ async def _fetch_once(
         raise httpx.InvalidURL(f"{type(exc).__name__}: {exc}") from exc
     try:
         if first and response.status_code == 404:
-            # A link handed out a moment ago may not have reached every edge of the
-            # video host yet: one more look before it is taken for expired.
-            raise _Retryable("HTTP 404")
+            raise _NotYetThere("HTTP 404")
         if response.status_code in _EXPIRED:
             raise VideoExpiredError(
                 f"the link to {url} has expired (HTTP {response.status_code}): links last "
@@ -207,7 +221,7 @@ async def _fetch_once(
         if response.status_code != 200:
             raise DownloadError(f"{url}: unexpected HTTP {response.status_code}", url=url)
         kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind and not (kind.startswith("video/") or kind == "application/octet-stream"):
+        if kind and not (kind.startswith("video/") or kind in _VIDEO_TYPES):
             # A 200 that is no video is most often a proxy's or the host's error page.
             raise _Retryable(f"the answer is {kind!r}, not a video")
         expected = response.headers.get("content-length")

@@ -13,6 +13,7 @@ __all__ = [
     "parse_remaining",
     "parse_reset",
     "parse_retry_after",
+    "readable",
 ]
 
 #: The longest wait a server's word may impose, unless the client says otherwise
@@ -125,3 +126,22 @@ class RateFeedback:
             retry_after=parse_retry_after(headers.get("retry-after"), now),
             max_wait=max_wait,
         )
+
+
+def readable(feedback: RateFeedback | None) -> tuple[int | None, float | None]:
+    """The feedback's ``remaining`` and ``reset_after``, as the header parsers give them.
+
+    A feedback built by hand may hold what no header parses to. Less than nothing
+    left is nothing left: taken as said, it would have the server missing more than
+    the plan holds, and a reset that far off hold the budget shut for as long. A
+    reset that is no time at all (negative, NaN, infinite) is none.
+    """
+    if feedback is None:
+        return None, None
+    remaining = feedback.remaining
+    if remaining is not None:
+        remaining = max(0, remaining)
+    reset_after = feedback.reset_after
+    if reset_after is not None and not 0 <= reset_after < math.inf:
+        reset_after = None
+    return remaining, reset_after

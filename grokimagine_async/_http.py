@@ -38,6 +38,7 @@ import logging
 import random
 import re
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -323,10 +324,11 @@ class Wire:
 class _Redactor:
     """Masks the token wherever an answer, or a transport error, echoes it back."""
 
-    __slots__ = ("_mask", "_secret")
+    __slots__ = ("__weakref__", "_mask", "_secret")
 
     def __init__(self, secret: str) -> None:
         self._secret = secret
+        _watch_logs(self)
         # Of a character the token lacks: what is left around a mask cannot join up
         # with it to spell the token again.
         candidates = itertools.chain("*#~", map(chr, itertools.count(0x2500)))
@@ -339,9 +341,10 @@ class _Redactor:
         return text.replace(self._secret, self._mask)
 
     def may_hold(self, content: bytes) -> bool:
-        """Whether ``content`` can hold the token, plainly or ``\\u``-escaped in JSON:
+        """Whether ``content`` can hold the token, plainly or escaped in JSON:
         most answers cannot, and need no walk through their JSON."""
-        return bool(self._secret) and (self._secret.encode() in content or b"\\u" in content)
+        # Any escape (\\/, \\u...) may spell the token in a way the bytes do not show.
+        return bool(self._secret) and (self._secret.encode() in content or b"\\" in content)
 
     def body(self, response: httpx.Response) -> str:
         """The answer's body as text, for messages and excerpts."""
@@ -397,6 +400,50 @@ class _Redactor:
             copy = httpx.TransportError(message)
         copy.__suppress_context__ = True
         return copy
+
+
+#: The clients alive, whose tokens the log filter masks.
+_LIVE: weakref.WeakSet[_Redactor] = weakref.WeakSet()
+#: The loggers of the layers under the wire (httpcore's trace logs the headers and the
+#: reason a server sent, which may echo the token), and ours. A filter on a logger
+#: sees only the records logged on that logger, not its children's: each is named.
+_LOGGERS = (
+    "grokimagine_async",
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.connection_pool",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+
+
+class _MaskTokens(logging.Filter):
+    """Masks every live client's token in a log record, whoever logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redactors = list(_LIVE)
+        if redactors:
+            message = masked = record.getMessage()
+            for redactor in redactors:
+                masked = redactor.text(masked)
+            if masked != message:
+                record.msg, record.args = masked, None
+        return True
+
+
+_MASK = _MaskTokens()
+
+
+def _watch_logs(redactor: _Redactor) -> None:
+    if not _LIVE:
+        for name in _LOGGERS:
+            log = logging.getLogger(name)
+            if _MASK not in log.filters:
+                log.addFilter(_MASK)
+    _LIVE.add(redactor)
 
 
 def _transport_error(exc: httpx.HTTPError, method: str, url: str, redact: _Redactor) -> APIError:

@@ -63,7 +63,7 @@ import sniffio
 from . import _redis_scripts as scripts
 from ._config import RateLimit
 from ._exceptions import ConfigurationError, RateLimiterUnavailableError
-from ._headers import RateFeedback
+from ._headers import RateFeedback, readable
 from ._limiter import RateLimitStatus, RecordedOnce, SlotContext
 from ._sliding_window import SlidingWindowLimiter
 
@@ -444,13 +444,15 @@ class RedisLimiter:
         def opt(value: float | None) -> float:
             return -1 if value is None else value
 
-        # The client's cap on server-advised waits holds here as in one process: no
-        # Retry-After or Reset shuts every process out for longer.
-        reset_after = retry_after = None
+        # Read as one process reads them: nothing left below none, no reset that is no
+        # time, a reset past the client's cap on server-advised waits not waited for,
+        # and no Retry-After that shuts every process out past it.
+        remaining, reset_after = readable(feedback)
+        retry_after = None
         if feedback is not None:
             retry_after = feedback.advised_wait
-            if feedback.reset_after is not None:
-                reset_after = min(feedback.reset_after, feedback.max_wait)
+            if reset_after is not None and reset_after > feedback.max_wait:
+                reset_after = None
         try:
             reply = await self._record(
                 keys=self._keys[:2],
@@ -459,7 +461,7 @@ class RedisLimiter:
                     seq,
                     "1" if sent else "0",
                     feedback.status_code if feedback is not None else 0,
-                    opt(feedback.remaining if feedback is not None else None),
+                    opt(remaining),
                     opt(reset_after),
                     opt(retry_after),
                     taken_at,

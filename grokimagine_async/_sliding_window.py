@@ -100,7 +100,7 @@ from itertools import takewhile
 import anyio
 
 from ._config import RateLimit
-from ._headers import RateFeedback
+from ._headers import RateFeedback, readable
 from ._limiter import RateLimitStatus, RecordedOnce, SlotContext
 
 __all__ = ["SlidingWindowLimiter", "WindowBudget"]
@@ -369,7 +369,7 @@ class WindowBudget:
         self._sent.pop(ticket, None)
         self._expire(now)
         self._held.append((now + self.period, ticket))
-        remaining, reset_after = _readable(feedback)
+        remaining, reset_after = readable(feedback)
         if self._cap is not None:
             self._cap.settle(ticket, remaining)
         if feedback is None:
@@ -523,25 +523,6 @@ class WindowBudget:
             self.limit = best.requests
             self._upgrades = [p for p in self._upgrades if p.requests > best.requests]
             self._pacer.set_rate(best)
-
-
-def _readable(feedback: RateFeedback | None) -> tuple[int | None, float | None]:
-    """The feedback's ``remaining`` and ``reset_after``, as the header parsers give them.
-
-    A feedback built by hand may hold what no header parses to. Less than nothing
-    left is nothing left: taken as said, it would have the server missing more than
-    the plan holds, and a reset that far off hold the budget shut for as long. A
-    reset that is no time at all (negative, NaN, infinite) is none.
-    """
-    if feedback is None:
-        return None, None
-    remaining = feedback.remaining
-    if remaining is not None:
-        remaining = max(0, remaining)
-    reset_after = feedback.reset_after
-    if reset_after is not None and not 0 <= reset_after < math.inf:
-        reset_after = None
-    return remaining, reset_after
 
 
 @dataclass(slots=True)

@@ -740,8 +740,17 @@ CLIENT_ROWS = [
         "`rate_limit_patience=-1`",
         CFG,
         "rate_limit_patience",
-        "seconds >= 0 (or None)",
+        "e.g. 180",
         lambda h: h.client(rate_limit_patience=-1),
+    ),
+    lib(
+        "client",
+        "rate-limit-patience-bool",
+        "`rate_limit_patience=True`",
+        CFG,
+        "rate_limit_patience",
+        "e.g. 180",
+        lambda h: h.client(rate_limit_patience=True),
     ),
     lib(
         "client",
@@ -794,7 +803,7 @@ CLIENT_ROWS = [
         "`max_retry_after=0`",
         CFG,
         "max_retry_after",
-        "leave it out for 120",
+        "e.g. 120",
         lambda h: h.client(max_retry_after=0),
     ),
     lib(
@@ -965,6 +974,15 @@ CALL_ROWS = [
     ),
     lib(
         "calls",
+        "generate-many-concurrency-fraction",
+        "`generate_many(..., concurrency=2.5)`",
+        RVE,
+        "concurrency",
+        "Pass e.g. 16",
+        lambda h: h.client().generate_many(_ONE, concurrency=2.5),  # type: ignore[arg-type]
+    ),
+    lib(
+        "calls",
         "generate-many-timeout",
         "`generate_many(..., timeout=0)`",
         RVE,
@@ -1097,6 +1115,15 @@ CALL_ROWS = [
         "concurrency",
         "Pass e.g. 4",
         lambda h: h.client().download("task_1", h.tmp, concurrency=0),
+    ),
+    lib(
+        "calls",
+        "download-concurrency-none",
+        "`download('task_1', 'videos', concurrency=None)`",
+        RVE,
+        "concurrency",
+        "Pass e.g. 4",
+        lambda h: h.client().download("task_1", h.tmp, concurrency=None),  # type: ignore[arg-type]
     ),
     lib(
         "calls",

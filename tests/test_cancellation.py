@@ -177,7 +177,6 @@ async def test_a_cancelled_batch_resumes_from_its_journal_without_paying_twice(
     tmp_path: Path,
 ) -> None:
     sim, busy, _, _ = await cancelled_while_busy("generate_many", "cancel scope", tmp_path)
-    created_before = sim.stats.tasks_created
     outcomes: list[Any] = []
     async with (
         serving(sim, in_thread=True) as url,
@@ -196,4 +195,3 @@ async def test_a_cancelled_batch_resumes_from_its_journal_without_paying_twice(
     # uncertain, never sent again without being asked.
     assert settled + statuses[OutcomeStatus.UNCERTAIN] == 30
     assert settled <= sim.stats.tasks_created <= 30
-    assert sim.stats.tasks_created >= created_before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,6 +215,20 @@ def test_a_batch_file_that_changes_mid_read_stops_before_anything_unchecked(
     assert source.changed is not None
     assert why in source.changed
     assert "fix it and rerun" in source.changed
+
+
+def test_a_request_changed_in_place_after_the_check_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("a fox\na boat\n")
+    source = BatchFile(path).check()
+    stamp = path.stat()
+    # The same size and, put back, the same time: only the request itself differs.
+    path.write_text("a fox\na goat\n")
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    source.verify()
+    assert [r.prompt for r in source] == ["a fox"]
+    assert source.changed is not None
+    assert "line 2 is not the request it was when checked" in source.changed
 
 
 def test_a_bad_line_written_after_the_check_is_not_read(tmp_path: Path) -> None:

@@ -104,6 +104,20 @@ async def test_a_video_answer_that_is_short_empty_or_no_video_is_fetched_again(
     assert not list(tmp_path.glob("*.part"))
 
 
+async def test_a_link_that_404s_twice_has_expired_whatever_the_retries(tmp_path: Path) -> None:
+    sim = Simulator(generation_time=(0.1, 0.2), seed=6)
+    async with (
+        serving(sim) as url,
+        AsyncClient(TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0), max_retries=0) as client,
+    ):
+        with anyio.fail_after(20):
+            task = await client.generate(prompt="p")
+            gone = task.model_copy(update={"videos": (task.videos[0].replace("/1.mp4", "/9.mp4"),)})
+            with pytest.raises(VideoExpiredError):
+                await client.download(gone, tmp_path)
+    assert sim.stats.video_requests == 2
+
+
 async def test_a_folder_that_cannot_be_written_is_a_download_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

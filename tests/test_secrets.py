@@ -8,12 +8,14 @@ but the API calls: downloads and their redirects never carry it.
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
 
@@ -175,3 +177,51 @@ async def test_the_token_goes_on_api_calls_and_nowhere_else(
             assert authorization is None, request.url
     assert any("/videos/" in str(r.url) and "sig=" in str(r.url) for r in seen)
     assert sim.stats.video_requests_with_auth == 0
+
+
+#: A token with characters JSON may escape: an echo of it need not show it plainly.
+SLASHED = "sk-test/SECRET+9e2b"
+
+
+async def test_a_server_that_echoes_the_token_gets_it_masked_everywhere(
+    every_log_line: Everything,
+) -> None:
+    escaped = SLASHED.replace("/", "\\/")
+    body = json.dumps(
+        {"code": 500, "message": f"bad token {SLASHED}", "error": "SERVER_ERROR"}
+    ).replace(SLASHED, escaped)
+    answer = (
+        "HTTP/1.1 500 Internal Server Error\r\n"
+        f"X-Echo: Bearer {SLASHED}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    served = 0
+
+    async def echo(stream: anyio.abc.SocketStream) -> None:
+        nonlocal served
+        async with stream:
+            await stream.receive()
+            served += 1
+            await stream.send(answer)
+
+    texts: list[str] = []
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - anyio, not Django
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, echo)
+            async with AsyncClient(
+                SLASHED, base_url=f"http://127.0.0.1:{port}", max_retries=1, backoff=0.01
+            ) as client:
+                with pytest.raises(GrokImagineError) as failed:
+                    await client.get_task("task_1")
+                texts += texts_of(failed.value)
+            tg.cancel_scope.cancel()
+    texts += every_log_line.lines
+    assert served == 2
+    # The echo reached the logs (httpcore's trace of the headers), masked.
+    assert any("X-Echo" in line for line in every_log_line.lines)
+    assert "bad token" in str(failed.value)
+    for text in texts:
+        assert SLASHED not in text
+        assert escaped not in text

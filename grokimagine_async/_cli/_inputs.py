@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -112,6 +113,9 @@ class BatchFile:
         self.max_prompt_chars = max_prompt_chars
         #: The line each request starts on, in input order (filled by :meth:`check`).
         self.lines = array("L")
+        # A checksum of each request as checked: a later read that finds another one
+        # in its place (an edit of the same size, within the clock's resolution) stops.
+        self._sums = array("L")
         #: Why a later read stopped short: the file changed after it was checked.
         self.changed: str | None = None
         self._stamp: tuple[int, int] | None = None
@@ -127,13 +131,14 @@ class BatchFile:
         """Read every line and check it; raises :class:`InputFileError` listing every
         bad line, or saying the file holds no request."""
         problems: list[str] = []
-        self.lines = array("L")
+        self.lines, self._sums = array("L"), array("L")
         self._stamp = self._file_stamp()
         for line, request in self._read():
             if isinstance(request, str):
                 problems.append(f"  line {line}: {request}")
             else:
                 self.lines.append(line)
+                self._sums.append(_checksum(request))
         if problems:
             raise InputFileError(str(self.path), problems)
         if not self.lines:
@@ -168,6 +173,9 @@ class BatchFile:
                     return
                 if count >= len(self.lines) or self.lines[count] != line:
                     changed(f"line {line} is not where a request was when checked")
+                    return
+                if self._sums[count] != _checksum(request):
+                    changed(f"line {line} is not the request it was when checked")
                     return
                 yield Row(line, request)
                 count += 1
@@ -274,6 +282,10 @@ def read_rows(
         path, text=text, allow_undocumented=allow_undocumented, max_prompt_chars=max_prompt_chars
     )
     return list(batch.check().rows())
+
+
+def _checksum(request: GenerateRequest) -> int:
+    return zlib.crc32(json.dumps(request.to_payload(), sort_keys=True).encode())
 
 
 class _Counted:

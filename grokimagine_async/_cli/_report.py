@@ -157,14 +157,18 @@ def write_report(job: BatchRun, path: Path, source: str) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
-    with part.open("w", encoding="utf-8") as out:
-        out.write(json.dumps(body, indent=2).removesuffix("\n}"))
-        out.write(',\n  "results": [')
-        for i, (result, request) in enumerate(_with_requests(job)):
-            row = json.dumps(row_json(result, request), indent=2).replace("\n", "\n    ")
-            out.write(f"{',' if i else ''}\n    {row}")
-        out.write("\n  ]\n}\n")
-    os.replace(part, path)
+    try:
+        with part.open("w", encoding="utf-8") as out:
+            out.write(json.dumps(body, indent=2).removesuffix("\n}"))
+            out.write(',\n  "results": [')
+            for i, (result, request) in enumerate(_with_requests(job)):
+                row = json.dumps(row_json(result, request), indent=2).replace("\n", "\n    ")
+                out.write(f"{',' if i else ''}\n    {row}")
+            out.write("\n  ]\n}\n")
+        os.replace(part, path)
+    finally:
+        # Whole or not at all: a report cut off (a full disk, say) leaves no half behind.
+        part.unlink(missing_ok=True)
 
 
 def _with_requests(job: BatchRun) -> Iterator[tuple[Result, GenerateRequest | None]]:
