@@ -25,8 +25,13 @@ def check_writable(option: str, folder: Path) -> None:
         fail(f"{option} {folder}: cannot write there ({exc.strerror or exc})")
 
 
-def check_journal(path: Path) -> None:
-    """Fail now if ``--journal`` names a folder, or a place no file can be written."""
+def check_journal_is_a_file(path: Path) -> None:
+    """Fail now if ``--journal`` names a folder (before it is read as a journal)."""
     if path.is_dir():
         fail(f"--journal {path} is a folder: name a file in it, such as {path / 'batch.db'}")
+
+
+def check_journal(path: Path) -> None:
+    """Fail now if ``--journal`` names a folder, or a place no file can be written."""
+    check_journal_is_a_file(path)
     check_writable("--journal", path.parent)

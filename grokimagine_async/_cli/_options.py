@@ -238,17 +238,22 @@ class Connection:
             rate_limit=parse_rate(self.rate),
             redis_url=self.redis_url,
             redis_fallback=self.redis_fallback,
-            # Unset, the environment's GROKIMAGINE_ALLOW_INSECURE_HTTP decides.
-            allow_insecure_http=True if self.insecure_http else None,
+            allow_insecure_http=self.allow_insecure_http,
             **kwargs,
         )
+
+    @property
+    def allow_insecure_http(self) -> bool | None:
+        """``--allow-insecure-http``; unset, the environment's
+        ``GROKIMAGINE_ALLOW_INSECURE_HTTP`` decides."""
+        return True if self.insecure_http else None
 
     def check_base_url(self) -> None:
         """Refuse a ``--base-url`` the client would refuse, in the command line's words,
         before anything else runs."""
         resolve_base_url(
             self.base_url,
-            allow_insecure_http=True if self.insecure_http else None,
+            allow_insecure_http=self.allow_insecure_http,
             name="--base-url",
             opt_in=f"--allow-insecure-http, or {ENV_ALLOW_INSECURE_HTTP}=1",
         )

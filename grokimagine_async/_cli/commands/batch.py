@@ -14,7 +14,7 @@ from ..._journal import Journal
 from .._display import LiveDisplay, PlainDisplay
 from .._estimate import estimate
 from .._exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, fail, run, stop_line
-from .._folders import check_journal, check_writable
+from .._folders import check_journal, check_journal_is_a_file, check_writable
 from .._format import stderr, usd
 from .._inputs import DEFAULT_MAX_PROMPT_CHARS, BatchFile
 from .._options import (
@@ -163,8 +163,8 @@ def batch(
         connection.check_base_url()
         source.check()
         journal_path = None if no_journal else journal or default_journal(out)
-        if journal_path is not None and journal_path.is_dir():
-            check_journal(journal_path)
+        if journal_path is not None:
+            check_journal_is_a_file(journal_path)
         rate, rate_source, rate_hint = connection.plan_rate()
         entries = (
             Journal.scan(journal_path, (r.request.to_payload() for r in source.rows()), len(source))
