@@ -288,7 +288,7 @@ class Wire:
                     except BaseException:
                         slot.record(None, sent=False)
                         raise
-                started = time.monotonic()
+                started = anyio.current_time()
                 try:
                     response = await self._http.send(request)
                 except httpx.HTTPError as exc:
@@ -300,7 +300,7 @@ class Wire:
                     slot.record(None, sent=not never_sent)
                     logger.debug("%s %s -> %s", method, shown, error)
                     raise _Failure(error, retryable=True, queued=queued) from exc
-                round_trip = time.monotonic() - started
+                round_trip = anyio.current_time() - started
                 # The cap rides on the feedback: the limiter is shared by clients whose
                 # caps may differ, and each answer's wait is judged by its own client's.
                 feedback = RateFeedback.from_headers(

@@ -731,7 +731,9 @@ class SlidingWindowLimiter:
         upgrades: bigger plans (of the same period) that the server's
             ``X-RateLimit-Remaining`` may prove; the limiter moves up to the
             largest one proved. Empty: ``rate`` stays until :meth:`set_rate`.
-        clock: monotonic seconds; ``time.monotonic`` by default.
+        clock: monotonic seconds; by default the running event loop's clock
+            (``anyio.current_time``), so that a loop on a virtual clock (trio's
+            ``MockClock``) runs the limiter on it too.
     """
 
     def __init__(
@@ -748,7 +750,14 @@ class SlidingWindowLimiter:
         self._waiters: deque[_Waiter] = deque()
 
     def _now(self) -> float:
-        return self._clock() if self._clock is not None else time.monotonic()
+        if self._clock is not None:
+            return self._clock()
+        try:
+            return anyio.current_time()
+        except RuntimeError:
+            # No event loop (a status() read from plain code): asyncio's loop keeps
+            # this clock, the only one a limiter may meet outside its loop.
+            return time.monotonic()
 
     @property
     def rate(self) -> RateLimit:
