@@ -59,7 +59,7 @@ from ._limiter import (
 from ._models import GenerateRequest, Task, TaskState, check_task_id
 from ._outcomes import SubmitOutcome
 from ._pipeline import GenerationPipeline, RequestLike, collect_requests, try_build
-from ._redis_limiter import RedisLimiter
+from ._redis_limiter import DEFAULT_LEASE, RedisLimiter
 from ._sliding_window import SlidingWindowLimiter
 from ._version import __version__
 from ._watch import TaskWatch
@@ -75,6 +75,19 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0, pool=None)
 #: what the plan's rate needs (see ``_flight``), so far fewer are opened.
 DEFAULT_POOL = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=4.0)
 DEFAULT_WAIT_TIMEOUT = 600.0
+
+
+def _longest_request(timeout: httpx.Timeout) -> float:
+    """The longest one request can be in flight under ``timeout``: how long a shared
+    limiter holds the slot of a request whose process died before its answer."""
+    parts = (timeout.connect, timeout.write, timeout.read)
+    if any(part is None for part in parts):
+        return DEFAULT_LEASE
+    # The pool's wait comes after the slot is taken; unbounded, the wire's cap on
+    # requests at once keeps it short (see _flight), so it adds nothing here.
+    return sum(part for part in parts if part is not None) + (timeout.pool or 0.0)
+
+
 #: The longest wait the client takes from the server's Retry-After or rate headers.
 DEFAULT_MAX_RETRY_AFTER = DEFAULT_MAX_WAIT
 
@@ -270,6 +283,7 @@ class AsyncClient:
             http_timeout = httpx.USE_CLIENT_DEFAULT
         else:
             http_timeout = DEFAULT_TIMEOUT
+        self._http_timeout = http_timeout
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
             limits=DEFAULT_POOL, timeout=DEFAULT_TIMEOUT, follow_redirects=False
@@ -333,16 +347,30 @@ class AsyncClient:
             factory: Callable[[], Limiter]
             if self._redis_url is not None:
                 redis_url, fallback = self._redis_url, self._redis_fallback
+                lease = _longest_request(self._wire_timeout())
                 factory = lambda: RedisLimiter(  # noqa: E731
-                    redis_url, rate, key=token_hash(base_url, key), fallback=fallback
+                    redis_url,
+                    rate,
+                    key=token_hash(base_url, key),
+                    fallback=fallback,
+                    lease=lease,
                 )
             else:
                 factory = lambda: SlidingWindowLimiter(rate, upgrades=upgrades)  # noqa: E731
             self._limiter = shared_limiter(
-                base_url, key, rate, explicit=self._explicit_rate, factory=factory
+                base_url,
+                key,
+                rate,
+                explicit=self._explicit_rate,
+                factory=factory,
+                backend=self._redis_url,
             )
             self._shares_limiter = True
         return self._limiter
+
+    def _wire_timeout(self) -> httpx.Timeout:
+        timeout = self._http_timeout
+        return timeout if isinstance(timeout, httpx.Timeout) else self._http.timeout
 
     def rate_limit_status(self) -> RateLimitStatus:
         """The token's budget as the client sees it: the limit, requests that
@@ -581,6 +609,8 @@ class AsyncClient:
         )
 
     def _default_concurrency(self) -> int:
+        # Read again as the batch goes: an unstated plan proved bigger by the headers
+        # needs more submissions in flight to spend it.
         return max(4, math.ceil(self.rate_limit.per_second * 0.5))
 
     async def submit_many(
@@ -608,6 +638,7 @@ class AsyncClient:
         _check_count("concurrency", concurrency, "16")
         items = await collect_requests(requests)
         limit = anyio.CapacityLimiter(concurrency or self._default_concurrency())
+        follow = concurrency is None
         outcomes: list[SubmitOutcome | None] = [None] * len(items)
 
         async def one(index: int, request: GenerateRequest, token: object) -> None:
@@ -628,6 +659,8 @@ class AsyncClient:
                     continue
                 # Taken here, in input order: an event loop may start new tasks in any order.
                 token = object()
+                if follow:
+                    limit.total_tokens = self._default_concurrency()
                 await limit.acquire_on_behalf_of(token)
                 tg.start_soon(one, index, request, token)
         return [o for o in outcomes if o is not None]
@@ -749,7 +782,7 @@ class AsyncClient:
             journal=journal,
             max_credits=max_credits,
             credits_per_video=credits_per_video,
-            concurrency=concurrency or self._default_concurrency(),
+            concurrency=concurrency or self._default_concurrency,
             timeout=timeout,
             resubmit_uncertain=resubmit_uncertain,
             resubmit_failed=resubmit_failed,

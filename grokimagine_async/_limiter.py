@@ -20,6 +20,7 @@ from typing import Generic, Protocol, TypeVar
 from anyio.lowlevel import RunVar
 
 from ._config import RateLimit
+from ._exceptions import ConfigurationError
 from ._headers import RateFeedback
 
 __all__ = [
@@ -140,8 +141,20 @@ class Limiter(Protocol):
 class _Entry:
     limiter: Limiter
     explicit: bool
+    #: Where the budget is kept: None in this process, else the Redis URL (hashed).
+    backend: str | None
     #: Clients using it now.
     users: int = 0
+
+
+def _where(backend: str | None) -> str:
+    return "in an in-process limiter (no redis_url)" if backend is None else "on Redis (redis_url)"
+
+
+def _asks(backend: str | None, other: str | None) -> str:
+    if backend is None:
+        return "names no redis_url"
+    return "names another Redis" if other is not None else "names a redis_url"
 
 
 def token_hash(base_url: str, api_key: str) -> str:
@@ -160,12 +173,21 @@ def shared_limiter(
     *,
     explicit: bool,
     factory: Callable[[], Limiter],
+    backend: str | None = None,
 ) -> Limiter:
     """The running loop's limiter for one (base URL, token), made on first use.
 
     Figures a client states (a tier or a ``RateLimit``) win over figures
     guessed for an unstated plan; when two clients state different figures
     for one token, the stricter rate wins. The token is kept only as a hash.
+
+    ``backend`` names where the budget is kept (None: this process; else the
+    Redis URL). A client joins only a limiter of its own backend: one left by
+    closed clients is replaced, and one that open clients use is an error,
+    since two budgets for one token would spend the plan twice.
+
+    Raises:
+        ConfigurationError: open clients of this token keep its budget elsewhere.
     """
     try:
         per_loop = _registry.get()
@@ -174,8 +196,19 @@ def shared_limiter(
         _registry.set(per_loop)
     key = (base_url, token_hash(base_url, api_key))
     entry = per_loop.get(key)
+    backend_id = None if backend is None else hashlib.sha256(backend.encode()).hexdigest()
+    if entry is not None and entry.backend != backend_id:
+        if entry.users > 0:
+            raise ConfigurationError(
+                f"another open client of this token keeps its budget {_where(entry.backend)}, "
+                f"and this one {_asks(backend_id, entry.backend)}: two budgets for one token "
+                "would spend the plan twice. Give every client of the token the same "
+                "redis_url, or none"
+            )
+        # Left by clients now closed: the kind this client names replaces it.
+        entry = None
     if entry is None:
-        entry = per_loop[key] = _Entry(factory(), explicit)
+        entry = per_loop[key] = _Entry(factory(), explicit, backend_id)
     elif explicit:
         current = entry.limiter.rate
         if not entry.explicit or rate.per_second < current.per_second:

@@ -68,6 +68,12 @@ MAX_POLLS_IN_FLIGHT = 64
 #: at a time.
 CHUNK = 256
 
+#: A batch with more than this many windows of work left polls while it submits
+#: (see _Batch.poll_share): a window lost at its end is a tenth of it at most, and
+#: its first videos come early. A shorter one holds its polls until the
+#: submissions are out, so that every request goes to work it needs.
+EARLY_POLL_WINDOWS = 10
+
 
 class Submitter(StatusSource, Protocol):
     """What the pipeline needs of a client."""
@@ -201,7 +207,7 @@ class _Batch:
         journal: str | Path | None,
         max_credits: int | None,
         credits_per_video: int,
-        concurrency: int,
+        concurrency: int | Callable[[], int],
         timeout: float | None,
         resubmit_uncertain: bool,
         resubmit_failed: bool,
@@ -211,7 +217,8 @@ class _Batch:
         self.requests = requests
         self.journal_path = journal
         self.credits = _Credits(max_credits, credits_per_video)
-        self.concurrency = concurrency
+        # A number the caller chose, or the client's default, which follows the plan.
+        self._concurrency = concurrency
         self.timeout = timeout
         self.resubmit_uncertain = resubmit_uncertain
         self.resubmit_failed = resubmit_failed
@@ -242,6 +249,12 @@ class _Batch:
         self.scopes: dict[int, anyio.CancelScope] = {}
         self.unsent: set[int] = set()
         self.quiet = anyio.Event()
+
+    @property
+    def concurrency(self) -> int:
+        """Submissions in flight at once, at most (now)."""
+        c = self._concurrency
+        return c() if callable(c) else c
 
     def _new_poller(self) -> Poller:
         return Poller(
@@ -422,6 +435,30 @@ class _Batch:
     def more_coming(self) -> bool:
         return bool(self.queue) or self.submitting > 0 or self.unread()
 
+    def poll_share(self) -> int:
+        """Polls in flight at once, at most, while submissions are still to go.
+
+        The budget frees a window at a time, so a batch's end is the window its
+        last request falls in: one poll that finds a task still running can cost
+        a whole window. A batch whose work left spans at most
+        :data:`EARLY_POLL_WINDOWS` windows of the plan polls nothing until its
+        submissions are out (then every poll finds an older task, and every
+        request is one the batch needs); a longer one polls a little as it
+        submits, so its first videos come early, at a cost of at most a window
+        in that many. A streamed input counts as long once what was read says so."""
+        if not (self.queue or self.unread()):
+            return MAX_POLLS_IN_FLIGHT
+        source = self.source
+        if source is not None and source.total is None:
+            # A streamed input of a length not known yet: at least what was read.
+            work = 2 * source.read
+        else:
+            unread = 0 if source is None or source.total is None else source.total - source.read
+            work = 2 * (len(self.queue) + self.submitting + unread) + len(self.poller)
+        if work <= EARLY_POLL_WINDOWS * self.client.rate_limit_status().limit:
+            return 0
+        return max(2, self.concurrency // 5)
+
     def done(self) -> bool:
         return not self.queue and not self.submitting and not len(self.poller) and not self.unread()
 
@@ -455,13 +492,10 @@ class _Batch:
                     self.quiet.set()
                     self.quiet = anyio.Event()
                 slots.release_on_behalf_of(token)
+                poller.max_in_flight = self.poll_share()
                 poller.wake()
 
-        # While submissions are queued they get most of the budget: polls can wait a
-        # little, and every submission out early shortens the batch's tail.
-        poller.max_in_flight = (
-            max(2, self.concurrency // 5) if self.queue or self.unread() else MAX_POLLS_IN_FLIGHT
-        )
+        poller.max_in_flight = self.poll_share()
 
         async def feed(tg: TaskGroup) -> None:
             try:
@@ -479,6 +513,7 @@ class _Batch:
                     if late or not self.queue:
                         break
                     token = object()
+                    slots.total_tokens = self.concurrency
                     await slots.acquire_on_behalf_of(token)
                     if stop() or self.past_deadline() or not self.queue:
                         # A deadline or a stop meanwhile: the rows not read yet still
@@ -661,7 +696,7 @@ class GenerationPipeline:
         journal: str | Path | None = None,
         max_credits: int | None = None,
         credits_per_video: int,
-        concurrency: int,
+        concurrency: int | Callable[[], int],
         timeout: float | None = None,
         resubmit_uncertain: bool = False,
         resubmit_failed: bool = False,

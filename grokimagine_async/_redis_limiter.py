@@ -39,8 +39,15 @@ at most ``1/n`` to stay within the plan while Redis is away.
 
 A restarted Redis has lost the window. Each process re-adds the slots it still
 holds (answered within the last period, or in flight) when it next reaches
-Redis, and the first process back holds every grant for a quarter period so
-that the others can do the same.
+Redis, or within :data:`RESTART_NOTICE` if it sends nothing, and the first
+process back holds every grant for twice that, so that the others can do the
+same: a couple of seconds, whatever the period. A process new to a Redis
+that started less than that ago holds only for what is left of it; a Redis up
+longer, or one that never held the token's keys, grants at once.
+
+A process that dies with requests in flight leaves their slots held for the
+lease: the longest a request of its client can be in flight (its timeouts),
+600 s when they are unbounded.
 
 The Redis client (``redis.asyncio``) runs on asyncio only, so this limiter does.
 """
@@ -102,6 +109,17 @@ class _RedisSlot(RecordedOnce):
         self._limiter._finish(self, feedback, sent)
 
 
+#: Seconds within which a process that holds slots and sends nothing notices that
+#: Redis restarted (it looks this often); grants are held twice this after a restart.
+#: Real time, not the plan's: a restart is a real event, and the other processes
+#: must re-add their slots before anything new goes.
+RESTART_NOTICE = 1.0
+
+#: Seconds a slot of a request in flight is held when the client's timeouts do not
+#: bound how long a request may take.
+DEFAULT_LEASE = 600.0
+
+
 class RedisLimiter:
     """Keeps one token's requests within ``rate`` across processes, through Redis.
 
@@ -115,7 +133,8 @@ class RedisLimiter:
             own while Redis is unreachable; None (the default) raises
             :class:`RateLimiterUnavailableError` instead.
         lease: seconds a slot of a request in flight is held if its process
-            dies before the answer (its slot then frees on its own).
+            dies before the answer (its slot then frees on its own): the longest
+            a request may be in flight. The client passes what its timeouts allow.
         timeout: seconds any one Redis call may take before Redis counts as
             unreachable.
         redis: a ``redis.asyncio.Redis`` of your own, instead of ``redis_url``.
@@ -131,7 +150,7 @@ class RedisLimiter:
         *,
         key: str,
         fallback: float | None = None,
-        lease: float = 600.0,
+        lease: float = DEFAULT_LEASE,
         timeout: float = 2.0,
         redis: Redis | None = None,
     ) -> None:
@@ -184,7 +203,9 @@ class RedisLimiter:
         self._held: deque[float] = deque()
         self._in_flight = 0
         self._epoch: str | None = None
-        self._young_redis: bool | None = None
+        # Until when (this process's clock) a new process holds grants on a Redis
+        # that may have just restarted; None until asked.
+        self._young_until: float | None = None
         # Watches for a restart while this process holds slots, so that it re-adds
         # them even if it sends nothing more.
         self._watcher: asyncio.Task[None] | None = None
@@ -339,23 +360,31 @@ class RedisLimiter:
             self._asking = False
             self._nudge()
 
-    async def _maybe_restarted(self) -> str:
-        """ "1" if Redis may have lost slots someone holds: this process talked to it
-        before, or it started within the last couple of periods."""
+    def _restart_hold(self) -> float:
+        """Seconds grants are held after a restart: twice the time a process holding
+        slots takes to notice it (a compressed period notices sooner)."""
+        return 2 * min(RESTART_NOTICE, self._rate.period / 8)
+
+    async def _maybe_restarted(self) -> float:
+        """Seconds to hold grants if Redis has lost the state: the whole hold if this
+        process talked to it before, what is left of it if Redis started less than
+        that ago (others may still be re-adding), else none."""
+        hold = self._restart_hold()
         if self._epoch is not None:
-            return "1"
-        if self._young_redis is None:
+            return hold
+        now = time.monotonic()
+        if self._young_until is None:
             from redis.exceptions import ResponseError
 
             try:
                 info = await self._redis.info("server")
             except ResponseError:  # INFO not allowed to this user: assume the worst
-                self._young_redis = True
+                uptime = 0.0
             else:
-                self._young_redis = float(info.get("uptime_in_seconds", 1e9)) <= max(
-                    1.0, 2 * self._rate.period
-                )
-        return "1" if self._young_redis else "0"
+                uptime = float(info.get("uptime_in_seconds", math.inf))
+            # INFO counts whole seconds: up to one more may have gone by.
+            self._young_until = now + max(0.0, hold - uptime)
+        return max(0.0, self._young_until - now)
 
     def _nudge(self) -> None:
         if self._waiters:
@@ -512,7 +541,7 @@ class RedisLimiter:
     async def _watch_epoch(self) -> None:
         key = self._keys[1]
         while True:
-            await asyncio.sleep(self._rate.period / 8)
+            await asyncio.sleep(min(RESTART_NOTICE, self._rate.period / 8))
             self._expire_held(time.monotonic())
             if not self._held and not self._in_flight:
                 return
@@ -528,7 +557,7 @@ class RedisLimiter:
                 # Lost with a restart: the slots go back at once, under a new state.
                 await self._ask_reseed()
 
-    async def _look(self, restarted: str) -> None:
+    async def _look(self, restarted: float) -> None:
         """Ask Redis for the budget without taking from it."""
         reply = await self._acquire(
             keys=self._keys,
@@ -555,7 +584,7 @@ class RedisLimiter:
 
     async def _ask_reseed(self) -> None:
         with suppress(Exception):
-            await self._look("1")
+            await self._look(self._restart_hold())
 
     async def _leave_queue(self) -> None:
         with suppress(Exception):
@@ -580,7 +609,7 @@ class RedisLimiter:
         # fading reservation) and then some.
         ttl = max(self._lease, 4 * period) + period
         # A stated burst (0: none) paces every process from the start, as in one.
-        return [self._rate.requests, period, ttl, self._rate.burst or 0]
+        return [self._rate.requests, period, ttl, self._rate.burst or 0, self._restart_hold()]
 
     def _expire_held(self, now: float) -> None:
         while self._held and self._held[0] <= now:

@@ -25,6 +25,9 @@ local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ttl = math.ceil(tonumber(ARGV[3]) * 1000)
 -- The burst the user stated (RateLimit.burst), 0 if none: pacing from the start.
 local stated = tonumber(ARGV[4])
+-- Seconds every grant is held when the state is found gone (a restart), so that the
+-- processes that held slots re-add them first.
+local restart_hold = tonumber(ARGV[5])
 local raw = redis.call('HGETALL', KEYS[2])
 local st = {}
 for i = 1, #raw, 2 do st[raw[i]] = raw[i + 1] end
@@ -122,19 +125,20 @@ end
 """
 
 #: Ask for up to ``want`` slots for process ``pid``.
-#: KEYS: slots, state, queue, due. ARGV: limit, period, ttl, burst, pid, want, lease,
-#: turn, restarted. Returns {granted, first seq, now, wait, epoch, free, pace, burst,
-#: held}.
+#: KEYS: slots, state, queue, due. ARGV: limit, period, ttl, burst, restart hold, pid,
+#: want, lease, turn, hold (seconds to hold grants if the state is gone). Returns
+#: {granted, first seq, now, wait, epoch, free, pace, burst, held}.
 ACQUIRE = (
     _COMMON
     + r"""
-local pid, want = ARGV[5], tonumber(ARGV[6])
-local lease, turn = tonumber(ARGV[7]), tonumber(ARGV[8])
+local pid, want = ARGV[6], tonumber(ARGV[7])
+local lease, turn = tonumber(ARGV[8]), tonumber(ARGV[9])
 -- A process that held slots before finds the state gone: Redis restarted (or the
 -- token sat idle past the keys' life). Hold everyone a moment so the others re-add
 -- the slots they hold before anything new goes.
-if fresh and ARGV[9] == '1' then
-  set('gate_until', now + period / 4)
+local hold = tonumber(ARGV[10])
+if fresh and hold > 0 then
+  set('gate_until', now + hold)
 end
 relax()
 
@@ -239,22 +243,23 @@ return {0, 0, f(now), f(wait), st['epoch'], free, f(pace), burst, held}
 )
 
 #: Report how a request ended.
-#: KEYS: slots, state. ARGV: limit, period, ttl, burst, slot (epoch:seq), sent, status
-#: (0: no answer), remaining (-1: not said), reset_after (-1), retry_after (-1), taken_at.
+#: KEYS: slots, state. ARGV: limit, period, ttl, burst, restart hold, slot (epoch:seq),
+#: sent, status (0: no answer), remaining (-1: not said), reset_after (-1), retry_after
+#: (-1), taken_at.
 #: Returns {epoch, pace, burst}.
 RECORD = (
     _COMMON
     + r"""
-local member, sent, status = ARGV[5], ARGV[6] == '1', tonumber(ARGV[7])
+local member, sent, status = ARGV[6], ARGV[7] == '1', tonumber(ARGV[8])
 local member_epoch, seq = string.match(member, '^(.*):(%d+)$')
 seq = tonumber(seq)
 if fresh then
   -- Redis lost the window (a restart): hold grants while the processes re-add theirs.
-  set('gate_until', now + period / 4)
+  set('gate_until', now + restart_hold)
 end
-local remaining = tonumber(ARGV[8])
-local reset_after, retry_after = tonumber(ARGV[9]), tonumber(ARGV[10])
-local taken_at = tonumber(ARGV[11])
+local remaining = tonumber(ARGV[9])
+local reset_after, retry_after = tonumber(ARGV[10]), tonumber(ARGV[11])
+local taken_at = tonumber(ARGV[12])
 if not sent then
   redis.call('ZREM', KEYS[1], member)
   touch()
@@ -331,21 +336,21 @@ return {st['epoch'], f(num('pace', 0)), num('burst', limit)}
 )
 
 #: Re-add the slots a process holds after Redis lost them (a restart).
-#: KEYS: slots, state. ARGV: limit, period, ttl, burst, pid, then seconds each slot is
-#: still held for. Returns the number re-added.
+#: KEYS: slots, state. ARGV: limit, period, ttl, burst, restart hold, pid, then seconds
+#: each slot is still held for. Returns the number re-added.
 RESEED = (
     _COMMON
     + r"""
-local pid = ARGV[5]
+local pid = ARGV[6]
 if fresh then
   -- The first process back after a restart: hold grants while the others re-add theirs.
-  set('gate_until', now + period / 4)
+  set('gate_until', now + restart_hold)
 end
-for i = 6, #ARGV do
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[i]), 'r:' .. pid .. ':' .. (i - 5))
+for i = 7, #ARGV do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[i]), 'r:' .. pid .. ':' .. (i - 6))
 end
 touch()
-return #ARGV - 5
+return #ARGV - 6
 """
 )
 

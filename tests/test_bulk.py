@@ -212,7 +212,9 @@ async def test_a_streamed_input_is_read_as_submissions_need_it() -> None:
             pulled += 1
             yield {"prompt": f"video {i}"}
 
-    async with running(limit=100) as (sim, client), client.generate_many(source()) as results:
+    # A plan of 50 a second: the first chunk read (256) is more than ten windows of work,
+    # so the batch polls while it submits (a shorter one waits for its submissions).
+    async with running(limit=50) as (sim, client), client.generate_many(source()) as results:
         async for outcome in results:
             if not seen_at_first_submit:
                 seen_at_first_submit.append(pulled)
@@ -276,7 +278,9 @@ import sys, anyio
 from grokimagine_async import AsyncClient, RateLimit
 
 async def main(url, journal, n):
-    async with AsyncClient("{token}", base_url=url, rate_limit=RateLimit(80, 1.0),
+    # A plan of 16 a second: 100 videos are more than ten windows of work, so outcomes
+    # come while it submits (a shorter batch polls once its submissions are out).
+    async with AsyncClient("{token}", base_url=url, rate_limit=RateLimit(16, 1.0),
                            poll_interval=0.2) as client:
         requests = [{{"prompt": f"video {{i}}"}} for i in range(n)]
         async with client.generate_many(requests, journal=journal, concurrency=2) as results:

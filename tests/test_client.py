@@ -729,3 +729,39 @@ async def test_a_connection_error_after_the_retries_chains_the_transport_error()
             await client.get_task("task_1")
     assert isinstance(info.value.__cause__, httpx.ReadError)
     assert "peer went away" in str(info.value.__cause__)
+
+
+# -- which limiter a client joins ---------------------------------------------------------
+
+
+@pytest.mark.backends("asyncio", reason="the Redis limiter runs on asyncio only")
+async def test_a_client_naming_redis_never_gets_an_in_process_limiter_left_on_the_loop() -> None:
+    from grokimagine_async import RedisLimiter, SlidingWindowLimiter
+
+    async with AsyncClient(TOKEN, base_url=SIM_URL) as before:
+        assert isinstance(before._get_limiter(), SlidingWindowLimiter)
+    # Closed, its limiter stays on the loop; a client naming Redis does not take it.
+    shared = AsyncClient(TOKEN, base_url=SIM_URL, redis_url="redis://127.0.0.1:1/0")
+    assert isinstance(shared._get_limiter(), RedisLimiter)
+    await shared.aclose()
+    # Nor does a later client without Redis join a Redis limiter.
+    async with AsyncClient(TOKEN, base_url=SIM_URL) as after:
+        assert isinstance(after._get_limiter(), SlidingWindowLimiter)
+
+
+@pytest.mark.backends("asyncio", reason="the Redis limiter runs on asyncio only")
+async def test_open_clients_of_one_token_that_disagree_on_redis_get_a_clear_error() -> None:
+    async with AsyncClient(TOKEN, base_url=SIM_URL) as local:
+        local._get_limiter()
+        shared = AsyncClient(TOKEN, base_url=SIM_URL, redis_url="redis://127.0.0.1:1/0")
+        with pytest.raises(ConfigurationError, match="redis_url") as caught:
+            shared._get_limiter()
+        assert "in-process" in str(caught.value)
+        await shared.aclose()
+    first = AsyncClient(TOKEN, base_url=SIM_URL, redis_url="redis://127.0.0.1:1/0")
+    other = AsyncClient(TOKEN, base_url=SIM_URL, redis_url="redis://127.0.0.1:2/0")
+    first._get_limiter()
+    with pytest.raises(ConfigurationError, match="another Redis"):
+        other._get_limiter()
+    await other.aclose()
+    await first.aclose()
