@@ -28,12 +28,6 @@ import anyio
 
 __all__ = ["MIN_ON_WIRE", "FlightGate"]
 
-#: A window's whole budget leaves within this share of the period. The limiter frees
-#: the budget a window at a time, so the wire must carry a burst, not only the plan's
-#: average rate: at twice that rate a 5,000-request window took half a minute to go,
-#: and the batch's last window ended that much later (benchmarks/realclock.py).
-DRAIN_SHARE = 1 / 16
-
 #: Requests on the wire at once, at the least: on loopback or a quick network a
 #: handful carries any plan's rate.
 MIN_ON_WIRE = 8
@@ -131,4 +125,4 @@ class FlightGate:
             (q for q in (m.least(now, period) for m in self._quickest.values()) if q is not None),
             default=0.0,
         )
-        self._cap = max(MIN_ON_WIRE, math.ceil(per_second * slowest / DRAIN_SHARE))
+        self._cap = max(MIN_ON_WIRE, math.ceil(2 * per_second * slowest))

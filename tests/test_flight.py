@@ -55,19 +55,18 @@ async def test_the_cap_follows_the_rate_at_the_quickest_round_trip_of_a_period()
     assert gate.cap == MIN_ON_WIRE
     for _ in range(3):
         await gate.enter()
-    # 100 requests a second, 0.2 s round trips: 20 in flight carry the rate, 320 send a
-    # window's budget in a sixteenth of the period.
+    # 100 requests a second, 0.2 s round trips: 20 in flight carry the rate, 40 a burst.
     gate.leave("read", 0.2)
     gate.leave("read", 0.5)
-    assert gate.cap == 320
+    assert gate.cap == 40
     # A slower kind of request: its quickest counts.
     gate.leave("submit", 0.3)
-    assert gate.cap == 480
+    assert gate.cap == 60
     assert gate.on_wire == 0
     # An attempt that got no answer says nothing of the network.
     await gate.enter()
     gate.leave("read", None)
-    assert gate.cap == 480
+    assert gate.cap == 60
 
 
 async def test_a_waiter_cancelled_takes_no_place_and_the_next_one_gets_it() -> None:
