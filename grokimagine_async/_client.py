@@ -75,21 +75,19 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0, pool=None)
 #: what the plan's rate needs (see ``_flight``), so far fewer are opened.
 DEFAULT_POOL = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=4.0)
 DEFAULT_WAIT_TIMEOUT = 600.0
+#: The longest wait the client takes from the server's Retry-After or rate headers.
+DEFAULT_MAX_RETRY_AFTER = DEFAULT_MAX_WAIT
 
 
 def _longest_request(timeout: httpx.Timeout) -> float:
     """The longest one request can be in flight under ``timeout``: how long a shared
     limiter holds the slot of a request whose process died before its answer."""
-    parts = (timeout.connect, timeout.write, timeout.read)
-    if any(part is None for part in parts):
+    connect, write, read = timeout.connect, timeout.write, timeout.read
+    if connect is None or write is None or read is None:
         return DEFAULT_LEASE
     # The pool's wait comes after the slot is taken; unbounded, the wire's cap on
     # requests at once keeps it short (see _flight), so it adds nothing here.
-    return sum(part for part in parts if part is not None) + (timeout.pool or 0.0)
-
-
-#: The longest wait the client takes from the server's Retry-After or rate headers.
-DEFAULT_MAX_RETRY_AFTER = DEFAULT_MAX_WAIT
+    return connect + write + read + (timeout.pool or 0.0)
 
 
 def _is_seconds(value: object, *, zero_ok: bool = False) -> bool:

@@ -202,11 +202,10 @@ class Poller:
             self._probing.add(w.task_id)
             # From a quarter of the first guess: a guess too long must not hold the
             # first finished videos back, and the growing gaps bracket short ones.
-            due = max(w.since + model.prior / 4, now + max(self.min_gap, age / 2.5))
-            if w.polls == 0:
-                # A first look needs no gap: a task recruited old is looked at now,
-                # not held behind a gap its age would set.
-                due = max(w.since + model.prior / 4, now)
+            # A first look needs no gap: a task recruited old is looked at now, not
+            # held behind a gap its age would set.
+            gap = 0.0 if w.polls == 0 else max(self.min_gap, age / 2.5)
+            due = max(w.since + model.prior / 4, now + gap)
         elif not model.ready:
             # Rescheduled when the model is ready; this is only a fallback.
             due = max(now + self.min_gap, w.since + 10 * model.prior)
