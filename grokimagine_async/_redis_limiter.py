@@ -212,6 +212,8 @@ class RedisLimiter:
         self._reseeds = 0
         self._fallback: SlidingWindowLimiter | None = None
         self._retry_redis_at = 0.0
+        # Set while a call re-adds this process's slots to a Redis that answers again.
+        self._rejoining: anyio.Event | None = None
         self._last: tuple[int, float, int] = (rate.requests, 0.0, rate.requests)
         self._last_at = -math.inf
         self._last_held = 0
@@ -430,28 +432,42 @@ class RedisLimiter:
         assert self._fallback is not None
         fallback = self._fallback
         local = await fallback.acquire()
-        if self._fallback is not fallback:
-            # Rejoined Redis while waiting here: the slot must come from Redis.
+        if self._fallback is not fallback or self._rejoining is not None:
+            # Rejoined Redis, or rejoining, while waiting here: the slot must come from
+            # Redis (one granted here while the held slots are being re-added would be
+            # one Redis never hears of).
             local.record(None, sent=False)
             return await self.acquire()
         self._in_flight += 1
         return _RedisSlot(self, None, 0.0, local)
 
     async def _rejoin(self) -> bool:
-        """Whether Redis answers again (asked at most every eighth of a period)."""
+        """Whether Redis answers again (asked at most every eighth of a period).
+
+        While one call re-adds this process's slots, the others wait for it rather
+        than take local slots: a request granted locally in that time would be
+        missing from what Redis was told."""
+        if self._rejoining is not None:
+            await self._rejoining.wait()
+            return self._fallback is None
         now = time.monotonic()
         if now < self._retry_redis_at:
             return False
         self._retry_redis_at = now + self._rate.period / 8
+        rejoining = self._rejoining = anyio.Event()
         try:
             await self._reseed_slots()
         except Exception as exc:
             if not _unreachable(exc):
                 raise
             return False
-        logger.warning("the shared rate limiter's Redis answers again: sharing the plan")
-        self._fallback = None
-        return True
+        else:
+            logger.warning("the shared rate limiter's Redis answers again: sharing the plan")
+            self._fallback = None
+            return True
+        finally:
+            self._rejoining = None
+            rejoining.set()
 
     # -- reporting ------------------------------------------------------------------
 

@@ -561,6 +561,45 @@ async def test_waiters_queued_in_the_fallback_do_not_overrun_the_plan_after_rejo
     assert max_in_window(after, PERIOD) <= LIMIT
 
 
+async def test_no_slot_is_granted_locally_while_the_held_ones_are_re_added(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rejoining Redis re-adds what the process holds, and that call takes a round
+    trip: a local slot granted meanwhile would be a request Redis never hears of."""
+    redis_server.stop()
+    async with limiters(redis_server.url, 1, key="rejoin-race", fallback=0.5) as (limiter,):
+        first = await limiter.acquire()  # Redis away: from the fallback
+        first.record(ANSWERED)
+        redis_server.start()
+        reseeding = anyio.Event()
+        release = anyio.Event()
+        reseed = limiter._reseed_slots
+
+        async def slow_reseed() -> None:
+            reseeding.set()
+            await release.wait()
+            await reseed()
+
+        monkeypatch.setattr(limiter, "_reseed_slots", slow_reseed)
+        limiter._retry_redis_at = 0.0
+        granted: list[Any] = []
+
+        async def take() -> None:
+            granted.append(await limiter.acquire())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take)
+            await reseeding.wait()
+            tg.start_soon(take)
+            await anyio.wait_all_tasks_blocked()
+            assert granted == []  # the second waits for the rejoin, not the fallback
+            release.set()
+        # Both came from Redis once it knew what this process holds.
+        assert [slot.seq is not None for slot in granted] == [True, True]
+        for slot in granted:
+            slot.record(ANSWERED)
+
+
 # -- 8. a restarted Redis ---------------------------------------------------------------
 
 
