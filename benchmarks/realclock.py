@@ -167,7 +167,8 @@ def run(n: int, limit: int, period: float = PERIOD, *, state_plan: bool = False)
             http,
             AsyncClient(TOKEN, base_url="http://sim.test", http_client=http, **extra) as c,
         ):
-            async for outcome in c.generate_many({"prompt": f"video {i}"} for i in range(n)):
+            requests = [{"prompt": f"video {i}"} for i in range(n)]
+            async for outcome in c.generate_many(requests):
                 completed += outcome.ok
                 last = anyio.current_time()
         stats = sim.stats

@@ -117,9 +117,9 @@ class _Source:
             self._async = aiter(requests)
         else:
             _refuse_one(requests)
-            if isinstance(requests, Sized):
-                self.total = len(requests)
             self._sync = iter(requests)
+        if isinstance(requests, Sized):
+            self.total = len(requests)
         self.read = 0
         self.ended = False
 
@@ -445,18 +445,19 @@ class _Batch:
         submissions are out (then every poll finds an older task, and every
         request is one the batch needs); a longer one polls a little as it
         submits, so its first videos come early, at a cost of at most a window
-        in that many. A streamed input counts as long once what was read says so."""
+        in that many. An input of a length not known (a generator with no
+        ``len``) counts as long: a stream of a million prompts should show its
+        first videos early."""
         if not (self.queue or self.unread()):
             return MAX_POLLS_IN_FLIGHT
         source = self.source
-        if source is not None and source.total is None:
-            # A streamed input of a length not known yet: at least what was read.
-            work = 2 * source.read
-        else:
-            unread = 0 if source is None or source.total is None else source.total - source.read
+        total = None if source is None else source.total
+        if total is not None:
+            assert source is not None
+            unread = total - source.read
             work = 2 * (len(self.queue) + self.submitting + unread) + len(self.poller)
-        if work <= EARLY_POLL_WINDOWS * self.client.rate_limit_status().limit:
-            return 0
+            if work <= EARLY_POLL_WINDOWS * self.client.rate_limit_status().limit:
+                return 0
         return max(2, self.concurrency // 5)
 
     def done(self) -> bool:

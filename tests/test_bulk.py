@@ -201,6 +201,21 @@ async def test_a_journal_of_another_batch_is_refused(tmp_path: Path) -> None:
                 pass
 
 
+async def test_an_async_input_that_knows_its_length_is_counted_from_the_start() -> None:
+    class Rows:
+        def __len__(self) -> int:
+            return 6
+
+        async def __aiter__(self) -> AsyncIterator[dict[str, str]]:
+            for i in range(6):
+                yield {"prompt": f"video {i}"}
+
+    async with running() as (_sim, client), client.generate_many(Rows()) as results:
+        assert results.progress.total == 6
+        outcomes = [o async for o in results]
+    assert sorted(o.index for o in outcomes) == list(range(6))
+
+
 async def test_a_streamed_input_is_read_as_submissions_need_it() -> None:
     pulled = 0
     seen_at_first_submit: list[int] = []
@@ -212,9 +227,7 @@ async def test_a_streamed_input_is_read_as_submissions_need_it() -> None:
             pulled += 1
             yield {"prompt": f"video {i}"}
 
-    # A plan of 50 a second: the first chunk read (256) is more than ten windows of work,
-    # so the batch polls while it submits (a shorter one waits for its submissions).
-    async with running(limit=50) as (sim, client), client.generate_many(source()) as results:
+    async with running(limit=100) as (sim, client), client.generate_many(source()) as results:
         async for outcome in results:
             if not seen_at_first_submit:
                 seen_at_first_submit.append(pulled)
