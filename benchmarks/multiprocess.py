@@ -135,7 +135,7 @@ async def work(cfg: dict[str, Any]) -> dict[str, Any]:
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         started = time.monotonic()
-        requests = ({"prompt": f"{cfg['name']} video {i}"} for i in range(cfg["videos"]))
+        requests = [{"prompt": f"{cfg['name']} video {i}"} for i in range(cfg["videos"])]
         async with client.generate_many(requests) as results:
             async for outcome in results:
                 statuses[outcome.status.value] = statuses.get(outcome.status.value, 0) + 1
@@ -371,9 +371,10 @@ async def main(args: argparse.Namespace) -> int:
     from tests.redis_server import RedisServer
 
     quarter = max(1, args.limit // PROCESSES)
+    gen = tuple(args.generation) if args.generation else GEN
     print(
         f"limit {args.limit} per {args.period:g}s (sliding window), generations "
-        f"{GEN[0]:g}-{GEN[1]:g}s, {PROCESSES} processes of {args.videos} videos; "
+        f"{gen[0]:g}-{gen[1]:g}s, {PROCESSES} processes of {args.videos} videos; "
         f"skewed: one of {10 * args.light} and {PROCESSES - 1} of {args.light}"
     )
     print(
@@ -385,7 +386,7 @@ async def main(args: argparse.Namespace) -> int:
     checks: list[tuple[str, bool, str]] = []
     cases: dict[str, Case] = {}
     with RedisServer() as redis:
-        async with simulator("sliding", 0.0, args.limit, args.period, generation=GEN) as url:
+        async with simulator("sliding", 0.0, args.limit, args.period, generation=gen) as url:
             print(HEADER)
             even = [args.videos] * PROCESSES
             skewed = [10 * args.light] + [args.light] * (PROCESSES - 1)
@@ -548,6 +549,13 @@ if __name__ == "__main__":
     parser.add_argument("--light", type=int, default=10, help="a light process's videos, skewed")
     parser.add_argument("--posts", type=int, default=200, help="concurrent POST /videos in e")
     parser.add_argument("--repeat", type=int, default=3, help="runs a case, the median kept")
+    parser.add_argument(
+        "--generation",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="generations' seconds (2 8 by default; 20 60 at a real --period 60)",
+    )
     parser.add_argument(
         "--cases",
         nargs="+",
