@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import anyio
 import httpx
 import pytest
 
 from grokimagine_async import AsyncClient, RateLimit
-from grokimagine_async._flight import MIN_ON_WIRE, FlightGate
+from grokimagine_async._flight import MAX_FOR_WINDOW, MIN_ON_WIRE, WINDOW_ROUND_TRIPS, FlightGate
 
 from .helpers import SIM_URL, TOKEN
 
@@ -67,6 +69,31 @@ async def test_the_cap_follows_the_rate_at_the_quickest_round_trip_of_a_period()
     await gate.enter()
     gate.leave("read", None)
     assert gate.cap == 60
+
+
+@pytest.mark.parametrize(
+    ("limit", "cap"), [(100, MIN_ON_WIRE), (1000, 16), (5000, MAX_FOR_WINDOW)], ids=str
+)
+async def test_a_big_plan_sends_a_window_of_budget_in_a_few_dozen_round_trips(
+    limit: int, cap: int
+) -> None:
+    # A real minute at a 44 ms round trip: twice the average rate would need only
+    # 8 at once even on Enterprise, whose 5,000 a window would then take 27 s to leave.
+    gate = FlightGate(lambda: (limit / 60.0, 60.0))
+    await gate.enter()
+    gate.leave("read", 0.044)
+    assert gate.cap == cap
+    if cap < MAX_FOR_WINDOW:
+        assert math.ceil(limit / cap) <= WINDOW_ROUND_TRIPS
+
+
+async def test_the_client_s_own_lag_does_not_raise_the_window_s_share() -> None:
+    gate = FlightGate(lambda: (1000 / 60.0, 60.0))
+    for round_trip in (0.044, 0.3, 0.9):
+        await gate.enter()
+        gate.leave("read", round_trip)
+    # The quickest of the period counts: answers that a busy loop made late do not.
+    assert gate.cap == 16
 
 
 async def test_a_waiter_cancelled_takes_no_place_and_the_next_one_gets_it() -> None:
