@@ -55,12 +55,14 @@ The Redis client (``redis.asyncio``) runs on asyncio only, so this limiter does.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
 import secrets
 import time
 from collections import deque
+from collections.abc import Awaitable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +74,7 @@ from ._config import RateLimit
 from ._exceptions import ConfigurationError, RateLimiterUnavailableError
 from ._headers import RateFeedback, readable
 from ._limiter import RateLimitStatus, RecordedOnce, SlotContext
+from ._policy import POLICY
 from ._sliding_window import SlidingWindowLimiter
 
 if TYPE_CHECKING:
@@ -114,6 +117,9 @@ class _RedisSlot(RecordedOnce):
 #: Real time, not the plan's: a restart is a real event, and the other processes
 #: must re-add their slots before anything new goes.
 RESTART_NOTICE = 1.0
+
+#: The tuning the scripts read by name (every number in it is the in-process limiter's).
+_SCRIPT_POLICY = ',"policy":' + json.dumps(POLICY.for_scripts()) + "}"
 
 #: Seconds a slot of a request in flight is held when the client's timeouts do not
 #: bound how long a request may take.
@@ -189,7 +195,9 @@ class RedisLimiter:
         self._fallback_share = fallback
         self._lease = lease
         tag = "{" + key + "}"
-        self._keys = [f"grokimagine:{tag}:{name}" for name in ("slots", "state", "queue", "due")]
+        self._keys = [
+            f"grokimagine:{tag}:{name}" for name in ("slots", "state", "queue", "due", "refused")
+        ]
         self._pid = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._acquire = redis.register_script(scripts.ACQUIRE)
         self._record = redis.register_script(scripts.RECORD)
@@ -220,6 +228,9 @@ class RedisLimiter:
         self._refreshing = False
         # Reports that did not reach Redis (it was away): (slot, sent).
         self._unreported: list[tuple[str, bool]] = []
+        #: Calls to Redis that failed other than by Redis being away (a script's
+        #: error, a command refused): each is logged at WARNING.
+        self.script_errors = 0
 
     # -- the Limiter interface ------------------------------------------------------
 
@@ -239,7 +250,10 @@ class RedisLimiter:
         background when that is more than a twentieth of a period old)."""
         free, pace, burst = self._last
         now = time.monotonic()
-        if now - self._last_at > self._rate.period / 20 and not self._refreshing:
+        if (
+            now - self._last_at > POLICY.status_fresh_share * self._rate.period
+            and not self._refreshing
+        ):
             with suppress(RuntimeError):  # no event loop running: the last figures do
                 self._spawn(self._refresh())
                 self._refreshing = True
@@ -320,16 +334,14 @@ class RedisLimiter:
             try:
                 restarted = await self._maybe_restarted()
                 call = asyncio.ensure_future(
-                    self._acquire(
-                        keys=self._keys,
-                        args=[
-                            *self._common_args(),
-                            self._pid,
-                            want,
-                            self._lease,
-                            self.TURN,
-                            restarted,
-                        ],
+                    self._run(
+                        self._acquire,
+                        self._keys,
+                        pid=self._pid,
+                        want=want,
+                        lease=self._lease,
+                        turn=self.TURN,
+                        hold=restarted,
                     )
                 )
                 try:
@@ -344,9 +356,13 @@ class RedisLimiter:
                     raise
                 self._unreachable(exc)
                 return 0.0
-            granted, first, taken_at = int(reply[0]), int(reply[1]), float(reply[2])
-            wait = float(reply[3])
-            epoch = _text(reply[4])
+            granted, first, taken_at = (
+                int(reply["granted"]),
+                int(reply["first"]),
+                float(reply["now"]),
+            )
+            wait = float(reply["wait"])
+            epoch = str(reply["epoch"])
             self._heard(reply)
             for i in range(granted):
                 if not self._waiters:
@@ -426,7 +442,7 @@ class RedisLimiter:
                 100 * (self._fallback_share or 0),
             )
             self._fallback = SlidingWindowLimiter(self._fallback_rate())
-        self._retry_redis_at = time.monotonic() + self._rate.period / 8
+        self._retry_redis_at = time.monotonic() + POLICY.redis_retry_share * self._rate.period
 
     async def _acquire_locally(self) -> _RedisSlot:
         assert self._fallback is not None
@@ -453,7 +469,7 @@ class RedisLimiter:
         now = time.monotonic()
         if now < self._retry_redis_at:
             return False
-        self._retry_redis_at = now + self._rate.period / 8
+        self._retry_redis_at = now + POLICY.redis_retry_share * self._rate.period
         rejoining = self._rejoining = anyio.Event()
         try:
             await self._reseed_slots()
@@ -486,9 +502,6 @@ class RedisLimiter:
     async def _report(
         self, seq: str, taken_at: float, feedback: RateFeedback | None, sent: bool
     ) -> None:
-        def opt(value: float | None) -> float:
-            return -1 if value is None else value
-
         # Read as one process reads them: nothing left below none, no reset that is no
         # time, a reset past the client's cap on server-advised waits not waited for,
         # and no Retry-After that shuts every process out past it.
@@ -498,34 +511,42 @@ class RedisLimiter:
             retry_after = feedback.advised_wait
             if reset_after is not None and reset_after > feedback.max_wait:
                 reset_after = None
+        said = {
+            name: value
+            for name, value in (
+                ("remaining", remaining),
+                ("reset_after", reset_after),
+                ("retry_after", retry_after),
+            )
+            if value is not None
+        }
         try:
-            reply = await self._record(
-                keys=self._keys[:2],
-                args=[
-                    *self._common_args(),
-                    seq,
-                    "1" if sent else "0",
-                    feedback.status_code if feedback is not None else 0,
-                    opt(remaining),
-                    opt(reset_after),
-                    opt(retry_after),
-                    taken_at,
-                ],
+            reply = await self._run(
+                self._record,
+                [*self._keys[:2], self._keys[4]],
+                member=seq,
+                sent=sent,
+                status=feedback.status_code if feedback is not None else 0,
+                taken_at=taken_at,
+                **said,
             )
         except Exception as exc:
             # Until Redis hears of it the slot stays held for its lease: safe, but long.
+            if not _unreachable(exc):
+                # A script that fails (a bug, a Redis that refuses scripts) fails again:
+                # said loudly, and not retried.
+                self._script_failed("report a request", exc)
+                return
             # Told again (held a period from then) once Redis answers.
             logger.debug("could not report a request to the shared limiter: %r", exc)
             self._unreported.append((seq, sent))
             return
         before = self._last[1]
-        pace = float(reply[1])
+        pace, burst = float(reply["pace"]), int(reply["burst"])
         if pace and pace != before:
-            logger.info(
-                "the shared limiter paces to %.3g requests/s, %d at once", pace, int(reply[2])
-            )
-        self._last = (self._last[0], pace, int(reply[2]))
-        await self._check_epoch(_text(reply[0]))
+            logger.info("the shared limiter paces to %.3g requests/s, %d at once", pace, burst)
+        self._last = (self._last[0], pace, burst)
+        await self._check_epoch(str(reply["epoch"]))
 
     async def _check_epoch(self, epoch: str) -> None:
         if self._epoch is not None and epoch != self._epoch:
@@ -534,8 +555,7 @@ class RedisLimiter:
                 "re-adding the slots this process holds"
             )
             self._epoch = epoch
-            with suppress(Exception):
-                await self._reseed_slots()
+            await self._quietly("re-add this process's slots", self._reseed_slots())
         self._epoch = epoch
 
     async def _reseed_slots(self) -> None:
@@ -545,9 +565,8 @@ class RedisLimiter:
         # In flight: held a period past now, as if answered this instant.
         holds += [self._rate.period] * self._in_flight
         self._reseeds += 1
-        await self._reseed(
-            keys=self._keys[:2],
-            args=[*self._common_args(), f"{self._pid}:{self._reseeds}", *holds],
+        await self._run(
+            self._reseed, self._keys[:2], pid=f"{self._pid}:{self._reseeds}", holds=holds
         )
 
     def _watch(self) -> None:
@@ -575,16 +594,21 @@ class RedisLimiter:
 
     async def _look(self, restarted: float) -> None:
         """Ask Redis for the budget without taking from it."""
-        reply = await self._acquire(
-            keys=self._keys,
-            args=[*self._common_args(), self._pid, 0, self._lease, self.TURN, restarted],
+        reply = await self._run(
+            self._acquire,
+            self._keys,
+            pid=self._pid,
+            want=0,
+            lease=self._lease,
+            turn=self.TURN,
+            hold=restarted,
         )
         self._heard(reply)
-        await self._check_epoch(_text(reply[4]))
+        await self._check_epoch(str(reply["epoch"]))
 
-    def _heard(self, reply: list[Any]) -> None:
-        self._last = (int(reply[5]), float(reply[6]), int(reply[7]))
-        self._last_held = int(reply[8])
+    def _heard(self, reply: dict[str, Any]) -> None:
+        self._last = (int(reply["free"]), float(reply["pace"]), int(reply["burst"]))
+        self._last_held = int(reply["held"])
         self._last_at = time.monotonic()
         if self._unreported:
             late, self._unreported = self._unreported, []
@@ -593,39 +617,67 @@ class RedisLimiter:
 
     async def _refresh(self) -> None:
         try:
-            with suppress(Exception):
-                await self._look(await self._maybe_restarted())
+            await self._quietly("look at the budget", self._look_now())
         finally:
             self._refreshing = False
 
+    async def _look_now(self) -> None:
+        await self._look(await self._maybe_restarted())
+
     async def _ask_reseed(self) -> None:
-        with suppress(Exception):
-            await self._look(self._restart_hold())
+        await self._quietly("look at the budget", self._look(self._restart_hold()))
 
     async def _leave_queue(self) -> None:
-        with suppress(Exception):
-            await self._leave(keys=self._keys[2:], args=[self._pid])
+        await self._quietly("leave the queue", self._leave(keys=self._keys[2:], args=[self._pid]))
+
+    async def _quietly(self, what: str, call: Awaitable[Any]) -> None:
+        """Run a call whose failure the next one makes good: Redis away is expected
+        (logged at DEBUG), anything else is a fault in the scripts (at WARNING)."""
+        try:
+            await call
+        except Exception as exc:
+            if _unreachable(exc):
+                logger.debug("the shared limiter could not %s: %r", what, exc)
+            else:
+                self._script_failed(what, exc)
+
+    def _script_failed(self, what: str, exc: BaseException) -> None:
+        self.script_errors += 1
+        logger.warning(
+            "the shared rate limiter could not %s: %s: %s", what, type(exc).__name__, exc
+        )
 
     def _give_back_grant(self, call: asyncio.Future[Any]) -> None:
         if call.cancelled() or call.exception() is not None:
             return
         reply = call.result()
-        epoch = _text(reply[4])
-        for i in range(int(reply[0])):
-            self._give_back(f"{epoch}:{int(reply[1]) + i}")
+        epoch = str(reply["epoch"])
+        for i in range(int(reply["granted"])):
+            self._give_back(f"{epoch}:{int(reply['first']) + i}")
 
     def _give_back(self, seq: str) -> None:
         self._spawn(self._report(seq, 0.0, None, False))
 
     # -- helpers --------------------------------------------------------------------
 
-    def _common_args(self) -> list[Any]:
+    async def _run(self, script: Any, keys: list[str], **args: Any) -> dict[str, Any]:
+        """Run one of the scripts: its arguments and its answer are JSON, by name."""
         period = self._rate.period
-        # Keys outlive every slot: the longest hold (a lease, or a 429 gate and its
-        # fading reservation) and then some.
-        ttl = max(self._lease, 4 * period) + period
-        # A stated burst (0: none) paces every process from the start, as in one.
-        return [self._rate.requests, period, ttl, self._rate.burst or 0, self._restart_hold()]
+        common = {
+            "limit": self._rate.requests,
+            "period": period,
+            # Keys outlive every slot: the longest hold (a lease, or a 429 gate and its
+            # fading reservation) and then some.
+            "ttl": max(self._lease, 4 * period) + period,
+            # A stated burst (0: none) paces every process from the start, as in one.
+            "burst": self._rate.burst or 0,
+            "restart_hold": self._restart_hold(),
+        }
+        # The policy, serialised once, closes the object.
+        argument = json.dumps({**common, **args})[:-1] + _SCRIPT_POLICY
+        reply = await script(keys=keys, args=[argument])
+        answer: dict[str, Any] = json.loads(reply)
+        return answer
 
     def _expire_held(self, now: float) -> None:
         while self._held and self._held[0] <= now:

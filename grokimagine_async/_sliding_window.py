@@ -102,6 +102,7 @@ import anyio
 from ._config import RateLimit
 from ._headers import RateFeedback, readable
 from ._limiter import RateLimitStatus, RecordedOnce, SlotContext
+from ._policy import POLICY
 
 __all__ = ["SlidingWindowLimiter", "WindowBudget"]
 
@@ -114,9 +115,6 @@ class WindowBudget:
     Kept apart from :class:`SlidingWindowLimiter` so that it can be driven by
     a simulated clock.
     """
-
-    #: Requests in flight at once, at the least, once round trips are known.
-    MIN_IN_FLIGHT = 4
 
     def __init__(
         self, rate: RateLimit, *, upgrades: Sequence[RateLimit] = (), initial_time: float = 0.0
@@ -145,7 +143,7 @@ class WindowBudget:
         self._fade_end = initial_time
         self._gate_until = -math.inf
         # The last few estimates of someone else's use, from Remaining.
-        self._others: deque[int] = deque(maxlen=5)
+        self._others: deque[int] = deque(maxlen=POLICY.others_samples)
         # The freshest Remaining, what it leaves (see _server_allows).
         self._cap: _Cap | None = None
         # One request until an answer has told what the server sees (someone else may
@@ -237,9 +235,9 @@ class WindowBudget:
         self._rtts.append(rtt)
         rtts = sorted(self._rtts)
         median = rtts[len(rtts) // 2]
-        needed = math.ceil(2 * self.limit / self.period * rtts[0])
-        self._flight_cap = max(self.MIN_IN_FLIGHT, needed)
-        self._stale = max(4 * median, self.period / 30)
+        needed = math.ceil(POLICY.flight_factor * self.limit / self.period * rtts[0])
+        self._flight_cap = max(POLICY.flight_least, needed)
+        self._stale = max(POLICY.stale_round_trips * median, POLICY.stale_least_share * self.period)
 
     def _server_allows(self, now: float) -> int:
         """What the freshest Remaining leaves now: less ours sent since and what
@@ -466,8 +464,13 @@ class WindowBudget:
         # a gateway that counts per second to let one more in, doubling with each
         # refusal in a row (a counter that counts refusals too must be left to fall);
         # the pacing and the reservation below keep what follows from a burst.
-        base = min(self.period / 4, 2 * self.period / self.limit)
-        backoff = min(self.period / 2, base * 2 ** min(self._refused_in_a_row - 1, 16))
+        period = self.period
+        base = min(
+            POLICY.refusal_wait_most_share * period,
+            POLICY.refusal_wait_intervals * period / self.limit,
+        )
+        doubled = base * 2 ** min(self._refused_in_a_row - 1, 16)
+        backoff = min(POLICY.refusal_backoff_most_share * period, doubled)
         wait = feedback.advised_wait
         if wait is None:
             wait = backoff
@@ -478,7 +481,7 @@ class WindowBudget:
         # Never past the client's cap, whatever the plan's period: a server asking for
         # an hour gets the caller's call failed at once (the wire's rule), not every
         # other request of the token held for that hour.
-        wait = min(wait, self.period * 2, feedback.max_wait)
+        wait = min(wait, POLICY.gate_most_periods * self.period, feedback.max_wait)
         self._gate_until = max(self._gate_until, now + wait)
         # The server's window was full. When the gate opens, what our own slots don't
         # cover is not known to be free: let it out over a period, not in one burst.
@@ -489,7 +492,10 @@ class WindowBudget:
         # count's lag). Returned: the share of the window that is ours, if so.
         ours = sum(1 for expiry, seq in self._held if expiry > now and seq not in self._refusals)
         others = self.limit - self.in_flight - ours
-        if 2 * ours < self.limit or 10 * others < self.limit:
+        if (
+            ours / self.limit < POLICY.full_window_ours
+            or others / self.limit < POLICY.full_window_others
+        ):
             still_held = sum(1 for expiry, _ in self._held if expiry > start)
             unseen = self.limit - self.in_flight - still_held
             if unseen > 0 and unseen >= self.reserved(start):
@@ -502,7 +508,7 @@ class WindowBudget:
         return ours
 
     def _with_margin(self, others: int) -> int:
-        return min(self.limit, others + 1 + others // 10)
+        return min(self.limit, others + 1 + math.floor(others * POLICY.others_margin))
 
     def _reserve(self, start: float, end: float, slots: float) -> None:
         self._reserved = float(slots)
@@ -567,13 +573,6 @@ class _Pacer:
     spell, so probing the server costs fewer refusals the longer it goes on.
     """
 
-    #: The pace never drops below this share of the plan's rate.
-    FLOOR = 0.25
-    #: Each tightening of the pace keeps this share of it.
-    BACKOFF = 0.85
-    #: Quiet spells before relaxing a step, in periods: the first, and the longest.
-    QUIET, MAX_QUIET = 2.0, 16.0
-
     def __init__(self, rate: RateLimit, now: float) -> None:
         self._stated = rate.burst
         self._plan = rate
@@ -583,7 +582,7 @@ class _Pacer:
         self._tat = now
         # When the setting last changed; 429s of requests sent before don't judge it.
         self._changed = now
-        self._quiet = self.QUIET * rate.period
+        self._quiet = POLICY.quiet_periods * rate.period
         self._relaxed = False
         # The last pace a 429 judged too fast: relaxing comes back to it by a half step.
         self._refused_pace: float | None = None
@@ -597,7 +596,7 @@ class _Pacer:
             self.pace = self.pace or rate.per_second
             self.burst = min(self.burst, self._stated)
         self._plan = RateLimit(rate.requests, rate.period, self._stated)
-        self._quiet = max(self._quiet, self.QUIET * rate.period)
+        self._quiet = max(self._quiet, POLICY.quiet_periods * rate.period)
 
     def free(self, now: float) -> int:
         """Requests the spacing lets go at once now."""
@@ -631,16 +630,18 @@ class _Pacer:
         plan_rate = self._plan.per_second
         self._refused_pace = self.pace if self.burst == 1 else None
         if self._relaxed and now - self._changed < self._quiet:
-            self._quiet = min(self.MAX_QUIET * self._plan.period, self._quiet * 2)
+            self._quiet = min(POLICY.quiet_most_periods * self._plan.period, self._quiet * 2)
         if self.pace is None:
             self.pace = plan_rate
             self.burst = 1
         elif self.burst > 1:
             self.burst = max(1, self.burst // 2)
         else:
-            self.pace = max(plan_rate * self.FLOOR, self.pace * self.BACKOFF)
+            self.pace = max(plan_rate * POLICY.pace_floor, self.pace * POLICY.pace_backoff)
         if share is not None:
-            self.pace = max(plan_rate * self.FLOOR, min(self.pace, share / self._plan.period))
+            self.pace = max(
+                plan_rate * POLICY.pace_floor, min(self.pace, share / self._plan.period)
+            )
         self._changed = now
         self._relaxed = False
         logger.info(
@@ -658,7 +659,7 @@ class _Pacer:
             plan_rate = self._plan.per_second
             cap = self._stated or self._plan.requests
             if self.pace < plan_rate:
-                step = 1 / self.BACKOFF
+                step = 1 / POLICY.pace_backoff
                 refused = self._refused_pace
                 if refused is not None and self.pace < refused:
                     # Back up to a pace that was refused by half steps, not past it.

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from grokimagine_async import RateLimit, RateLimitStatus
 from grokimagine_async._headers import RateFeedback, parse_remaining, parse_reset, parse_retry_after
+from grokimagine_async._policy import POLICY
 from grokimagine_async._sliding_window import SlidingWindowLimiter, WindowBudget
 
 # The async tests run on every anyio backend; the rest have no event loop.
@@ -135,7 +136,7 @@ def test_remaining_reveals_a_second_spender_and_the_reservation_fades() -> None:
     assert budget.limit - budget.used(0.01 + 1.5 * PERIOD) == 100 - 17
     # While someone else spends the token, few of ours are in flight at once, so
     # that a window they fill is learnt of with few requests on the way.
-    assert budget.free(0.01) == WindowBudget.MIN_IN_FLIGHT
+    assert budget.free(0.01) == POLICY.flight_least
     assert budget.free(0.02 + 2 * PERIOD) == 100
 
 
@@ -267,7 +268,7 @@ def test_a_429_closes_the_gate_and_reopens_gently() -> None:
     assert budget.limit - budget.used(40.0) == 100
     # A server that has said nothing of its count gets no more in flight than the
     # plan's rate needs (at this round trip, the least: four).
-    assert budget.free(40.0) == WindowBudget.MIN_IN_FLIGHT
+    assert budget.free(40.0) == POLICY.flight_least
     assert budget.pace is None
     assert budget.pace is None
 

@@ -22,6 +22,7 @@ from grokimagine_async import (
 from grokimagine_async._headers import RateFeedback
 from grokimagine_async._limiter import RateLimitStatus, Slot
 from grokimagine_async._models import Task
+from grokimagine_async._policy import POLICY
 from grokimagine_async._poller import Poller, PollResult
 from grokimagine_async._sliding_window import SlidingWindowLimiter, WindowBudget
 
@@ -168,7 +169,7 @@ def test_quiet_spells_relax_pacing_until_the_plan_goes_at_once_again() -> None:
     budget.answered(0.01, REFUSED, ticket, 0.0)
     assert budget.burst == 1
     assert budget.free(0.01 + 2 * PERIOD + 0.5) == 2
-    assert budget.free(60.0) == WindowBudget.MIN_IN_FLIGHT  # the server never said more
+    assert budget.free(60.0) == POLICY.flight_least  # the server never said more
     assert budget.pace is None
     assert budget.burst is None
 

@@ -72,7 +72,10 @@ def key_for(base_url: str) -> str:
 
 def redis_keys(key: str) -> dict[str, str]:
     """The limiter's keys in Redis by role (all four carry the hash tag ``{key}``)."""
-    return {name: f"grokimagine:{{{key}}}:{name}" for name in ("slots", "state", "queue", "due")}
+    return {
+        name: f"grokimagine:{{{key}}}:{name}"
+        for name in ("slots", "state", "queue", "due", "refused")
+    }
 
 
 @asynccontextmanager
@@ -429,6 +432,28 @@ async def stored(r: aioredis.Redis, key: str) -> list[bytes]:
         assert kind == "zset", (key, kind)
         found = list(await r.zrange(key, 0, -1))
     return [x if isinstance(x, bytes) else str(x).encode() for x in found]
+
+
+async def test_a_script_that_fails_is_said_at_warning_and_counted_not_swallowed(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="grokimagine_async")
+    async with limiters(redis_server.url, 1, key="broken") as (a,):
+        # A bug in the report script, as a drift between two copies of a rule would be.
+        a._record = a._redis.register_script("error('a bug in the script')")
+        slot = await a.acquire()
+        slot.record(ANSWERED)
+        with anyio.fail_after(5):
+            while a.script_errors == 0:  # noqa: ASYNC110 - set by a task the limiter spawned
+                await anyio.sleep(0.01)
+        # A failing grant script is raised to the caller, before anything is sent.
+        a._acquire = a._redis.register_script("error('a bug in the script')")
+        with pytest.raises(Exception, match="a bug in the script"):
+            await a.acquire()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("could not report a request" in r.getMessage() for r in warnings)
+    assert a.script_errors == 1
+    assert TOKEN not in caplog.text
 
 
 # -- 6. Redis away, no fallback ---------------------------------------------------------
