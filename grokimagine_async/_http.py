@@ -31,6 +31,8 @@ transport error kept as the cause.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import itertools
 import json
@@ -45,6 +47,7 @@ from typing import Any
 
 import anyio
 import httpx
+import sniffio
 
 from ._exceptions import (
     APIConnectionError,
@@ -290,7 +293,7 @@ class Wire:
                         raise
                 started = anyio.current_time()
                 try:
-                    response = await self._http.send(request)
+                    response = await _send(self._http, request)
                 except httpx.HTTPError as exc:
                     error = _transport_error(exc, method, shown, self._redact)
                     # Kept when the error is raised after the retries, as `raise ... from exc`.
@@ -319,6 +322,45 @@ class Wire:
         except _Failure as failure:
             failure.queued = queued
             raise
+
+
+async def _send(http: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """``http.send(request)``, safe against asyncio's own ``Task.cancel()``.
+
+    httpcore shields the closing of a connection from cancellation with an anyio
+    cancel scope, which a native ``Task.cancel()`` (``asyncio.wait_for``, a
+    ``TaskGroup``, a web server dropping a handler) goes straight through: a request
+    cut off there stays in the pool's queue for good, and its connection with it
+    (encode/httpcore#830, #1093). So on asyncio the request runs in a task of its
+    own, and a cancellation of the caller reaches it as an anyio cancellation, which
+    waits for the shielded close.
+    """
+    if sniffio.current_async_library() != "asyncio":
+        return await http.send(request)
+    scope = anyio.CancelScope()
+
+    async def send() -> httpx.Response:
+        with scope:
+            return await http.send(request)
+        raise _Cancelled  # the scope was cancelled: the caller raises its own
+
+    task = asyncio.ensure_future(send())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        scope.cancel()
+        while not task.done():
+            # A cancel scope of the caller's delivers its cancellation again: keep
+            # waiting (asyncio.wait never cancels the request's task natively).
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: it was the cancellation's doing
+        raise
+
+
+class _Cancelled(Exception):
+    """The request's own task was cancelled on its caller's behalf."""
 
 
 class _Redactor:

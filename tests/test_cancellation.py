@@ -195,3 +195,38 @@ async def test_a_cancelled_batch_resumes_from_its_journal_without_paying_twice(
     # uncertain, never sent again without being asked.
     assert settled + statuses[OutcomeStatus.UNCERTAIN] == 30
     assert settled <= sim.stats.tasks_created <= 30
+
+
+async def test_asyncio_s_own_cancel_during_a_connection_s_close_leaves_no_request_in_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if sniffio.current_async_library() != "asyncio":
+        pytest.skip("asyncio's own cancellation")
+    from httpcore._async.http11 import AsyncHTTP11Connection
+
+    closing = anyio.Event()
+    release = anyio.Event()
+    closed = AsyncHTTP11Connection._response_closed
+
+    async def slow_close(self: AsyncHTTP11Connection) -> None:
+        # httpcore shields this with an anyio cancel scope; Task.cancel() goes through
+        # such a shield, and a request cut off here stayed in the pool's queue for good.
+        closing.set()
+        await release.wait()
+        await closed(self)
+
+    sim = Simulator(limit=100, period=1.0, seed=6)
+    async with (
+        serving(sim, in_thread=True) as url,
+        AsyncClient(TOKEN, base_url=url, rate_limit=RateLimit(100, 1.0)) as client,
+    ):
+        task_id = await client.submit(prompt="a fox")
+        monkeypatch.setattr(AsyncHTTP11Connection, "_response_closed", slow_close)
+        call = asyncio.get_running_loop().create_task(client.get_task(task_id))
+        with anyio.fail_after(10):
+            await closing.wait()
+        call.cancel()
+        release.set()
+        await asyncio.wait([call])
+        assert call.cancelled()
+        assert pool_in_use(client) == 0
