@@ -15,6 +15,9 @@ workload:
 * ``approximate``: the two-period counter (the current period plus the
   previous one weighted by how much of it still overlaps) in which refused
   requests count too, no headers;
+* ``haproxy``: HAProxy's ``http_req_rate`` stick table as the simulator models
+  it (the same counter, its periods starting at the token's first request,
+  rounded up; ``benchmarks/haproxy.py`` runs a real HAProxy);
 * the same but fixed, sliding, gcra, per-second and approximate beside a
   hidden spender taking ``--spender`` (30%) of the token.
 
@@ -90,7 +93,7 @@ from grokimagine_async.simulator import SimulatorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS, BASELINE = "grokimagine-async", "baseline"
-MODELS = ("fixed", "sliding", "gcra", "leaky", "per-second", "approximate")
+MODELS = ("fixed", "sliding", "gcra", "leaky", "per-second", "approximate", "haproxy")
 SPENDER_MODELS = ("fixed", "sliding", "gcra", "per-second", "approximate")
 EXACT = ("fixed", "sliding", "gcra", "leaky")
 WORKLOADS = ("polling", "bursts")
@@ -131,7 +134,7 @@ class Server:
             return {"burst": limit}
         if self.model == "per-second":
             return {"burst": 3, "rate_headers": False}
-        if self.model == "approximate":
+        if self.model in ("approximate", "haproxy"):
             return {"count_rejected": True, "rate_headers": False}
         return {}
 
@@ -516,19 +519,19 @@ def checks(spender: float) -> list[Check]:
             lambda r: f"{r.utilisation:.3f}",
         ),
         Check(
-            "per-second and approximate: 429s <= 2% of requests",
+            "per-second, approximate and haproxy: 429s <= 2% of requests",
             lambda s: not s.exact and not s.background,
             lambda r: r.rate_limited <= 0.02 * r.sent,
             share,
         ),
         Check(
-            "per-second and approximate: no error reached the caller",
+            "per-second, approximate and haproxy: no error reached the caller",
             lambda s: not s.exact and not s.background,
             lambda r: not r.errors,
             lambda r: ", ".join(f"{n} {k}" for k, n in r.errors.most_common()),
         ),
         Check(
-            "per-second and approximate: throughput >= 0.9 of the server's sustained rate",
+            "per-second, approximate and haproxy: throughput >= 0.9 of the server's sustained rate",
             lambda s: not s.exact and not s.background,
             lambda r: r.of_sustained >= 0.9,
             lambda r: f"{r.of_sustained:.3f}",

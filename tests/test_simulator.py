@@ -1631,3 +1631,29 @@ def test_cli_serves_until_terminated(program: list[str]) -> None:
         process.wait(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_haproxy_counter_starts_at_the_first_request_and_lets_in_only_whole_requests() -> None:
+    from grokimagine_async.simulator._counters import ApproximateLimiter, HAProxyLimiter
+
+    haproxy = HAProxyLimiter(10, 10.0)
+    aligned = ApproximateLimiter(10, 10.0, origin=0.0)
+    assert haproxy.window(1.0).remaining == 10
+    # The first request, at 3 s, starts HAProxy's window; the aligned counter's started at 0.
+    assert [haproxy.acquire(3.0, count_rejected=False) for _ in range(11)] == [True] * 10 + [False]
+    for _ in range(10):
+        aligned.acquire(3.0, count_rejected=False)
+    # 0.5 s into HAProxy's second window the first weighs 9.5: half a request fits, which
+    # HAProxy (rounding up, the request counted first) refuses; the aligned counter, 3.5 s
+    # into its second window (6.5 still weighing), lets four in (9.5 is under 10).
+    assert haproxy.window(13.5).remaining == 0
+    assert not haproxy.acquire(13.5, count_rejected=False)
+    assert [aligned.acquire(13.5, count_rejected=False) for _ in range(5)] == [True] * 4 + [False]
+    # A whole request fits once the first window weighs 9, a tenth into the second.
+    assert 14.0 <= haproxy.window(13.5).retry_at <= 14.01
+    assert haproxy.acquire(14.0, count_rejected=False)
+    assert not haproxy.acquire(14.0, count_rejected=False)
+    # Two idle periods: the count is gone, and the next request starts a window afresh.
+    assert haproxy.window(33.0).remaining == 10
+    assert [haproxy.acquire(40.0, count_rejected=False) for _ in range(11)] == [True] * 10 + [False]
+    assert haproxy.window(50.5).remaining == 0

@@ -37,7 +37,8 @@ def build_parser(prog: str = "python -m grokimagine_async.simulator") -> argpars
         choices=get_args(RateModel),
         help=(
             "how requests count: fixed windows, a sliding window, a token bucket (gcra), "
-            "a leaky bucket (see --burst), or an approximate two-window counter"
+            "a leaky bucket (see --burst), an approximate two-window counter, or "
+            "HAProxy's http_req_rate (haproxy)"
         ),
     )
     parser.add_argument(

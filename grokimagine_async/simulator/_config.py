@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
-RateModel = Literal["fixed", "sliding", "gcra", "leaky", "approximate"]
+RateModel = Literal["fixed", "sliding", "gcra", "leaky", "approximate", "haproxy"]
 """How the server counts requests per token.
 
 ``"fixed"``: a counter per window, windows aligned to multiples of ``period`` since the
@@ -28,6 +28,13 @@ window's count, weighted by the share of the current window still to run, is bel
 ``limit``. Like the real ones it can let more than ``limit`` through within one
 sliding period. Its ``X-RateLimit-Reset`` is when that count is back at zero: the end
 of the next window at the latest.
+
+``"haproxy"``: HAProxy's ``http_req_rate`` in a stick table, refusing above ``limit``:
+the count of ``"approximate"``, with its windows starting at the token's first request
+(again after two idle periods), the request counted before the check and the count
+rounded up, so a request goes only while a whole one fits. Pair it with
+``count_rejected=True`` (HAProxy tracks a request before it refuses it) and
+``rate_headers=False``.
 """
 
 ResetFormat = Literal["epoch_s", "epoch_ms", "delta_s"]

@@ -236,6 +236,70 @@ class ApproximateLimiter(Limiter):
         return start + self.period * (2.0 - weight)
 
 
+class HAProxyLimiter(ApproximateLimiter):
+    """HAProxy's ``http_req_rate`` in a stick table, refusing above ``limit``.
+
+    The same two-window count as :class:`ApproximateLimiter`, with HAProxy's
+    differences: the windows start at the token's first request (and again at
+    the first after two idle periods), not at a shared origin; the request is
+    counted before the check and the count is rounded up, so a request goes
+    only while a whole one fits under the limit.
+    """
+
+    def __init__(self, limit: int, period: float) -> None:
+        super().__init__(limit, period, origin=0.0)
+        self._started = False
+
+    def _roll(self, now: float) -> None:
+        if not self._started:
+            return
+        if now - self._start() >= 2 * self.period - _EPS:
+            # Idle for two periods: nothing counts, and the next request starts afresh.
+            self._started = False
+            self._current = self._previous = 0
+            return
+        super()._roll(now)
+
+    def _fits(self, now: float) -> float:
+        """Whole requests that fit under the limit now (a fraction of one: none)."""
+        return self._headroom(now) + 2 * self._tolerance(self._previous, now)
+
+    def acquire(self, now: float, *, count_rejected: bool) -> bool:
+        self._roll(now)
+        if not self._started:
+            self._origin, self._index, self._started = now, 0, True
+        allowed = self._fits(now) >= 1
+        if allowed or count_rejected:
+            self._current += 1
+        return allowed
+
+    def window(self, now: float) -> Window:
+        self._roll(now)
+        if not self._started:
+            return Window(remaining=self.limit, reset_at=now, retry_at=now)
+        remaining = max(0, math.floor(self._fits(now)))
+        start = self._start()
+        if self._current:
+            reset_at = start + 2 * self.period
+        elif self._previous:
+            reset_at = max(now, start + self.period)
+        else:
+            reset_at = now
+        retry_at = now if remaining else max(now, self._whole_fits_at(start))
+        return Window(remaining=remaining, reset_at=reset_at, retry_at=retry_at)
+
+    def _whole_fits_at(self, start: float) -> float:
+        """When the count falls to ``limit - 1``, so that one whole request fits."""
+        room = self.limit - 1
+        if self._current <= room:
+            # Only the previous window's fading weight is in the way (none left by the
+            # window's end, when the current one becomes the previous at full weight).
+            weight = (room - self._current) / self._previous
+            return start + self.period * (1.0 - weight)
+        # The current window alone is too full; in the next one it is the fading part.
+        return start + self.period * (2.0 - room / self._current)
+
+
 def make_limiter(
     model: RateModel, limit: int, period: float, origin: float, burst: int | None = None
 ) -> Limiter:
@@ -248,6 +312,8 @@ def make_limiter(
         return BucketLimiter(limit, period, burst)
     if model == "approximate":
         return ApproximateLimiter(limit, period, origin)
+    if model == "haproxy":
+        return HAProxyLimiter(limit, period)
     return BucketLimiter(limit, period)
 
 
