@@ -4,7 +4,7 @@ Each scenario is a list of answers. A request takes a slot, the time of the
 grant is noted, and the answer is recorded at once; then the next. Both
 backends run the same scenario on the real clock (a real ``redis-server`` on
 loopback for the shared one, a "minute" of one second), and the grants must
-come at the same times, within a tenth of the period.
+come at the same times, within a fifth of the period.
 
 Each scenario's comment names what the scripts did before they were made to
 agree (the drift the scenario caught).
@@ -30,8 +30,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.backends("asyncio", reason="redis.a
 LIMIT, PERIOD = 20, 1.0
 RATE = RateLimit(LIMIT, PERIOD)
 #: How far apart the two backends' grants may be: Redis's round trips and a loaded
-#: machine's late wake-ups, well under what any rule moves a grant by.
-TOLERANCE = 0.1 * PERIOD
+#: machine's late wake-ups, well under what the drifts caught moved a grant by (0.55 s
+#: and more).
+TOLERANCE = 0.2 * PERIOD
 
 OK = RateFeedback(200)
 
@@ -84,14 +85,6 @@ SCENARIOS = [
         lambda i, g: refused() if i == 14 else OK,
     ),
     Scenario(
-        "a refused pace, relaxed by half steps",
-        100,
-        # Pacing at the plan's rate, then refused at it: the pace drops, and after two
-        # quiet periods comes back toward the refused pace by half steps. (The scripts
-        # stepped straight back.)
-        lambda i, g: refused() if i in (2, 5) else OK,
-    ),
-    Scenario(
         "Remaining 0, everything back at a near Reset",
         4,
         # A fixed window near its end: nothing comes back before the reset, then all.
@@ -139,6 +132,42 @@ async def test_both_backends_grant_at_the_same_times(
     scenario: Scenario, redis_server: RedisServer
 ) -> None:
     await check(scenario, redis_server, f"parity-{scenario.name}")
+
+
+async def tightened_then_relaxed(
+    limiter: SlidingWindowLimiter | RedisLimiter,
+) -> tuple[float, float | None]:
+    """Pacing at the plan's rate, then refused at it: the pace it drops to, and the
+    pace it relaxes to after a quiet spell (the limiter's own figures, not its timing,
+    which a loaded machine's round trips would blur over a long run)."""
+    await drive(
+        limiter, Scenario("refused twice", 6, lambda i, g: refused() if i in (2, 5) else OK)
+    )
+    plan = LIMIT / PERIOD
+    with anyio.fail_after(10 * PERIOD):
+        while not ((pace := limiter.status().pace) and pace < 0.99 * plan):  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        tightened = pace
+        relaxed: float | None = tightened
+        while relaxed is not None and relaxed <= tightened * 1.001:
+            await anyio.sleep(0.01)
+            relaxed = limiter.status().pace
+    return tightened, relaxed
+
+
+async def test_both_backends_relax_a_refused_pace_by_half_steps(redis_server: RedisServer) -> None:
+    local = await tightened_then_relaxed(SlidingWindowLimiter(RATE))
+    shared_limiter = RedisLimiter(redis_server.url, RATE, key="parity-relax")
+    try:
+        shared = await tightened_then_relaxed(shared_limiter)
+    finally:
+        await shared_limiter.aclose()
+    # Back up toward the pace that was refused by a half step, not straight to it (the
+    # scripts stepped straight back: 20 a second where the in-process limiter took 18.4).
+    assert local[1] is not None
+    assert local[1] < 0.99 * LIMIT / PERIOD, local
+    assert shared[0] == pytest.approx(local[0], rel=0.01)
+    assert shared[1] == pytest.approx(local[1], rel=0.01)
 
 
 def test_the_scripts_read_every_tuning_number_from_the_policy() -> None:
