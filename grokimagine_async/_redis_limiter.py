@@ -333,17 +333,7 @@ class RedisLimiter:
             want = len(self._waiters)
             try:
                 restarted = await self._maybe_restarted()
-                call = asyncio.ensure_future(
-                    self._run(
-                        self._acquire,
-                        self._keys,
-                        pid=self._pid,
-                        want=want,
-                        lease=self._lease,
-                        turn=self.TURN,
-                        hold=restarted,
-                    )
-                )
+                call = asyncio.ensure_future(self._run_acquire(want, restarted))
                 try:
                     reply = await asyncio.shield(call)
                 except asyncio.CancelledError:
@@ -594,15 +584,7 @@ class RedisLimiter:
 
     async def _look(self, restarted: float) -> None:
         """Ask Redis for the budget without taking from it."""
-        reply = await self._run(
-            self._acquire,
-            self._keys,
-            pid=self._pid,
-            want=0,
-            lease=self._lease,
-            turn=self.TURN,
-            hold=restarted,
-        )
+        reply = await self._run_acquire(0, restarted)
         self._heard(reply)
         await self._check_epoch(str(reply["epoch"]))
 
@@ -659,6 +641,18 @@ class RedisLimiter:
         self._spawn(self._report(seq, 0.0, None, False))
 
     # -- helpers --------------------------------------------------------------------
+
+    async def _run_acquire(self, want: int, hold: float) -> dict[str, Any]:
+        """The grant script, for ``want`` slots (0: only looking)."""
+        return await self._run(
+            self._acquire,
+            self._keys,
+            pid=self._pid,
+            want=want,
+            lease=self._lease,
+            turn=self.TURN,
+            hold=hold,
+        )
 
     async def _run(self, script: Any, keys: list[str], **args: Any) -> dict[str, Any]:
         """Run one of the scripts: its arguments and its answer are JSON, by name."""

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 import pytest
@@ -35,6 +36,7 @@ RATE = RateLimit(LIMIT, PERIOD)
 TOLERANCE = 0.2 * PERIOD
 
 OK = RateFeedback(200)
+T = TypeVar("T")
 
 
 def told(remaining: int, reset_after: float | None = None) -> RateFeedback:
@@ -116,22 +118,30 @@ def compare(local: Sequence[float], shared: Sequence[float]) -> list[str]:
     ]
 
 
-async def check(scenario: Scenario, redis_server: RedisServer, key: str) -> None:
-    local = await drive(SlidingWindowLimiter(RATE), scenario)
+async def on_both(
+    run: Callable[[SlidingWindowLimiter | RedisLimiter], Awaitable[T]],
+    redis_server: RedisServer,
+    key: str,
+) -> tuple[T, T]:
+    """``run`` on a fresh in-process limiter, then on a fresh Redis one: both results."""
+    local = await run(SlidingWindowLimiter(RATE))
     shared_limiter = RedisLimiter(redis_server.url, RATE, key=key)
     try:
-        shared = await drive(shared_limiter, scenario)
+        shared = await run(shared_limiter)
     finally:
         await shared_limiter.aclose()
-    differ = compare(local, shared)
-    assert not differ, f"{scenario.name}: " + "; ".join(differ)
+    return local, shared
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 async def test_both_backends_grant_at_the_same_times(
     scenario: Scenario, redis_server: RedisServer
 ) -> None:
-    await check(scenario, redis_server, f"parity-{scenario.name}")
+    local, shared = await on_both(
+        lambda limiter: drive(limiter, scenario), redis_server, f"parity-{scenario.name}"
+    )
+    differ = compare(local, shared)
+    assert not differ, f"{scenario.name}: " + "; ".join(differ)
 
 
 async def tightened_then_relaxed(
@@ -156,12 +166,7 @@ async def tightened_then_relaxed(
 
 
 async def test_both_backends_relax_a_refused_pace_by_half_steps(redis_server: RedisServer) -> None:
-    local = await tightened_then_relaxed(SlidingWindowLimiter(RATE))
-    shared_limiter = RedisLimiter(redis_server.url, RATE, key="parity-relax")
-    try:
-        shared = await tightened_then_relaxed(shared_limiter)
-    finally:
-        await shared_limiter.aclose()
+    local, shared = await on_both(tightened_then_relaxed, redis_server, "parity-relax")
     # Back up toward the pace that was refused by a half step, not straight to it (the
     # scripts stepped straight back: 20 a second where the in-process limiter took 18.4).
     assert local[1] is not None

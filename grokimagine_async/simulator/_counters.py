@@ -205,10 +205,13 @@ class ApproximateLimiter(Limiter):
             self._current += 1
         return allowed
 
+    def _remaining(self, now: float) -> int:
+        # Rounded up: a count of 9.4 out of 10 still lets one more through.
+        return max(0, math.ceil(self._headroom(now)))
+
     def window(self, now: float) -> Window:
         self._roll(now)
-        # Rounded up: a count of 9.4 out of 10 still lets one more through.
-        remaining = max(0, math.ceil(self._headroom(now)))
+        remaining = self._remaining(now)
         start = self._start()
         if self._current:
             reset_at = start + 2 * self.period
@@ -273,22 +276,16 @@ class HAProxyLimiter(ApproximateLimiter):
             self._current += 1
         return allowed
 
+    def _remaining(self, now: float) -> int:
+        return max(0, math.floor(self._fits(now)))
+
     def window(self, now: float) -> Window:
         self._roll(now)
         if not self._started:
             return Window(remaining=self.limit, reset_at=now, retry_at=now)
-        remaining = max(0, math.floor(self._fits(now)))
-        start = self._start()
-        if self._current:
-            reset_at = start + 2 * self.period
-        elif self._previous:
-            reset_at = max(now, start + self.period)
-        else:
-            reset_at = now
-        retry_at = now if remaining else max(now, self._whole_fits_at(start))
-        return Window(remaining=remaining, reset_at=reset_at, retry_at=retry_at)
+        return super().window(now)
 
-    def _whole_fits_at(self, start: float) -> float:
+    def _retry_at(self, now: float, start: float) -> float:
         """When the count falls to ``limit - 1``, so that one whole request fits."""
         room = self.limit - 1
         if self._current <= room:
