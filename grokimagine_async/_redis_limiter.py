@@ -70,7 +70,9 @@ import anyio
 import sniffio
 
 from . import _redis_scripts as scripts
+from . import _rules as rules
 from ._config import RateLimit
+from ._constraints import NEVER, Learned
 from ._exceptions import ConfigurationError, RateLimiterUnavailableError
 from ._headers import RateFeedback, readable
 from ._limiter import RateLimitStatus, RecordedOnce, SlotContext
@@ -118,8 +120,8 @@ class _RedisSlot(RecordedOnce):
 #: must re-add their slots before anything new goes.
 RESTART_NOTICE = 1.0
 
-#: The tuning the scripts read by name (every number in it is the in-process limiter's).
-_SCRIPT_POLICY = ',"policy":' + json.dumps(POLICY.for_scripts()) + "}"
+#: Tries at writing back what a response taught, when other processes keep writing first.
+_APPLY_TRIES = 4
 
 #: Seconds a slot of a request in flight is held when the client's timeouts do not
 #: bound how long a request may take.
@@ -201,6 +203,7 @@ class RedisLimiter:
         self._pid = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._acquire = redis.register_script(scripts.ACQUIRE)
         self._record = redis.register_script(scripts.RECORD)
+        self._apply = redis.register_script(scripts.APPLY)
         self._reseed = redis.register_script(scripts.RESEED)
         self._leave = redis.register_script(scripts.LEAVE)
         self._waiters: deque[_Waiter] = deque()
@@ -228,6 +231,14 @@ class RedisLimiter:
         self._refreshing = False
         # Reports that did not reach Redis (it was away): (slot, sent).
         self._unreported: list[tuple[str, bool]] = []
+        # The last estimates of someone else's use (see rules.told), and the learned
+        # state before any response, for the scripts.
+        self._samples: deque[int] = deque(maxlen=POLICY.others_samples)
+        # 429s being learnt from: this process asks for nothing until they are
+        # written, so that the gate they shut holds its own next request too.
+        self._learning = 0
+        self._learnt = anyio.Event()
+        self._initial = json.loads(rules.initial(rate, NEVER).to_json())
         #: Calls to Redis that failed other than by Redis being away (a script's
         #: error, a command refused): each is logged at WARNING.
         self.script_errors = 0
@@ -242,6 +253,7 @@ class RedisLimiter:
     def set_rate(self, rate: RateLimit) -> None:
         """Keep to ``rate`` from now on (every process should state the same)."""
         self._rate = rate
+        self._initial = json.loads(rules.initial(rate, NEVER).to_json())
         if self._fallback is not None:
             self._fallback.set_rate(self._fallback_rate())
 
@@ -330,6 +342,8 @@ class RedisLimiter:
         """Ask Redis for slots for the queued waiters; seconds until asking again."""
         self._asking = True
         try:
+            while self._learning:
+                await self._learnt.wait()
             want = len(self._waiters)
             try:
                 restarted = await self._maybe_restarted()
@@ -486,40 +500,51 @@ class RedisLimiter:
         if slot.local is not None:
             slot.local.record(feedback, sent=sent)
         if slot.seq is not None:
-            self._spawn(self._report(slot.seq, slot.taken_at, feedback, sent))
+            refused = feedback is not None and feedback.rate_limited
+            if refused:
+                self._learning += 1
+                if self._learnt.is_set():
+                    self._learnt = anyio.Event()
+            self._spawn(self._report(slot.seq, slot.taken_at, feedback, sent, refused))
         self._nudge()
 
     async def _report(
+        self,
+        seq: str,
+        taken_at: float,
+        feedback: RateFeedback | None,
+        sent: bool,
+        refused: bool = False,
+    ) -> None:
+        try:
+            await self._report_now(seq, taken_at, feedback, sent)
+        finally:
+            if refused:
+                self._learning -= 1
+                if not self._learning:
+                    self._learnt.set()
+
+    async def _report_now(
         self, seq: str, taken_at: float, feedback: RateFeedback | None, sent: bool
     ) -> None:
-        # Read as one process reads them: nothing left below none, no reset that is no
-        # time, a reset past the client's cap on server-advised waits not waited for,
-        # and no Retry-After that shuts every process out past it.
         remaining, reset_after = readable(feedback)
-        retry_after = None
-        if feedback is not None:
-            retry_after = feedback.advised_wait
-            if reset_after is not None and reset_after > feedback.max_wait:
-                reset_after = None
-        said = {
-            name: value
-            for name, value in (
-                ("remaining", remaining),
-                ("reset_after", reset_after),
-                ("retry_after", retry_after),
-            )
-            if value is not None
+        args: dict[str, Any] = {
+            "member": seq,
+            "sent": sent,
+            "refused": feedback is not None and feedback.rate_limited,
         }
-        try:
-            reply = await self._run(
-                self._record,
-                [*self._keys[:2], self._keys[4]],
-                member=seq,
-                sent=sent,
-                status=feedback.status_code if feedback is not None else 0,
-                taken_at=taken_at,
-                **said,
+        rate = self._rate
+        if feedback is not None and not feedback.rate_limited and remaining is not None:
+            # Its times from now: the script puts them on Redis's clock.
+            cap = rules.cap_from(
+                remaining, 0, 0.0, reset_after, feedback.max_wait, rate.requests, rate.period
             )
+            args["cap"] = {"remaining": cap.remaining, "until": cap.until, "refills": cap.refills}
+        try:
+            facts = await self._run(self._record, [*self._keys[:2], self._keys[4]], **args)
+            await self._check_epoch(str(facts["epoch"]))
+            if sent and feedback is not None:
+                await self._learn(facts, seq, taken_at, feedback, remaining, reset_after)
         except Exception as exc:
             # Until Redis hears of it the slot stays held for its lease: safe, but long.
             if not _unreachable(exc):
@@ -530,13 +555,58 @@ class RedisLimiter:
             # Told again (held a period from then) once Redis answers.
             logger.debug("could not report a request to the shared limiter: %r", exc)
             self._unreported.append((seq, sent))
-            return
-        before = self._last[1]
-        pace, burst = float(reply["pace"]), int(reply["burst"])
-        if pace and pace != before:
-            logger.info("the shared limiter paces to %.3g requests/s, %d at once", pace, burst)
-        self._last = (self._last[0], pace, burst)
-        await self._check_epoch(str(reply["epoch"]))
+
+    async def _learn(
+        self,
+        facts: dict[str, Any],
+        seq: str,
+        taken_at: float,
+        feedback: RateFeedback,
+        remaining: int | None,
+        reset_after: float | None,
+    ) -> None:
+        """Run the rules on what the window held when the response came, and write
+        back what they changed unless another process wrote first (then again, on
+        what it wrote)."""
+        now, held, answered = float(facts["now"]), int(facts["held"]), int(facts["answered"])
+        epoch, number = seq.rsplit(":", 1)
+        # Granted after this one: all still held, being younger.
+        later = int(facts["seq"]) - int(number) if epoch == facts["epoch"] else 0
+        window = rules.Window(
+            held=held,
+            in_flight=held - answered,
+            ours=answered - int(facts["refused"]),
+            before=max(0, held - 1 - later),
+        )
+        text, version = str(facts["learned"]), int(facts["version"])
+        rate, estimate = self._rate, None
+        for _ in range(_APPLY_TRIES):
+            learned = Learned.from_json(text) if text else rules.initial(rate, NEVER)
+            before = learned.to_json()
+            if feedback.rate_limited:
+                rules.refused(learned, window, now, taken_at, feedback, rate)
+            else:
+                rules.answered(learned, taken_at)
+                if remaining is not None:
+                    estimate = rules.told(
+                        learned,
+                        window,
+                        now,
+                        remaining,
+                        reset_after,
+                        self._samples,
+                        rate.requests,
+                        rate.period,
+                    )
+            after = learned.to_json()
+            if after == before:
+                break
+            reply = await self._run(self._apply, self._keys[:2], version=version, learned=after)
+            if reply["written"]:
+                break
+            text, version = str(reply["learned"]), int(reply["version"])
+        if estimate is not None:
+            self._samples.append(estimate)
 
     async def _check_epoch(self, epoch: str) -> None:
         if self._epoch is not None and epoch != self._epoch:
@@ -651,7 +721,9 @@ class RedisLimiter:
             want=want,
             lease=self._lease,
             turn=self.TURN,
+            slack=POLICY.queue_slack,
             hold=hold,
+            initial=self._initial,
         )
 
     async def _run(self, script: Any, keys: list[str], **args: Any) -> dict[str, Any]:
@@ -663,13 +735,9 @@ class RedisLimiter:
             # Keys outlive every slot: the longest hold (a lease, or a 429 gate and its
             # fading reservation) and then some.
             "ttl": max(self._lease, 4 * period) + period,
-            # A stated burst (0: none) paces every process from the start, as in one.
-            "burst": self._rate.burst or 0,
-            "restart_hold": self._restart_hold(),
+            "hold": self._restart_hold(),
         }
-        # The policy, serialised once, closes the object.
-        argument = json.dumps({**common, **args})[:-1] + _SCRIPT_POLICY
-        reply = await script(keys=keys, args=[argument])
+        reply = await script(keys=keys, args=[json.dumps({**common, **args})])
         answer: dict[str, Any] = json.loads(reply)
         return answer
 

@@ -1,25 +1,30 @@
-"""The shared limiter's Lua scripts: every decision runs inside Redis, atomically,
-on the Redis server's clock (``TIME``), so the hosts' clocks never matter.
+"""The shared limiter's Lua scripts: what must be atomic across processes, run
+inside Redis on the Redis server's clock (``TIME``), so the hosts' clocks never
+matter.
 
 Guarantee: no window of a period holds more than the plan's requests across
 every process, because a slot is taken in one atomic step before a request
-leaves and freed a period after its answer (the in-process limiter's rule,
-with Redis holding the slots). The rules that learn from the answers are the
-in-process limiter's, with the numbers of ``_policy.POLICY`` passed in by
-name; ``tests/test_limiter_parity.py`` checks that both decide alike.
+leaves and freed a period after its response (the in-process limiter's rule,
+with Redis holding the slots).
+
+The scripts decide nothing the responses teach: that is ``_rules.py``, run by
+the process that got the response, whose result is written back here only if
+no other process changed it meanwhile (``APPLY``). What they do is read the
+constraints (``EVALUATE``, the Lua mirror of ``_constraints.evaluate``, held to
+it by ``tests/test_limiter_parity.py``), take and free slots, and keep the
+queue. Every script takes one JSON argument read by name, and answers with one.
 
 Keys (all of one token share the hash tag ``{<token hash>}``, so they live on one
 Redis Cluster slot; every write renews their expiry, so an idle token's keys
 vanish on their own):
 
-* ``slots``: a sorted set, one member a request, scored by when its slot frees:
-  a lease while it is in flight, its answer plus one period once answered.
-* ``state``: a hash of what the processes have learnt together: the 429 gate,
-  someone else's share (a reservation that fades), the freshest
-  ``X-RateLimit-Remaining`` as a cap, the pacing, and a sequence number.
-* ``refused``: a sorted set of the slots whose answer was a 429, scored by when
-  they leave the window (a 429 that finds most of the window ours tells a full
-  window from a server that counts finely).
+* ``slots``: a sorted set, one member a request (``epoch:seq``), scored by when
+  its slot frees: a lease while it is in flight, its response plus one period
+  once answered.
+* ``state``: a hash: ``learned`` and its ``version`` (``_constraints.Learned``
+  as JSON), the freshest ``cap``, the pacing's ``tat``, the grant counter
+  ``seq``, the ``epoch`` (new after a restart) and a restart's ``hold_until``.
+* ``refused``: the slots whose response was a 429, scored like ``slots``.
 * ``queue`` and ``due``: the processes waiting, by when they started waiting
   and by when they promised to ask again (a process that breaks its promise
   loses its place), so a slot goes to the process that has waited longest.
@@ -27,21 +32,12 @@ vanish on their own):
 
 from __future__ import annotations
 
-# Shared by the scripts: the arguments, the clock, the state, and what the window
-# allows now. Every script takes one argument, a JSON object read by name, whose
-# ``policy`` is the limiter's tuning (``_policy.LimiterPolicy``), and answers with one.
+# The argument, the clock, the state hash (created with a new epoch if gone).
 _COMMON = r"""
 local A = cjson.decode(ARGV[1])
-local P = A.policy
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local limit, period = A.limit, A.period
-local ttl = math.ceil(A.ttl * 1000)
--- The burst the user stated (RateLimit.burst), 0 if none: pacing from the start.
-local stated = A.burst
--- Seconds every grant is held when the state is found gone (a restart), so that the
--- processes that held slots re-add them first.
-local restart_hold = A.restart_hold
 local raw = redis.call('HGETALL', KEYS[2])
 local st = {}
 for i = 1, #raw, 2 do st[raw[i]] = raw[i + 1] end
@@ -50,7 +46,7 @@ local function num(k, d)
   if v then return tonumber(v) end
   return d
 end
--- Times near 1.8e9 s need more than tostring's 14 digits to keep microseconds.
+-- Times near 1.8e9 s need more than cjson's 14 digits to keep microseconds.
 local function f(x)
   if x == math.floor(x) and math.abs(x) < 1e15 then return string.format('%d', x) end
   return string.format('%.6f', x)
@@ -63,142 +59,113 @@ local fresh = st['epoch'] == nil
 if fresh then
   set('epoch', string.format('%.6f', now))
   set('seq', 0)
+  -- Redis lost the window (a restart): hold grants while the processes re-add theirs.
+  if A.hold > 0 then set('hold_until', now + A.hold) end
 end
-if stated > 0 then
-  if num('pace', 0) <= 0 then
-    set('pace', limit / period)
-    set('burst', stated)
-    set('changed', now)
-  elseif num('burst', limit) > stated then
-    set('burst', stated)
-  end
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local held = redis.call('ZCARD', KEYS[1])
-
--- Slots set aside for someone else's use of the token, at `at` (now if not given).
-local function reserved(at)
-  at = at or now
-  local r, fs, fe = num('reserved', 0), num('fade_start', 0), num('fade_end', 0)
-  if r <= 0 or at >= fe then return 0 end
-  if at <= fs then return math.ceil(r) end
-  return math.ceil(r * (fe - at) / (fe - fs) - 1e-9)
-end
-
-local function reserve(start, stop, slots)
-  set('reserved', slots)
-  set('fade_start', start)
-  set('fade_end', math.max(stop, start + 1e-6))
-end
-
--- The pacing: off (pace 0), or a GCRA at `pace` a second, `burst` at once.
-local function relax()
-  local pace = num('pace', 0)
-  if pace <= 0 then return end
-  local quiet = num('quiet', P.quiet_periods * period)
-  local plan_rate = limit / period
-  local changed = num('changed', now)
-  local burst = num('burst', 1)
-  local stepped = false
-  local most = limit
-  if stated > 0 then most = stated end
-  while pace > 0 and now - changed >= quiet do
-    if pace < plan_rate then
-      local step = 1 / P.pace_backoff
-      local refused = num('refused_pace', 0)
-      if refused > 0 and pace < refused then
-        -- Back up to a pace that was refused by half steps, not past it.
-        step = math.min(math.sqrt(step), refused / pace)
-      end
-      pace = math.min(plan_rate, pace * step)
-      if refused > 0 and pace >= refused * (1 - 1e-9) then set('refused_pace', 0) end
-    elseif burst < most then
-      burst = math.min(most, burst * 2)
-    elseif stated == 0 then
-      pace = 0
-      burst = limit
-    else
-      break
-    end
-    changed = changed + quiet
-    stepped = true
-  end
-  if stepped then
-    set('pace', pace)
-    set('burst', burst)
-    set('changed', changed)
-    set('relaxed', 1)
-  end
-end
-
-local function cap_allows()
-  local until_ = num('cap_until', 0)
-  if until_ <= now then return limit end
-  local since = num('seq', 0) - num('cap_seq', 0)
-  -- At the plan's rate (a bucket does not refill as requests age), unless the server
-  -- said all is back sooner than that could free it: then nothing before the reset.
-  local back = 0
-  if num('cap_refills', 1) == 1 then
-    back = math.floor((now - num('cap_at', now)) * limit / period)
-  end
-  return math.max(0, num('cap_remaining', limit) - since + back)
-end
-
 local function touch()
+  local ttl = math.ceil(A.ttl * 1000)
   for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 """
 
-#: Ask for up to ``want`` slots for process ``pid``.
-#: KEYS: slots, state, queue, due. Arguments: the common ones, pid, want, lease, turn,
-#: hold (seconds to hold grants if the state is gone). Answers: granted, first (its
-#: sequence number), now, wait, epoch, free, pace, burst, held.
+# _constraints.evaluate, read the same way: what the constraints but the window's own
+# slots allow now, and when each may next allow more.
+_EVALUATE = r"""
+local learned = A.initial
+if st['learned'] then learned = cjson.decode(st['learned']) end
+local cap = nil
+if st['cap'] then cap = cjson.decode(st['cap']) end
+local function reserved(at)
+  local slots, s, e = learned.reserve[1], learned.reserve[2], learned.reserve[3]
+  if slots <= 0 or at >= e then return 0 end
+  if at <= s then return math.ceil(slots) end
+  return math.ceil(slots * (e - at) / (e - s) - 1e-9)
+end
+local function pacing_now(at)
+  local p = learned.pacing
+  if not p then return 0, 0, limit end
+  local index = 1
+  for i = 2, #p.steps do
+    if p.steps[i][1] > at then break end
+    index = i
+  end
+  return index, p.steps[index][2], p.steps[index][3]
+end
+local function evaluate(held, next_seq, tat)
+  local gate = learned.gate
+  if now < gate then return 0, {gate} end
+  local r = reserved(now)
+  tat = math.max(tat, gate)
+  local free, times = limit - held - r, {}
+  if cap and now < cap['until'] then
+    local since = now - cap.at
+    local after = next_seq - cap.seq - 1
+    local refilled, next_at = 0, cap['until']
+    if cap.refills then
+      local rate = limit / period
+      refilled = math.floor(since * rate)
+      next_at = math.min(next_at, cap.at + (refilled + 1) / rate)
+    end
+    local taken = math.ceil(r * since / period - 1e-9)
+    free = math.min(free, math.max(0, cap.remaining - after + refilled - taken))
+    times[#times + 1] = next_at
+  end
+  if learned.pacing then
+    local steps = learned.pacing.steps
+    local index, pace, burst = pacing_now(now)
+    local next_at = nil
+    if index < #steps then next_at = steps[index + 1][1] end
+    if pace > 0 then
+      local paced = math.max(0, math.min(burst, math.floor((now - tat) * pace + burst + 1e-9)))
+      free = math.min(free, paced)
+      if paced <= 0 then
+        local at = tat - (burst - 1) / pace
+        if next_at == nil or at < next_at then next_at = at end
+      end
+    end
+    if next_at then times[#times + 1] = next_at end
+  end
+  if r > 0 then
+    local slots, s, e = learned.reserve[1], learned.reserve[2], learned.reserve[3]
+    if now < s then times[#times + 1] = s else times[#times + 1] = e - (e - s) * (r - 1) / slots end
+  end
+  return math.max(0, free), times
+end
+"""
+
+#: Ask for up to ``want`` slots for process ``pid`` (0: only looking).
+#: KEYS: slots, state, queue, due. Arguments: limit, period, ttl, hold, initial (the
+#: learned state before any), pid, want, lease, turn, slack. Answers: granted, first (its sequence
+#: number), now, wait, epoch, free, pace, burst, held.
 ACQUIRE = (
     _COMMON
+    + _EVALUATE
     + r"""
-local pid, want = A.pid, A.want
-local lease, turn = A.lease, A.turn
-local slack = P.queue_slack
--- A process that held slots before finds the state gone: Redis restarted (or the
--- token sat idle past the keys' life). Hold everyone a moment so the others re-add
--- the slots they hold before anything new goes.
-local hold = A.hold
-if fresh and hold > 0 then
-  set('gate_until', now + hold)
-end
-relax()
+local pid, want, lease, turn = A.pid, A.want, A.lease, A.turn
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZCARD', KEYS[1])
+local tat = num('tat', now)
+local free, times = evaluate(held, num('seq', 0) + 1, tat)
+local hold_until = num('hold_until', 0)
+if now < hold_until then free, times = 0, {hold_until} end
+local _, pace, burst = pacing_now(now)
 
-local function answer(granted, first, wait, free_now, pace_now, burst_now, held_now)
+local function answer(granted, first, wait, free_now, held_now)
   return cjson.encode({granted = granted, first = first, now = f(now), wait = f(wait),
-                       epoch = st['epoch'], free = free_now, pace = f(pace_now),
-                       burst = burst_now, held = held_now})
+                       epoch = st['epoch'], free = free_now, pace = f(pace),
+                       burst = burst, held = held_now})
 end
 
 -- Waiters who broke their promise to ask again lose their place.
-local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
-for _, p in ipairs(gone) do
+for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)) do
   if p ~= pid then
     redis.call('ZREM', KEYS[3], p)
     redis.call('ZREM', KEYS[4], p)
   end
 end
-
-local free = limit - held - reserved()
-local gate = num('gate_until', 0)
-if now < gate then free = 0 end
-free = math.min(free, cap_allows())
-local pace, burst = num('pace', 0), num('burst', limit)
-local tat = num('tat', now)
-if pace > 0 then
-  local paced = math.floor((now - tat) * pace + burst + 1e-9)
-  free = math.min(free, burst, paced)
-end
-free = math.max(0, free)
-
 if want <= 0 then
-  -- Only looking (after a restart): no place in the queue.
   touch()
-  return answer(0, 0, 0, free, pace, burst, held)
+  return answer(0, 0, 0, free, held)
 end
 local mine = redis.call('ZSCORE', KEYS[3], pid)
 local before
@@ -210,10 +177,9 @@ end
 -- Ahead in turn: those waiting longer that are about to ask again. One asleep
 -- until later (its promise is further off) does not keep a free slot idle.
 local ahead = 0
-local soon = now + 2 * turn + slack
+local soon = now + 2 * turn + A.slack
 for _, p in ipairs(before) do
-  local due = tonumber(redis.call('ZSCORE', KEYS[4], p) or '0')
-  if due <= soon then ahead = ahead + 1 end
+  if tonumber(redis.call('ZSCORE', KEYS[4], p) or '0') <= soon then ahead = ahead + 1 end
 end
 local grant = math.min(want, free - ahead)
 if grant > 0 then
@@ -222,199 +188,103 @@ if grant > 0 then
     redis.call('ZADD', KEYS[1], now + lease, st['epoch'] .. ':' .. (first + i))
   end
   set('seq', first + grant - 1)
-  if pace > 0 then
-    set('tat', math.max(tat, now) + grant / pace)
-  end
+  if pace > 0 then set('tat', math.max(tat, learned.gate, now) + grant / pace) end
   if grant >= want then
     redis.call('ZREM', KEYS[3], pid)
     redis.call('ZREM', KEYS[4], pid)
   else
     -- Served in part: to the back of the queue, behind whoever waits now.
     redis.call('ZADD', KEYS[3], now, pid)
-    redis.call('ZADD', KEYS[4], now + turn + slack, pid)
+    redis.call('ZADD', KEYS[4], now + turn + A.slack, pid)
   end
   touch()
-  return answer(grant, first, 0, free - grant, pace, burst, held + grant)
+  return answer(grant, first, 0, free - grant, held + grant)
 end
 
--- Not now: when a grant can next succeed.
+-- Not now: when a grant can next succeed (free slots, but others waited longer:
+-- their turn first).
 local wait = period
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #oldest > 0 then wait = math.min(wait, tonumber(oldest[2]) - now) end
-if now < gate then wait = math.max(gate - now, 0) end
 if free > 0 then
-  -- Free slots, but others have waited longer: their turn first.
   wait = math.min(wait, turn)
 else
-  if num('cap_until', 0) > now then
-    if num('cap_refills', 1) == 1 then
-      local rate = limit / period
-      local at = num('cap_at', now)
-      wait = math.min(wait, at + (math.floor((now - at) * rate) + 1) / rate - now)
-    else
-      wait = math.min(wait, num('cap_until', 0) - now)
-    end
+  for _, at in ipairs(times) do
+    if at > now then wait = math.min(wait, at - now) end
   end
-  if pace > 0 then
-    wait = math.min(wait, math.max(0, tat - (burst - 1) / pace - now))
-  end
-  local r = reserved()
-  if r > 0 then
-    local fs, fe, rr = num('fade_start', 0), num('fade_end', 0), num('reserved', 0)
-    if now < fs then
-      wait = math.min(wait, fs - now)
-    else
-      wait = math.min(wait, fe - (fe - fs) * (r - 1) / rr - now)
-    end
-  end
-  if now < gate then wait = math.max(wait, gate - now) end
 end
 wait = math.max(wait, 0.001)
 redis.call('ZADD', KEYS[3], 'NX', now, pid)
-redis.call('ZADD', KEYS[4], now + wait + turn + slack, pid)
+redis.call('ZADD', KEYS[4], now + wait + turn + A.slack, pid)
 touch()
-return answer(0, 0, wait, free, pace, burst, held)
+return answer(0, 0, wait, free, held)
 """
 )
 
-#: Report how a request ended.
-#: KEYS: slots, state, refused. Arguments: the common ones, member (the slot, epoch:seq),
-#: sent, status (0: no answer), remaining, reset_after, retry_after (each left out when
-#: not said), taken_at. Answers: epoch, pace, burst.
+#: Report how a request ended, and what the window held then.
+#: KEYS: slots, state, refused. Arguments: limit, period, ttl, hold, member (the slot,
+#: epoch:seq), sent, refused (a 429), cap (the cap its Remaining sets, its times from
+#: now; left out if none). Answers: epoch, now, held, answered, refused, seq, learned,
+#: version.
 RECORD = (
     _COMMON
     + r"""
-local member, sent, status = A.member, A.sent, A.status
+local member = A.member
 local member_epoch, seq = string.match(member, '^(.*):(%d+)$')
 seq = tonumber(seq)
-if fresh then
-  -- Redis lost the window (a restart): hold grants while the processes re-add theirs.
-  set('gate_until', now + restart_hold)
+local function answer(facts)
+  facts.epoch = st['epoch']
+  return cjson.encode(facts)
 end
-local remaining, reset_after, retry_after = A.remaining, A.reset_after, A.retry_after
-local taken_at = A.taken_at
-local function answer()
-  return cjson.encode({epoch = st['epoch'], pace = f(num('pace', 0)),
-                       burst = num('burst', limit)})
-end
-if not sent then
+if not A.sent then
   redis.call('ZREM', KEYS[1], member)
   touch()
-  return answer()
+  return answer({})
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 -- Held a period from now; re-added if a restart lost it.
 redis.call('ZADD', KEYS[1], now + period, member)
-held = redis.call('ZCARD', KEYS[1])
-if status == 429 then
-  local streak = num('streak', 0) + 1
-  set('streak', streak)
-  set('last_refused', now)
-  local base = math.min(P.refusal_wait_most_share * period,
-                         P.refusal_wait_intervals * period / limit)
-  local backoff = math.min(P.refusal_backoff_most_share * period,
-                           base * 2 ^ math.min(streak - 1, 16))
-  local wait = retry_after
-  if wait == nil then wait = reset_after end
-  if wait == nil then
-    wait = backoff
-  elseif streak > 1 then
-    wait = math.max(wait, backoff)
-  end
-  local gate = math.max(num('gate_until', 0), now + math.min(wait, P.gate_most_periods * period))
-  set('gate_until', gate)
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  redis.call('ZADD', KEYS[3], now + period, member)
-  -- Refused with most of the budget let in to us, and a tenth or more not: the window
-  -- is full (counting finely refuses a burst early) and what ours do not account for
-  -- is someone else's. Ours: answered within the period (in flight, a slot is held
-  -- for a lease, longer than a period), less the refused.
-  local answered = redis.call('ZCOUNT', KEYS[1], '(' .. now, now + period)
-  local ours = answered - redis.call('ZCARD', KEYS[3])
-  local others = limit - (held - answered) - ours
-  local share = nil
-  if ours / limit < P.full_window_ours or others / limit < P.full_window_others then
-    -- What our own slots don't cover is not known to be free: let it out over a period.
-    local still = redis.call('ZCOUNT', KEYS[1], '(' .. gate, '+inf')
-    local unseen = limit - still
-    if unseen > 0 and unseen >= reserved(gate) then reserve(gate, gate + period, unseen) end
-  else
-    -- It frees no sooner than ours age out: held a period, fading over the next.
-    others = math.min(limit, others + 1 + math.floor(others * P.others_margin))
-    if others >= reserved(gate) then reserve(gate + period, gate + 2 * period, others) end
-    share = ours
-  end
-  -- The pacing: judged by requests sent under the current setting.
-  local pace, burst = num('pace', 0), num('burst', limit)
-  local relaxed = num('relaxed', 0) == 1
-  local changed = num('changed', -1e18)
-  set('tat', math.max(num('tat', now), gate))
-  if taken_at >= changed then
-    local quiet = num('quiet', P.quiet_periods * period)
-    if relaxed and now - changed < quiet then
-      set('quiet', math.min(P.quiet_most_periods * period, quiet * 2))
-    end
-    local plan_rate = limit / period
-    if burst == 1 then set('refused_pace', pace) else set('refused_pace', 0) end
-    if pace <= 0 then
-      pace, burst = plan_rate, 1
-    elseif burst > 1 then
-      burst = math.max(1, math.floor(burst / 2))
-    else
-      pace = math.max(plan_rate * P.pace_floor, pace * P.pace_backoff)
-    end
-    if share ~= nil then
-      pace = math.max(plan_rate * P.pace_floor, math.min(pace, share / period))
-    end
-    set('pace', pace)
-    set('burst', burst)
-    set('changed', now)
-    set('relaxed', 0)
-  end
-elseif status > 0 then
-  if taken_at >= num('last_refused', -1e18) then set('streak', 0) end
-  if remaining ~= nil then
-    local small_bucket = reset_after ~= nil
-      and reset_after * limit / period < limit - remaining - held
-    local proven = limit - remaining - held
-    if proven > 0 and not small_bucket then
-      -- Someone else's, beyond every process that shares this limiter.
-      local others = math.min(limit, proven + 1 + math.floor(proven * P.others_margin))
-      if others >= reserved() then reserve(now + period, now + 2 * period, others) end
-    end
-    if member_epoch == st['epoch'] and seq > num('cap_seq', -1) then
-      set('cap_remaining', remaining)
-      set('cap_seq', seq)
-      -- A slot's worth of slack either way: headers round Remaining down, Reset up.
-      if reset_after ~= nil and reset_after * limit / period < limit - remaining - 1 then
-        -- All back sooner than the plan's rate could free it: back at once, then.
-        set('cap_until', now + reset_after)
-        set('cap_refills', 0)
-      else
-        set('cap_until', now + period)
-        set('cap_refills', 1)
-      end
-      set('cap_at', now)
-    end
-  end
+if A.refused then redis.call('ZADD', KEYS[3], now + period, member) end
+local cap = A.cap
+if cap and member_epoch == st['epoch'] and seq > num('cap_seq', -1) then
+  set('cap', string.format('{"remaining":%d,"seq":%d,"at":%s,"until":%s,"refills":%s}',
+    cap.remaining, seq, f(now), f(now + cap['until']), tostring(cap.refills)))
+  set('cap_seq', seq)
 end
 touch()
-return answer()
+return answer({now = f(now), held = redis.call('ZCARD', KEYS[1]),
+               answered = redis.call('ZCOUNT', KEYS[1], '(' .. now, now + period),
+               refused = redis.call('ZCARD', KEYS[3]), seq = num('seq', 0),
+               learned = st['learned'] or '', version = num('version', 0)})
+"""
+)
+
+#: Write back what the rules learnt, if no other process wrote since ``version``.
+#: KEYS: slots, state. Arguments: limit, period, ttl, hold, version, learned.
+#: Answers: written; if not, the learned and version now.
+APPLY = (
+    _COMMON
+    + r"""
+if num('version', 0) == A.version then
+  set('learned', A.learned)
+  set('version', A.version + 1)
+  touch()
+  return cjson.encode({written = true})
+end
+return cjson.encode({written = false, learned = st['learned'] or '',
+                     version = num('version', 0)})
 """
 )
 
 #: Re-add the slots a process holds after Redis lost them (a restart).
-#: KEYS: slots, state. Arguments: the common ones, pid, holds (seconds each slot is
-#: still held for). Answers: added.
+#: KEYS: slots, state. Arguments: limit, period, ttl, hold, pid, holds (seconds
+#: each slot is still held for). Answers: added.
 RESEED = (
     _COMMON
     + r"""
-local pid = A.pid
-if fresh then
-  -- The first process back after a restart: hold grants while the others re-add theirs.
-  set('gate_until', now + restart_hold)
-end
 for i, held_for in ipairs(A.holds) do
-  redis.call('ZADD', KEYS[1], now + held_for, 'r:' .. pid .. ':' .. i)
+  redis.call('ZADD', KEYS[1], now + held_for, 'r:' .. A.pid .. ':' .. i)
 end
 touch()
 return cjson.encode({added = #A.holds})

@@ -735,16 +735,21 @@ def test_the_limiter_keeps_to_the_plan_and_the_cap_whatever_the_headers(
             p = heapq.heappop(pending)
             budget.answered(p.answer_at, p.feedback, p.ticket, p.sent_at)
             # The server's word closes the gate no longer than the client's cap...
-            assert budget._gate_until <= p.answer_at + cap + 1e-9
+            assert budget.learned.gate <= p.answer_at + cap + 1e-9
             # ...nor has its Reset hold back what Remaining says is missing...
             held = budget._cap
             if held is not None and not held.refills:
                 assert held.until <= held.at + cap + 1e-9
             # ...and pacing holds a request back no longer than one paced interval
             # after it opens.
-            paced = budget._pacer.next_free(p.answer_at)
+            pacing = budget.learned.pacing
+            paced = None
+            tat = max(budget._tat, budget.learned.gate)
+            if pacing is not None and pacing.allows(p.answer_at, tat) == 0:
+                _, pace, burst = pacing.now(p.answer_at)
+                paced = tat - (burst - 1) / pace
             if paced is not None:
-                opens = max(p.answer_at, budget._gate_until)
+                opens = max(p.answer_at, budget.learned.gate)
                 assert paced <= opens + 4 * period + 1e-6
 
     t = 0.0

@@ -475,33 +475,3 @@ def test_overtaking_among_our_own_requests_reserves_nothing() -> None:
     # The first sent was counted fifth: four sent after it overtook it on the way.
     budget.answered(0.01, RateFeedback(200, remaining=95), tickets[0], 0.0)
     assert budget.reserved(0.01) == 0
-
-
-def test_a_remaining_counts_ours_still_on_the_way_that_were_sent_before_it() -> None:
-    # Five of ours go out, the last is answered first: the server may count the four
-    # still on the way after it, so what it said is left is four less.
-    budget = answered_once(WindowBudget(RateLimit(20, 2.0)))
-    _first, second, third, _fourth, last = tickets = [budget.take(0.0) for _ in range(5)]
-    assert None not in tickets
-    assert last is not None
-    budget.answered(0.01, RateFeedback(200, remaining=15), last, 0.0)
-    assert budget._server_allows(0.01) == 15 - 4
-    # Their own answers settle it: one that saw more left was counted before it...
-    assert second is not None
-    budget.answered(0.011, RateFeedback(200, remaining=17), second, 0.0)
-    assert budget._server_allows(0.011) == 15 - 3
-    # ...one that saw no more left, after it.
-    assert third is not None
-    budget.answered(0.012, RateFeedback(200, remaining=15), third, 0.0)
-    assert budget._server_allows(0.012) == 15 - 2 - 1
-
-
-def test_a_request_never_sent_stops_counting_against_the_servers_word() -> None:
-    budget = answered_once(WindowBudget(RateLimit(20, 2.0)))
-    unsent, last = budget.take(0.0), budget.take(0.0)
-    assert unsent is not None
-    assert last is not None
-    budget.answered(0.01, RateFeedback(200, remaining=15), last, 0.0)
-    assert budget._server_allows(0.01) == 15 - 1
-    budget.give_back(unsent)
-    assert budget._server_allows(0.01) == 15
