@@ -1,32 +1,22 @@
 """How many requests are on the wire at once.
 
-The rate limiter decides when a request may go; this decides how many of
-those it let go are on the wire together. A window that frees a whole
-budget at once would otherwise put hundreds of requests on the wire in one
-instant, and every connection a pool holds costs CPU on every request (httpx's
-default pool looks at each of its connections each time it hands one out).
-Requests beyond the cap wait here, in order, for a place; the server sees the
-same requests, only spread over the time they take to answer.
+**Guarantee**: no more than :attr:`FlightGate.cap` requests on the wire
+together; the rest wait here in order. The server sees the same requests,
+spread over the time they take to answer, rather than a window's whole budget
+in one instant (every connection a pool holds costs CPU on every request).
 
-The cap is the larger of two needs, and never below :data:`MIN_ON_WIRE`:
+**Rule**: the cap is the larger of two needs, never below :data:`MIN_ON_WIRE`:
 
-* the plan's rate at the round trips measured, twice over
-  (``2 * requests_per_second * round_trip``). The round trip is the quickest
-  seen within the last period of the rate limit, for each kind of request (a
-  submission may take longer to answer than a status call), and the slower
-  kind's counts: a busy event loop makes every answer late, but some answer
-  in a period still comes back quickly, so the cap does not feed on the
-  client's own lag, and a server that slows down for good is followed within
-  a period;
+* twice the plan's rate at the quickest round trip seen within the last
+  period, for the slower kind of request (a busy event loop makes every
+  answer late, but some still come back quickly: the cap does not feed on the
+  client's own lag);
 * a window's budget in :data:`WINDOW_ROUND_TRIPS` round trips, up to
-  :data:`MAX_FOR_WINDOW` at once. A sliding window frees its budget a period
-  after it was spent, so the time a window's budget takes to leave is paid
-  again at the end of every batch: at twice the average rate alone, an
-  Enterprise plan (5,000 a minute) at a 44 ms round trip took 27 s to send
-  each window and a 10,000-video batch ended 1.15 x its bound; in 64 round
-  trips it ends 1.03 x. This need is a count, not a time, so the client's own
-  lag cannot raise it (a cap worked out from a round trip that load had
-  stretched raised the CPU a request on loopback).
+  :data:`MAX_FOR_WINDOW`. A sliding window frees its budget a period after it
+  was spent, so the time a budget takes to leave is paid again at the end of a
+  batch: at twice the rate alone, Enterprise (5,000 a minute, 44 ms round trips)
+  ended a 10,000-video batch 1.15 x its bound; in 64 round trips, 1.03 x. A
+  count, not a time, so load cannot raise it.
 """
 
 from __future__ import annotations

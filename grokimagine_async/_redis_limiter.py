@@ -1,55 +1,34 @@
 """One token's budget shared by every process through Redis.
 
-Algorithm
----------
-The same as :class:`~grokimagine_async.SlidingWindowLimiter`, with the slots
-kept in Redis instead of in the process: a request takes a slot before it is
-sent (held for a lease while in flight) and frees it one period after its
-answer. Every decision runs in a Lua script on the Redis server, atomically
-and on the Redis server's clock, so:
-
 **Guarantee**: across every process that names the same Redis, base URL and
 token, no window of ``period`` seconds on the API's clock holds more than the
-plan's requests (the in-process limiter's proof, with Redis's clock standing
-in for the process's: a slot is taken before the request leaves and freed a
-period after its answer arrived). The hosts' clocks play no part.
+plan's requests.
 
-What one process learns from the answers (a 429 gate, pacing for a server
-that counts more finely, someone else's share from ``X-RateLimit-Remaining``,
-the freshest ``Remaining`` as a cap) is kept in Redis, so every process acts
-on it. The slow start and the cap on requests in flight of the in-process
-limiter, for servers that say nothing of their count, are not shared.
+**Rule**: the in-process limiter's (:class:`~grokimagine_async.SlidingWindowLimiter`),
+with the slots kept in Redis: a request takes a slot in one atomic script
+before it is sent (held for a lease while in flight), and frees it a period
+after its response, on the Redis server's clock, so the hosts' clocks play no
+part. What the responses teach (``_rules.py``) is worked out by the process
+that got the response and kept in Redis for every process to read. The slow
+start and the cap on requests in flight stay each process's own.
 
-Waiting
--------
-Each process queues its own waiters; only the first asks Redis, for as many
-slots as are queued, and the script answers either with slots or with when a
-grant can next succeed, so nobody polls Redis in a loop. Processes that wait
-are queued in Redis by when they started: free slots go to the process that
-has waited longest, so one with a few requests gets its turn beside one with
-thousands queued.
+**Waiting**: each process queues its own waiters; only the first asks Redis,
+for as many slots as are queued, and is told when to ask again, so nobody
+polls in a loop. Free slots go to the process that has waited longest.
 
-When Redis is unreachable
--------------------------
-A call that cannot reach Redis raises :class:`RateLimiterUnavailableError`
+**Redis unreachable**: a call raises :class:`RateLimiterUnavailableError`
 before anything is sent, unless a ``fallback`` share was chosen: the process
-then keeps to that share of the plan on its own (an in-process limiter), and
-rejoins Redis when it answers again. Give each of ``n`` processes a share of
-at most ``1/n`` to stay within the plan while Redis is away.
+then keeps to that share on its own (give each of ``n`` processes at most
+``1/n``) and rejoins when Redis answers again.
 
-A restarted Redis has lost the window. Each process re-adds the slots it still
-holds (answered within the last period, or in flight) when it next reaches
-Redis, or within :data:`RESTART_NOTICE` if it sends nothing, and the first
-process back holds every grant for twice that, so that the others can do the
-same: a couple of seconds, whatever the period. A process new to a Redis
-that started less than that ago holds only for what is left of it; a Redis up
-longer, or one that never held the token's keys, grants at once.
+**Redis restarted** (the window lost): each process re-adds the slots it holds
+when it next reaches Redis, or within :data:`RESTART_NOTICE` if it sends
+nothing, and grants are held for twice that meanwhile; a process new to a
+Redis younger than that holds only for what is left of it.
 
 A process that dies with requests in flight leaves their slots held for the
-lease: the longest a request of its client can be in flight (its timeouts),
-600 s when they are unbounded.
-
-The Redis client (``redis.asyncio``) runs on asyncio only, so this limiter does.
+lease: the longest its client's timeouts let a request take (600 s unbounded).
+Runs on asyncio only (``redis.asyncio``).
 """
 
 from __future__ import annotations
@@ -225,9 +204,9 @@ class RedisLimiter:
         self._retry_redis_at = 0.0
         # Set while a call re-adds this process's slots to a Redis that answers again.
         self._rejoining: anyio.Event | None = None
+        # The last (free, pace, burst) Redis told, and when.
         self._last: tuple[int, float, int] = (rate.requests, 0.0, rate.requests)
         self._last_at = -math.inf
-        self._last_held = 0
         self._refreshing = False
         # Reports that did not reach Redis (it was away): (slot, sent).
         self._unreported: list[tuple[str, bool]] = []
@@ -262,17 +241,11 @@ class RedisLimiter:
         background when that is more than a twentieth of a period old)."""
         free, pace, burst = self._last
         now = time.monotonic()
-        if (
-            now - self._last_at > POLICY.status_fresh_share * self._rate.period
-            and not self._refreshing
-        ):
+        stale = now - self._last_at > POLICY.status_fresh_share * self._rate.period
+        if stale and not self._refreshing:
             with suppress(RuntimeError):  # no event loop running: the last figures do
-                self._spawn(self._refresh())
+                self._spawn(self._look(None))
                 self._refreshing = True
-        # Until the answer comes: the slots held then free over a period at most, taken
-        # as evenly (an estimate for callers that plan ahead; grants are Redis's).
-        elapsed = min(1.0, max(0.0, now - self._last_at) / self._rate.period)
-        free = min(self._rate.requests, free + math.floor(self._last_held * elapsed))
         self._expire_held(now)
         return RateLimitStatus(
             limit=self._rate.requests,
@@ -650,34 +623,29 @@ class RedisLimiter:
                 continue
             if epoch is None or _text(epoch) != self._epoch:
                 # Lost with a restart: the slots go back at once, under a new state.
-                await self._ask_reseed()
+                await self._look(self._restart_hold())
 
-    async def _look(self, restarted: float) -> None:
-        """Ask Redis for the budget without taking from it."""
-        reply = await self._run_acquire(0, restarted)
+    async def _look(self, restarted: float | None) -> None:
+        """Ask Redis for the budget without taking from it (``restarted``: seconds
+        to hold grants if the state is gone; None: work it out)."""
+        try:
+            await self._quietly("look at the budget", self._look_at(restarted))
+        finally:
+            self._refreshing = False
+
+    async def _look_at(self, restarted: float | None) -> None:
+        hold = await self._maybe_restarted() if restarted is None else restarted
+        reply = await self._run_acquire(0, hold)
         self._heard(reply)
         await self._check_epoch(str(reply["epoch"]))
 
     def _heard(self, reply: dict[str, Any]) -> None:
         self._last = (int(reply["free"]), float(reply["pace"]), int(reply["burst"]))
-        self._last_held = int(reply["held"])
         self._last_at = time.monotonic()
         if self._unreported:
             late, self._unreported = self._unreported, []
             for seq, sent in late:
                 self._spawn(self._report(seq, 0.0, None, sent))
-
-    async def _refresh(self) -> None:
-        try:
-            await self._quietly("look at the budget", self._look_now())
-        finally:
-            self._refreshing = False
-
-    async def _look_now(self) -> None:
-        await self._look(await self._maybe_restarted())
-
-    async def _ask_reseed(self) -> None:
-        await self._quietly("look at the budget", self._look(self._restart_hold()))
 
     async def _leave_queue(self) -> None:
         await self._quietly("leave the queue", self._leave(keys=self._keys[2:], args=[self._pid]))
