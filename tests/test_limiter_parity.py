@@ -70,12 +70,20 @@ def counting(others: int) -> Answer:
     return answer
 
 
+def per_tenth(i: int, grants: Sequence[float]) -> RateFeedback:
+    """A server that counts per tenth of the period (a per-second gateway in front
+    of a per-minute plan): more than a tenth of the plan in one is refused."""
+    recent = sum(1 for t in grants if t > grants[-1] - PERIOD / 10)
+    return refused() if recent > LIMIT // 10 else OK
+
+
 SCENARIOS = [
     Scenario("200s, nothing said", 25, lambda i, g: OK),
     Scenario("200s with Remaining and Reset", 25, counting(others=0)),
     Scenario("a 429 without advice", 8, lambda i, g: refused() if i == 3 else OK),
     Scenario("a 429 with Retry-After", 6, lambda i, g: refused(retry_after=0.3) if i == 2 else OK),
     Scenario("two 429s in a row", 8, lambda i, g: refused() if i in (2, 3) else OK),
+    Scenario("a per-second server", 30, per_tenth),
     Scenario("a request that never answers", 22, lambda i, g: None if i == 0 else OK),
     Scenario("a hidden second spender", 20, counting(others=6)),
     Scenario(
