@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import ModuleType
@@ -137,3 +137,15 @@ async def running(
 
 def prompts(n: int) -> list[dict[str, str]]:
     return [{"prompt": f"video {i}"} for i in range(n)]
+
+
+def on_virtual_clock(main: Callable[[], Awaitable[None]]) -> None:
+    """Run ``main`` in a fresh trio loop whose clock jumps over every sleep (a
+    test of timing that no load can change)."""
+    import trio.testing
+
+    anyio.run(
+        main,
+        backend="trio",
+        backend_options={"clock": trio.testing.MockClock(autojump_threshold=0)},
+    )

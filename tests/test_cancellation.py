@@ -36,8 +36,11 @@ pytestmark = [
 ]
 
 OPERATIONS = ["generate_many", "watch", "wait", "download"]
-#: How long a cancelled call may take to return.
-PROMPT_STOP = 1.0
+#: The deadline for a cancelled call to return. Every wait it could be stuck in here
+#: is longer (a generation of 60 s, a video host that hangs 30 s, a limiter slot a
+#: period off), so a call that returns within it did not wait for any of them; and
+#: a loaded machine is far inside it.
+DEADLINE = 20.0
 
 
 def open_descriptors() -> int:
@@ -109,8 +112,9 @@ async def cancelled_while_busy(
     async with serving(sim, in_thread=True) as url:
         baseline = open_descriptors()
         tasks_before = len(anyio.get_running_tasks())
-        # A slow plan keeps the batch half sent when it is cancelled.
-        rate = RateLimit(10, 1.0) if op == "generate_many" else RateLimit(100, 1.0)
+        # A slow plan keeps the batch half sent when it is cancelled, its next slot a
+        # minute off.
+        rate = RateLimit(10, 60.0) if op == "generate_many" else RateLimit(100, 1.0)
         client = AsyncClient(TOKEN, base_url=url, rate_limit=rate, poll_interval=0.05)
         busy = Busy(op, sim, client, tmp_path)
         async with client:
@@ -132,7 +136,8 @@ async def cancel(
         await until(ready)
         started = time.monotonic()
         task.cancel()
-        await asyncio.wait([task])
+        with anyio.fail_after(DEADLINE):
+            await asyncio.wait([task])
         assert task.cancelled()
         return time.monotonic() - started
     ended = anyio.Event()
@@ -149,7 +154,8 @@ async def cancel(
         await until(ready)
         started = time.monotonic()
         scope.cancel()
-        await ended.wait()
+        with anyio.fail_after(DEADLINE):
+            await ended.wait()
     assert scope.cancelled_caught
     return time.monotonic() - started
 
@@ -167,8 +173,7 @@ async def test_a_cancelled_call_stops_at_once_and_leaves_nothing(
 ) -> None:
     if how == "asyncio Task.cancel" and sniffio.current_async_library() != "asyncio":
         pytest.skip("asyncio's own cancellation")
-    sim, _, took, _ = await cancelled_while_busy(op, how, tmp_path)
-    assert took < PROMPT_STOP
+    sim, _, _, _ = await cancelled_while_busy(op, how, tmp_path)
     if op == "generate_many":
         assert 5 <= sim.stats.tasks_created < 30
 

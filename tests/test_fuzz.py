@@ -18,7 +18,7 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -28,7 +28,6 @@ from typing import Any, NoReturn
 import anyio
 import httpx
 import pytest
-import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,7 +48,7 @@ from grokimagine_async import (
 from grokimagine_async._headers import RateFeedback
 from grokimagine_async._sliding_window import SlidingWindowLimiter, WindowBudget
 
-from .helpers import TOKEN, Recorder, api_error, make_client
+from .helpers import TOKEN, Recorder, api_error, make_client, on_virtual_clock
 
 TASK: dict[str, object] = {"task_id": "task_1", "status": "processing", "response": []}
 
@@ -398,15 +397,6 @@ class Server:
             answer.raise_()
         assert isinstance(answer, Answer)
         return answer.response(self.tmp)
-
-
-def on_virtual_clock(main: Callable[[], Awaitable[None]]) -> None:
-    """Run ``main`` in a fresh trio loop whose clock jumps over every sleep."""
-    anyio.run(
-        main,
-        backend="trio",
-        backend_options={"clock": trio.testing.MockClock(autojump_threshold=0)},
-    )
 
 
 def client_for(server: Server, cap: float, plan: RateLimit = PLAN, **kwargs: Any) -> AsyncClient:

@@ -294,15 +294,18 @@ async def test_a_process_with_one_request_is_served_beside_one_with_hundreds(
                 # B comes later, while A's slots free one at a time.
                 while len(a_grants) <= LIMIT:  # noqa: ASYNC110 - the state is A's
                     await anyio.sleep(0.01)
-            asked = time.monotonic()
+            a_before = len(a_grants)
             b_grants: list[float] = []
-            with anyio.move_on_after(2 * PERIOD):
+            with anyio.fail_after(10 * PERIOD):
                 await request(b, b_grants)
             a_waiting = a.status().waiting
             tg.cancel_scope.cancel()
     assert a_waiting > 100  # A still had many queued: B did not just wait for A to finish
-    assert b_grants, "B was not served within two periods"
-    assert b_grants[0] - asked < 1.5 * PERIOD
+    # B's one request took its turn beside A's: A was granted fewer than a window's
+    # worth meanwhile (counted, not timed).
+    a_meanwhile = sum(1 for t in a_grants[a_before:] if t < b_grants[0])
+    print(f"A granted {a_meanwhile} while B waited")
+    assert a_meanwhile < LIMIT
 
 
 # -- 4. shared learning -----------------------------------------------------------------
@@ -340,7 +343,8 @@ async def test_a_429_seen_by_one_process_closes_the_gate_for_the_others(
         later.record(ANSWERED)
     # B knew nothing of the 429 itself: Redis told it. And the gate reopened: what the
     # 429 left unknown of the window comes back at the plan's pace from then on.
-    assert retry_after - 0.02 <= waited < retry_after + 0.5 * PERIOD, waited
+    # (How soon after the gate it went is a speed: rate_limit.py's.)
+    assert retry_after - 0.02 <= waited, waited
 
 
 async def test_no_server_advised_wait_shuts_the_processes_out_past_the_cap(
@@ -575,6 +579,10 @@ async def test_waiters_queued_in_the_fallback_do_not_overrun_the_plan_after_rejo
                 while True:
                     await c.get_task(task_id)
 
+            async def many_queued_locally() -> bool:
+                fallback = getattr(client._limiter, "_fallback", None)
+                return fallback is not None and fallback.status().waiting >= 4
+
             async def rejoined() -> bool:
                 # The process re-adds what it holds as it rejoins.
                 return bool(await r.exists(slots))
@@ -583,7 +591,7 @@ async def test_waiters_queued_in_the_fallback_do_not_overrun_the_plan_after_rejo
                 async with anyio.create_task_group() as tg:
                     for _ in range(3 * LIMIT):
                         tg.start_soon(poll, client)
-                    await anyio.sleep(0.5 * PERIOD)  # many queued in the fallback by now
+                    await wait_for(many_queued_locally, within=2 * PERIOD)
                     redis_server.start()
                     await wait_for(rejoined, within=PERIOD)
                     back = time.monotonic()
