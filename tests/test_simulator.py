@@ -1610,7 +1610,7 @@ def test_cli_rate_models_burst_and_no_rate_headers(capsys: pytest.CaptureFixture
     "program", [["grokimagine_async.simulator"], ["grokimagine_async", "simulate"]]
 )
 def test_cli_serves_until_terminated(program: list[str]) -> None:
-    command = [sys.executable, "-m", *program, "--port", "0", "--limit", "5"]
+    command = [sys.executable, "-m", *program, "--port", "0", "--limit", "5", "--period", "2"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     # readline() has no timeout of its own; a server that never starts must not hang the run.
     watchdog = threading.Timer(20.0, process.kill)
@@ -1621,6 +1621,11 @@ def test_cli_serves_until_terminated(program: list[str]) -> None:
         match = re.search(r"listening on (http://\S+)", line)
         assert match, line
         assert "Bearer" in process.stdout.readline()
+        # How to point a client at it, compressed minute included (else it keeps to a
+        # real minute and stalls).
+        hint = process.stdout.readline()
+        assert f"GROKIMAGINE_BASE_URL={match[1]}" in hint
+        assert "GROKIMAGINE_RATE_LIMIT=5/2s" in hint
         answer = httpx.post(
             f"{match[1]}/v1/generate", json={"prompt": "p"}, headers=AUTH, timeout=5
         )

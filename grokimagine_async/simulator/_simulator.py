@@ -212,6 +212,15 @@ class Simulator:
             else:
                 hint = "only the tokens given with --api-key are accepted"
             print(f"  {hint}; stats at {url}/_sim/stats", flush=True)
+            # A client keeps to its own idea of the plan: a compressed period it is
+            # not told of would have it wait out a real minute.
+            rate = f"{self.config.limit}/{self.config.period:g}s"
+            key = "sim-token" if self.config.api_keys is None else "<a token given with --api-key>"
+            print(
+                f"  point a client at it: GROKIMAGINE_BASE_URL={url} "
+                f"GROKIMAGINE_API_KEY={key} GROKIMAGINE_RATE_LIMIT={rate}",
+                flush=True,
+            )
 
         _server.run(self, host, port, on_ready=announce)
         if not quiet:
