@@ -604,6 +604,11 @@ class _Batch:
             unsent = never_sent(exc)
             if not (isinstance(exc, APIConnectionError) and exc.request_sent):
                 self.credits.refund()
+            if unsent and self.stopping:
+                # Never sent, and the batch already stopped (the shared limiter fails
+                # every waiting request at once): one error says why, the rest skipped.
+                self.settle(item, OutcomeStatus.SKIPPED, error=self.stop_reason)
+                return
             self.settle(item, OutcomeStatus.ERROR, error=exc)
             if isinstance(exc, AuthenticationError) or unsent:
                 # A refused token, or a host (or the shared limiter's Redis) that could

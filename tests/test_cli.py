@@ -245,6 +245,31 @@ def test_redis_url_makes_the_command_share_the_plan_through_redis(
     no_token_anywhere(result)
 
 
+def test_a_batch_with_redis_unreachable_stops_in_one_line_naming_the_flags(
+    sim: tuple[Simulator, str], key_file: Path, tmp_path: Path
+) -> None:
+    simulator, url = sim
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"video {i}\n" for i in range(20)))
+    result = grok(
+        "batch", prompts, "--out", tmp_path / "v", "--redis-url", closed, "--progress", "plain",
+        *fast(url, key_file),
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if "Redis" in line]
+    assert len(errors) == 1, result.stderr
+    assert "--redis-url" in errors[0]
+    assert "--redis-fallback" in errors[0]
+    assert "redis_url" not in result.stderr
+    assert "redis_fallback" not in result.stderr
+    assert "20 rows not submitted" in errors[0]
+    assert simulator.stats.requests == 0
+    no_token_anywhere(result)
+
+
 # -- generate, status, download ---------------------------------------------------------
 
 

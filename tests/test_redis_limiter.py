@@ -13,9 +13,11 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import textwrap
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -32,6 +34,7 @@ from redis.backoff import NoBackoff
 from grokimagine_async import (
     AsyncClient,
     ConfigurationError,
+    OutcomeStatus,
     RateLimit,
     RateLimiterUnavailableError,
     RedisLimiter,
@@ -883,3 +886,17 @@ async def test_a_grant_whose_answer_a_cancellation_dropped_is_given_back(
         await answered.wait()
         # Given back at once, not held for the 600 s lease.
         await wait_for(lambda: _equals(r.zcard(slots), 0), within=2)
+
+
+async def test_a_batch_with_redis_unreachable_ends_in_one_error_and_the_rest_skipped() -> None:
+    # The shared limiter fails every waiting request at once; one error says why.
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    sim = sliding_sim()
+    async with serving(sim) as url:
+        client = AsyncClient(TOKEN, base_url=url, rate_limit=RATE, redis_url=closed)
+        async with client, client.generate_many([{"prompt": f"v{i}"} for i in range(8)]) as results:
+            statuses = Counter([outcome.status async for outcome in results])
+    assert statuses == {OutcomeStatus.ERROR: 1, OutcomeStatus.SKIPPED: 7}
+    assert sim.stats.requests == 0

@@ -9,13 +9,14 @@ import anyio
 import typer
 
 from .._exceptions import (
-    APIConnectionError,
     AuthenticationError,
     ConfigurationError,
     GrokImagineError,
     InputFileError,
     JournalError,
+    RateLimiterUnavailableError,
     RequestValidationError,
+    never_sent,
 )
 from ._format import plural, stderr
 
@@ -73,10 +74,9 @@ def run(main: Callable[[], Awaitable[T]], *, interrupted: Callable[[], str] | No
 
 def stops_batch(error: BaseException | None) -> bool:
     """Whether an error proves that every other request of a batch would end the same way:
-    a refused token, or a host no retry could reach. The pipeline stops on either."""
-    if isinstance(error, AuthenticationError):
-        return True
-    return isinstance(error, APIConnectionError) and not error.request_sent
+    a refused token, or a request that provably never left (a host no retry could
+    reach, the shared limiter's Redis away). The pipeline stops on either."""
+    return isinstance(error, AuthenticationError) or never_sent(error)
 
 
 def stop_line(reason: GrokImagineError, not_submitted: int) -> tuple[int, str]:
@@ -86,6 +86,14 @@ def stop_line(reason: GrokImagineError, not_submitted: int) -> tuple[int, str]:
         return EXIT_USAGE, (
             f"the API refused the token, so the batch stopped ({rows} not submitted): "
             f"{reason}. Fix GROKIMAGINE_API_KEY or --api-key-file, then rerun the same command"
+        )
+    if isinstance(reason, RateLimiterUnavailableError):
+        cause = type(reason.__cause__).__name__ if reason.__cause__ else "no answer"
+        return EXIT_FAILED, (
+            f"the shared rate limiter's Redis could not be reached ({cause}), so the batch "
+            f"stopped ({rows} not submitted, nothing sent). Check --redis-url (or "
+            "GROKIMAGINE_REDIS_URL), or pass --redis-fallback 0.25 to go on at a share of "
+            "the plan meanwhile; then rerun the same command"
         )
     return EXIT_FAILED, (
         f"the API could not be reached, so the batch stopped ({rows} not submitted): "
