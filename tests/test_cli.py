@@ -328,14 +328,29 @@ def test_a_refused_token_is_a_usage_error_for_every_command(tmp_path: Path) -> N
     with strict.serve_in_thread() as url:
         bad = ["--base-url", url, "--rate-limit", "60/1s"]
         batch: list[str | Path] = ["batch", prompts, "--out", out, *bad, *FAST]
-        for args in (["status", "task_1", "task_2"], ["download", "task_1", "task_2"]):
+        commands: list[list[str | Path]] = [
+            ["status", "task_1", "task_2"],
+            ["download", "task_1", "task_2"],
+            ["generate", "a fox", "--out", out, *FAST],
+            batch,
+        ]
+        for args in commands:
             result = grok(*args, *bad, GROKIMAGINE_API_KEY="wrong")
             assert result.exit_code == 2, result.output
-            assert "401" in result.stderr
-        refused = grok(*batch, GROKIMAGINE_API_KEY="wrong")
-        assert refused.exit_code == 2, refused.output
-        assert "refused the token" in refused.stderr
+            # Every command says the same: what happened, and what to fix.
+            assert "refused the token" in said(result), (args[0], result.output)
+            assert "Fix GROKIMAGINE_API_KEY or --api-key-file" in said(result), args[0]
         assert strict.stats.tasks_created == 0
+        # Nothing was made: no journal is left to wonder about.
+        assert not (tmp_path / "v.journal.db").exists()
+        # No token at all: said before any estimate of the spend (--dry-run needs none).
+        missing = grok(*batch, *bad, GROKIMAGINE_API_KEY="")
+        assert missing.exit_code == 2
+        assert "no API token" in said(missing)
+        assert "to submit now" not in missing.output
+        dry = grok(*batch, *bad, "--dry-run", GROKIMAGINE_API_KEY="")
+        assert dry.exit_code == 0, dry.output
+        assert "to submit now" in dry.output
         fixed = grok(*batch, GROKIMAGINE_API_KEY="good")
     assert fixed.exit_code == 0, fixed.output
     assert strict.stats.tasks_created == 3

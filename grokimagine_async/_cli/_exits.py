@@ -25,6 +25,9 @@ T = TypeVar("T")
 #: Exit codes, as the docs and ``--help`` promise them.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+#: What to do about a refused token, in every command's words.
+TOKEN_ADVICE = "Fix GROKIMAGINE_API_KEY or --api-key-file"  # noqa: S105 - advice, not a secret
+
 #: Errors found before anything is paid for, that the user fixes: a usage error.
 _USAGE_ERRORS = (
     ConfigurationError,
@@ -44,6 +47,8 @@ def exit_for(exc: BaseException) -> tuple[int, str] | None:
     """The exit code and the one line an error ends a command with; None for a bug."""
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(exc, AuthenticationError):
+        return EXIT_USAGE, f"the API refused the token: {exc}. {TOKEN_ADVICE}"
     if isinstance(exc, _USAGE_ERRORS):
         return EXIT_USAGE, str(exc)
     if isinstance(exc, GrokImagineError):
@@ -85,7 +90,7 @@ def stop_line(reason: GrokImagineError, not_submitted: int) -> tuple[int, str]:
     if isinstance(reason, AuthenticationError):
         return EXIT_USAGE, (
             f"the API refused the token, so the batch stopped ({rows} not submitted): "
-            f"{reason}. Fix GROKIMAGINE_API_KEY or --api-key-file, then rerun the same command"
+            f"{reason}. {TOKEN_ADVICE}, then rerun the same command"
         )
     if isinstance(reason, RateLimiterUnavailableError):
         cause = type(reason.__cause__).__name__ if reason.__cause__ else "no answer"

@@ -183,13 +183,14 @@ def batch(
         fail(str(exc))
     if source.changed:
         fail(source.changed)
-    print_estimate(stderr(), plan, rate_source, rate_hint, journal_path)
     if dry_run:
+        print_estimate(stderr(), plan, rate_source, rate_hint, journal_path)
         raise typer.Exit(EXIT_OK)
-    try:
+    try:  # no token: said before any estimate of what it would spend
         client = connection.client(poll_interval=poll_interval)
     except ConfigurationError as exc:
         fail(str(exc))
+    print_estimate(stderr(), plan, rate_source, rate_hint, journal_path)
     report = report or out / "report.json"
     if report.is_dir():
         fail(f"--report {report} is a folder: name a file")
@@ -237,6 +238,10 @@ def interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
+#: The files SQLite keeps beside a journal while it is open.
+_SQLITE = ("-wal", "-shm", "-journal")
+
+
 def run_batch(
     client: AsyncClient,
     rows: BatchFile,
@@ -253,6 +258,7 @@ def run_batch(
     demo: bool = False,
 ) -> NoReturn:
     """Run a batch to its end and exit with its code, after the summary."""
+    journal_new = journal is not None and not journal.exists()
     err = stderr()
     view = Progress(progress)
     live = view is Progress.LIVE or (view is Progress.AUTO and err.is_terminal)
@@ -299,6 +305,11 @@ def run_batch(
     if job.stop_reason is not None:
         if job.created_anything:
             print_summary(job, keep_report(failed=True))
+        elif journal is not None and journal_new and not job.counts.get(OutcomeStatus.UNCERTAIN):
+            # Stopped before any task was made (a refused token, nothing reachable):
+            # a journal of nothing would only be left to wonder about.
+            for path in (journal, *(journal.with_name(journal.name + x) for x in _SQLITE)):
+                path.unlink(missing_ok=True)
         code, line = stop_line(job.stop_reason, sum(r.not_submitted for r in job.results))
         fail(line, code)
     print_summary(job, keep_report(failed=False))
