@@ -856,6 +856,10 @@ def test_demo_runs_a_batch_into_the_folder(tmp_path: Path) -> None:
     for video in out.glob("*.mp4"):
         assert video.read_bytes()[4:8] == b"ftyp"
     assert "0 answered 429" in result.stderr
+    # Its exit code is the one its help promises: 0 once videos were made, failed
+    # ones (the simulator's, on purpose) or not.
+    assert "demo: 0 once it made videos" in said(grok("--help"))
+    assert "Exits 0 once it made videos" in said(grok("demo", "--help"))
 
 
 # -- the journal the batch relies on ------------------------------------------------------

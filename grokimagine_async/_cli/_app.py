@@ -21,7 +21,8 @@ app = typer.Typer(
         "within your plan's rate limit and without paying twice for one video.\n\n"
         "The token comes from GROKIMAGINE_API_KEY or --api-key-file and is never "
         "printed. Exit codes: 0 all done, 1 some failed, 2 usage or configuration "
-        "error, 130 interrupted."
+        "error, 130 interrupted (demo: 0 once it made videos; its simulator fails one "
+        "in ten on purpose)."
     ),
     no_args_is_help=True,
     add_completion=False,

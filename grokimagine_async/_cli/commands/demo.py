@@ -49,7 +49,8 @@ def demo(
     """Run a batch of sample prompts against the built-in simulator, into ./videos.
 
     The simulator runs in this process with time compressed (a rate-limit minute
-    of 2 s, videos in 2-6 s, one in ten failing); nothing is spent.
+    of 2 s, videos in 2-6 s, one in ten failing); nothing is spent. Exits 0 once it
+    made videos: its failures are the simulator's, on purpose, to show how they read.
     """
     from ...simulator import Simulator
 
