@@ -21,6 +21,7 @@ from grokimagine_async import (
     APIStatusError,
     AsyncClient,
     GrokImagineError,
+    NotFoundError,
     RequestValidationError,
     SubmitUncertainError,
     Task,
@@ -40,6 +41,19 @@ def describe(task: Task) -> dict[str, Any]:
     }
 
 
+def upstream(exc: GrokImagineError) -> tuple[int, str]:
+    """What a web caller is told of the video service's failure (see fastapi_app.py):
+    its own words where the API gave them, never the upstream URL."""
+    if isinstance(exc, NotFoundError):
+        return 404, "no such task"
+    if isinstance(exc, SubmitUncertainError):
+        # Not retried here either: it may have created a paid task.
+        return 502, "the video service did not answer; the task may exist"
+    if isinstance(exc, APIStatusError) and exc.api_message:
+        return 502, exc.api_message
+    return 502, "the video service could not be reached; try again shortly"
+
+
 def create_app(
     make_client: Callable[[], AsyncClient] = AsyncClient, poll_every: float = 5.0
 ) -> web.Application:
@@ -57,18 +71,17 @@ def create_app(
                 detail = {"field": exc.field, "problem": exc.problem, "fix": exc.fix}
                 return web.json_response({"detail": detail}, status=422)
             return web.json_response({"detail": "the body must be JSON"}, status=400)
-        except SubmitUncertainError as exc:
-            # Not retried here either: it may have created a paid task.
-            return web.json_response({"detail": str(exc)}, status=502)
-        except APIStatusError as exc:
-            return web.json_response({"detail": exc.api_message or str(exc)}, status=502)
+        except GrokImagineError as exc:
+            status, said = upstream(exc)
+            return web.json_response({"detail": said}, status=status)
         return web.json_response({"task_id": task_id}, status=202)
 
     async def state(request: web.Request) -> web.Response:
         try:
             task = await request.app[CLIENT].get_task(request.match_info["task_id"])
         except GrokImagineError as exc:
-            return web.json_response({"detail": str(exc)}, status=502)
+            status, detail = upstream(exc)
+            return web.json_response({"detail": detail}, status=status)
         return web.json_response(describe(task))
 
     async def events(request: web.Request) -> web.StreamResponse:
@@ -80,7 +93,8 @@ def create_app(
             try:
                 task = await client.get_task(request.match_info["task_id"])
             except GrokImagineError as exc:
-                await response.write(f"event: error\ndata: {json.dumps(str(exc))}\n\n".encode())
+                detail = json.dumps(upstream(exc)[1])
+                await response.write(f"event: error\ndata: {detail}\n\n".encode())
                 break
             if task.raw_status != last:
                 last = task.raw_status

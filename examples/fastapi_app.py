@@ -32,6 +32,7 @@ from grokimagine_async import (
     APIStatusError,
     AsyncClient,
     GrokImagineError,
+    NotFoundError,
     RequestValidationError,
     SubmitUncertainError,
     Task,
@@ -45,6 +46,20 @@ FIX_FOR_CALLERS = {
     "ratio": f'send "ratio" as one of {", ".join(DOCUMENTED_RATIOS)}',
     "images": 'send "images" as a list of http(s) URLs of images the API can fetch',
 }
+
+
+def upstream(exc: GrokImagineError) -> HTTPException:
+    """What a web caller is told of the video service's failure: its own words where
+    the API gave them, never the upstream URL or how this app reaches it (those go to
+    the log)."""
+    if isinstance(exc, NotFoundError):
+        return HTTPException(404, "no such task")
+    if isinstance(exc, SubmitUncertainError):
+        # Not retried here either: it may have created a paid task.
+        return HTTPException(502, "the video service did not answer; the task may exist")
+    if isinstance(exc, APIStatusError) and exc.api_message:
+        return HTTPException(502, exc.api_message)
+    return HTTPException(502, "the video service could not be reached; try again shortly")
 
 
 class VideoRequest(BaseModel):
@@ -88,11 +103,8 @@ def create_app(
             fix = FIX_FOR_CALLERS.get(exc.field, "correct the field and send the request again")
             detail = {"field": exc.field, "problem": exc.problem, "fix": fix}
             raise HTTPException(422, detail) from exc
-        except SubmitUncertainError as exc:
-            # Not retried here either: it may have created a paid task.
-            raise HTTPException(502, str(exc)) from exc
-        except APIStatusError as exc:
-            raise HTTPException(502, exc.api_message or str(exc)) from exc
+        except GrokImagineError as exc:
+            raise upstream(exc) from exc
         return {"task_id": task_id}
 
     @app.get("/videos/{task_id}")
@@ -100,7 +112,7 @@ def create_app(
         try:
             return describe(await client_of(request).get_task(task_id))
         except GrokImagineError as exc:
-            raise HTTPException(502, str(exc)) from exc
+            raise upstream(exc) from exc
 
     @app.get("/videos/{task_id}/events")
     async def events(task_id: str, request: Request) -> StreamingResponse:
@@ -112,7 +124,7 @@ def create_app(
                 try:
                     task = await client.get_task(task_id)
                 except GrokImagineError as exc:
-                    yield f"event: error\ndata: {json.dumps(str(exc))}\n\n"
+                    yield f"event: error\ndata: {json.dumps(upstream(exc).detail)}\n\n"
                     return
                 if task.raw_status != last:
                     last = task.raw_status

@@ -31,6 +31,8 @@ async def test_start_follow_and_stream_a_video() -> None:
                 started = await http.post("/videos", json={"prompt": "a fox"})
                 task_id = (await started.json())["task_id"]
                 first = await (await http.get(f"/videos/{task_id}")).json()
+                unknown = await http.get("/videos/no-such-task")
+                unknown_text = await unknown.text()
                 response = await http.get(f"/videos/{task_id}/events")
                 text = await response.text()
     events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
@@ -41,3 +43,7 @@ async def test_start_follow_and_stream_a_video() -> None:
     assert events[-1]["state"] == "completed"
     assert events[-1]["videos"]
     assert sim.stats.tasks_created == 1
+    # An unknown id is the web caller's 404, and the upstream URL stays inside.
+    assert unknown.status == 404
+    assert url not in unknown_text
+    assert "/v1/" not in unknown_text

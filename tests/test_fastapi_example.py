@@ -35,6 +35,7 @@ async def test_start_follow_and_stream_a_video(monkeypatch: pytest.MonkeyPatch) 
                 started = await http.post("/videos", json={"prompt": "a fox"})
                 task_id = started.json()["task_id"]
                 first = (await http.get(f"/videos/{task_id}")).json()
+                unknown = await http.get("/videos/no-such-task")
                 events = []
                 async with http.stream("GET", f"/videos/{task_id}/events") as response:
                     async for line in response.aiter_lines():
@@ -51,3 +52,8 @@ async def test_start_follow_and_stream_a_video(monkeypatch: pytest.MonkeyPatch) 
     assert events[-1]["state"] == "completed"
     assert events[-1]["videos"]
     assert sim.stats.tasks_created == 1
+    # An id the API does not know is the web caller's 404, and how this app reaches
+    # the API stays inside it.
+    assert unknown.status_code == 404
+    assert url not in unknown.text
+    assert "/v1/" not in unknown.text
