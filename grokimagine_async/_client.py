@@ -34,6 +34,7 @@ from ._config import (
 )
 from ._download import download_task
 from ._exceptions import (
+    NOT_FOUND_GRACE,
     APIError,
     ClientClosedError,
     ConfigurationError,
@@ -271,6 +272,8 @@ class AsyncClient:
             )
         _check_setting("max_retry_after", max_retry_after, zero_ok=False, example="120")
         self._poll_interval = resolve_poll_interval(poll_interval)
+        # Task ids this client created lately, by when (see submitted_at).
+        self._recent: dict[str, float] = {}
         http_timeout: httpx.Timeout | httpx._client.UseClientDefault
         if isinstance(timeout, httpx.Timeout):
             http_timeout = timeout
@@ -476,7 +479,25 @@ class AsyncClient:
                 cause=cause,
             ) from cause
         logger.debug("submitted task %s", task_id)
+        self._remember(task_id)
         return task_id
+
+    def _remember(self, task_id: str) -> None:
+        """Note a task this client just created: a status call may not see it yet."""
+        now = anyio.current_time()
+        recent = self._recent
+        recent[task_id] = now
+        while recent:
+            oldest = next(iter(recent))
+            if now - recent[oldest] <= NOT_FOUND_GRACE:
+                break
+            del recent[oldest]
+
+    def submitted_at(self, task_id: str) -> float | None:
+        """When this client submitted ``task_id`` (``anyio.current_time()``), if it did
+        within the last :data:`NOT_FOUND_GRACE` seconds: only such a task is given time
+        to show up in status calls; a 404 for any other id is final at once."""
+        return self._recent.get(task_id)
 
     async def get_task(self, task_id: str) -> Task:
         """One status call: the task as the server sees it now."""
@@ -521,6 +542,8 @@ class AsyncClient:
         interval = self._poll_interval if poll_interval is None else poll_interval
         started = anyio.current_time()
         deadline = None if timeout is None else started + timeout
+        # Only a task this client just created may not be visible yet.
+        submitted = self.submitted_at(task_id)
         last: Task | None = None
         last_error: APIError | None = None
         delay = float(interval)
@@ -533,7 +556,8 @@ class AsyncClient:
                     last = await self.get_task(task_id)
                     last_error = None
                 except APIError as exc:
-                    if poll_error_is_final(exc, anyio.current_time() - started):
+                    age = math.inf if submitted is None else anyio.current_time() - submitted
+                    if poll_error_is_final(exc, age):
                         raise TaskPollError(task_id, exc, last) from exc
                     last_error = exc
             if scope.cancelled_caught:

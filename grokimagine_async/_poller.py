@@ -54,6 +54,9 @@ class StatusSource(Protocol):
     async def get_task(self, task_id: str) -> Task:
         """One status call."""
 
+    def submitted_at(self, task_id: str) -> float | None:
+        """When this client submitted the task, if it did just now (else None)."""
+
     def rate_limit_status(self) -> RateLimitStatus:
         """The token's budget now."""
 
@@ -99,7 +102,9 @@ class DurationModel:
 
 @dataclass(eq=False)
 class _Watched:
-    __slots__ = ("done", "due", "in_flight", "last", "last_poll", "polls", "since", "task_id")
+    __slots__ = (
+        "done", "due", "fresh", "in_flight", "last", "last_poll", "polls", "since", "task_id",
+    )  # fmt: skip
     task_id: str
     since: float
     due: float
@@ -108,6 +113,8 @@ class _Watched:
     in_flight: bool
     done: bool
     last: Task | None
+    #: Created just now (by this client): a 404 is not final at once.
+    fresh: bool
 
 
 @dataclass(frozen=True)
@@ -172,14 +179,14 @@ class Poller:
         """Tasks not yet settled, with the last state seen of each."""
         return {t.task_id: t.last for t in self._tasks.values()}
 
-    def add(self, task_id: str, since: float | None = None) -> None:
-        """Watch a task submitted at ``since`` (``anyio.current_time()``; now if None)."""
+    def add(self, task_id: str, since: float | None = None, *, fresh: bool = True) -> None:
+        """Watch a task submitted at ``since`` (``anyio.current_time()``; now if None).
+        ``fresh``: it may have been created just now, so a 404 is not final at once."""
         if task_id in self._tasks:
             return
         now = anyio.current_time()
-        watched = _Watched(
-            task_id, now if since is None else since, math.inf, 0, -math.inf, False, False, None
-        )
+        start = now if since is None else since
+        watched = _Watched(task_id, start, math.inf, 0, -math.inf, False, False, None, fresh)
         self._tasks[task_id] = watched
         self._rotation.append(watched)
         self._schedule(watched, now)
@@ -349,7 +356,8 @@ class Poller:
             self._in_flight -= 1
             w.in_flight = False
             self._wakeup.set()
-        if error is not None and poll_error_is_final(error, sent - w.since):
+        age = sent - w.since if w.fresh else math.inf
+        if error is not None and poll_error_is_final(error, age):
             self._settle(w, PollResult(w.task_id, w.last, error))
             return
         now = anyio.current_time()

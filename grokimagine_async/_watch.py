@@ -29,6 +29,7 @@ class TaskWatch:
         timeout: float | None,
         poll_interval: float | None,
     ) -> None:
+        self._source = source
         self._ready: deque[PollResult] = deque()
         self._poller = Poller(
             get_task=source.get_task,
@@ -42,8 +43,11 @@ class TaskWatch:
             self.add(task_id)
 
     def add(self, task_id: str) -> None:
-        """Watch one more task (an id already watched is watched once)."""
-        self._poller.add(check_task_id(task_id))
+        """Watch one more task (an id already watched is watched once). Only one this
+        client just submitted is given time to show up: a 404 for another is final."""
+        task_id = check_task_id(task_id)
+        since = self._source.submitted_at(task_id)
+        self._poller.add(task_id, since, fresh=since is not None)
 
     @property
     def unfinished(self) -> dict[str, Task | None]:

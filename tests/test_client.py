@@ -580,15 +580,32 @@ async def test_token_appears_in_no_log_line_repr_or_exception(
 
 async def test_wait_rides_out_passing_errors_and_a_young_404() -> None:
     api = Recorder(
+        ok({"task_id": "task_1"}),
         api_error(404, "NOT_FOUND", "Task not found"),
         httpx.Response(502, text="<html>bad gateway</html>"),
         httpx.ReadError("reset"),
         ok({**TASK, "status": "completed", "response": ["https://cdn/v.mp4"]}),
     )
     async with make_client(api, poll_interval=0.01, max_retries=0) as client:
-        task = await client.wait("task_1", timeout=10)
+        # Just submitted by this client: the API may not show it yet.
+        task = await client.wait(await client.submit(prompt="p"), timeout=10)
     assert task.state is TaskState.COMPLETED
-    assert len(api.requests) == 4
+    assert len(api.requests) == 5
+
+
+async def test_a_404_for_an_id_this_client_did_not_just_submit_is_final_at_once() -> None:
+    not_found = api_error(404, "NOT_FOUND", "Task not found")
+    api = Recorder(not_found, not_found)
+    async with make_client(api, poll_interval=0.01) as client:
+        with pytest.raises(TaskPollError) as waited:
+            await client.wait("task_9", timeout=600)
+        with pytest.raises(TaskPollError) as watched:
+            async for _ in client.watch(["task_9"]):
+                pass
+    assert isinstance(waited.value.__cause__, NotFoundError)
+    assert isinstance(watched.value.__cause__, NotFoundError)
+    # One status call each, not half a minute of them.
+    assert len(api.requests) == 2
 
 
 async def test_wait_gives_up_on_errors_waiting_wont_cure_but_keeps_the_id() -> None:
