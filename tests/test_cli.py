@@ -291,6 +291,10 @@ def test_generate_waits_and_downloads_then_status_and_download_find_it(
     assert shown.exit_code == 0, shown.output
     (task,) = json.loads(shown.stdout)
     assert task["status"] == "completed"
+    # Piped, a line a task: each video URL whole, not wrapped at 80 columns.
+    piped = grok("status", task_id, *api(url, key_file))
+    assert piped.exit_code == 0, piped.output
+    assert piped.stdout.splitlines() == [f"{task_id}\tcompleted\t{' '.join(task['videos'])}"]
 
     again = tmp_path / "again"
     fetched = grok("download", task_id, "--out", again, *api(url, key_file))

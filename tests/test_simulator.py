@@ -1663,3 +1663,14 @@ def test_haproxy_counter_starts_at_the_first_request_and_lets_in_only_whole_requ
     assert haproxy.window(33.0).remaining == 10
     assert [haproxy.acquire(40.0, count_rejected=False) for _ in range(11)] == [True] * 10 + [False]
     assert haproxy.window(50.5).remaining == 0
+
+
+def test_serve_under_trio_says_to_serve_in_a_thread() -> None:
+    import trio
+
+    async def main() -> None:
+        async with Simulator().serve():
+            pass  # pragma: no cover - it refuses first
+
+    with pytest.raises(RuntimeError, match=r"serve_in_thread"):
+        trio.run(main)

@@ -185,8 +185,23 @@ class Simulator:
 
         ``port=0`` picks a free port. The server (uvicorn, HTTP/1.1 via h11) is
         listening when the block starts and shut down when it ends. Needs
-        ``pip install 'grokimagine-async[simulator]'``.
+        ``pip install 'grokimagine-async[simulator]'``. Under trio, use
+        :meth:`serve_in_thread`: uvicorn runs on asyncio only.
+
+        Raises:
+            RuntimeError: the running event loop is not asyncio's.
         """
+        import sniffio
+
+        try:
+            running = sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            running = None
+        if running != "asyncio":
+            raise RuntimeError(
+                f"Simulator.serve() runs on asyncio only (uvicorn), not {running or 'no loop'}: "
+                "under trio, use `with sim.serve_in_thread() as url:` instead"
+            )
         async with _server.serve(self, host, port) as url:
             yield url
 

@@ -52,6 +52,7 @@ def batch(
             help="Prompts: a text file (one a line), JSON Lines (.jsonl) or CSV (.csv) "
             "whose columns are prompt, mode, ratio, images. '-' reads text from stdin.",
             show_default=False,
+            metavar="FILE",
         ),
     ],
     out: Annotated[Path, typer.Option(help="Folder for the videos.")] = Path("videos"),

@@ -30,7 +30,7 @@ from .._options import (
 
 
 def generate(
-    prompt: Annotated[str, typer.Argument(help="What the video should show.")],
+    prompt: Annotated[str, typer.Argument(help="What the video should show.", metavar="PROMPT")],
     mode: Annotated[str, typer.Option(help="fun, normal or spicy.")] = "normal",
     ratio: Annotated[str, typer.Option(help="1:1, 2:3 or 3:2.")] = "1:1",
     image: Annotated[

@@ -94,18 +94,28 @@ def status(
             )
         )
     else:
-        table = Table()
-        for column in ("task", "state", "details"):
-            table.add_column(column, overflow="fold")
+        rows: list[tuple[str, str, str]] = []
         for task_id, t in zip(task_ids, found, strict=True):
             if isinstance(t, GrokImagineError):
-                table.add_row(task_id, "[red]error[/]", str(t))
+                rows.append((task_id, "error", str(t)))
             elif t.state is TaskState.FAILED:
                 kind = t.failure_kind
                 advice = FAILURE_ADVICE[kind] if kind else ""
-                table.add_row(task_id, "[red]failed[/]", f"{kind}: {t.error_message} ({advice})")
+                rows.append((task_id, "failed", f"{kind}: {t.error_message} ({advice})"))
             else:
-                table.add_row(task_id, str(t.state), "\n".join(t.videos) or t.raw_status)
-        stdout().print(table)
+                rows.append((task_id, str(t.state), " ".join(t.videos) or t.raw_status))
+        console = stdout()
+        if not console.is_terminal:
+            # Into a pipe or a file: a line a task, tab-separated, no URL cut in two.
+            for row in rows:
+                typer.echo("\t".join(row))
+        else:
+            table = Table()
+            for column in ("task", "state", "details"):
+                table.add_column(column, overflow="fold")
+            for task_id, state, details in rows:
+                style = "red" if state in ("error", "failed") else ""
+                table.add_row(task_id, f"[{style}]{state}[/]" if style else state, details)
+            console.print(table)
     failed = any(isinstance(t, GrokImagineError) for t in found)
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
