@@ -27,6 +27,7 @@ No exception message, ``repr`` or attribute carries the API token.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -431,3 +432,29 @@ def never_sent(error: BaseException | None) -> bool:
     if isinstance(error, RateLimiterUnavailableError):
         return True
     return isinstance(error, APIConnectionError) and not error.request_sent
+
+
+class Creation(enum.Enum):
+    """What a submission that failed may have left on the server: the one answer
+    to "did it reach the server, and did it create a task?" that every layer asks."""
+
+    #: It never left, or a 429 turned it away: nothing was taken; sending it again is free.
+    NOTHING = "nothing"
+    #: The server answered no (a 3xx or 4xx but 408 and 429): nothing was created, and
+    #: sending it again would be refused again.
+    REFUSED = "refused"
+    #: It may have created a task (and spent credits): a connection lost after
+    #: sending, a 5xx or 408, an answer that could not be read.
+    MAYBE = "maybe"
+
+
+def creation(error: BaseException) -> Creation:
+    """What a submission that ended in ``error`` may have created (see :class:`Creation`)."""
+    if never_sent(error) or isinstance(error, RateLimitError):
+        return Creation.NOTHING
+    if isinstance(error, APIStatusError) and error.status_code < 500 and error.status_code != 408:
+        return Creation.REFUSED
+    if isinstance(error, APIError):
+        return Creation.MAYBE
+    # Not the API's answer at all (a bad input caught first, a closed client): unsent.
+    return Creation.NOTHING

@@ -54,9 +54,12 @@ from ._exceptions import (
     APIError,
     APIStatusError,
     APITimeoutError,
+    Creation,
     MalformedResponseError,
     RateLimitError,
     _excerpt,
+    creation,
+    never_sent,
     status_error_class,
 )
 from ._flight import FlightGate
@@ -100,6 +103,8 @@ class RetryPolicy:
         return base * (0.75 + random.random() * 0.25)
 
 
+_TOO_LONG = "the server asked for {:.3g}s, over max_retry_after"
+
 #: How many rate-limit periods a call waits out 429s by default.
 PATIENCE_PERIODS = 3.0
 
@@ -125,6 +130,19 @@ class _Failure(Exception):
     wait_at_least: float | None = None
     #: Seconds the attempt waited for a slot behind other requests.
     queued: float = 0.0
+
+
+@dataclass
+class _Tries:
+    """One call's attempts so far."""
+
+    #: Failures that used up a retry (429s do not).
+    failures: int = 0
+    #: When the first 429 came, and the time since spent queued for a slot.
+    refused_since: float | None = None
+    queued: float = 0.0
+    #: An attempt of this submission may have created a task.
+    may_have_created: bool = False
 
 
 class Wire:
@@ -181,69 +199,80 @@ class Wire:
             url = self._base_url.copy_with(path=self._base_url.path.rstrip("/") + path)
             self._urls[path] = url
         submit = kind is RequestKind.SUBMIT
-        may_have_created = False
-        # Retries after other failures; 429s are waited out against the patience instead.
-        failures = 0
-        refused_since: float | None = None
-        # Time queued for a slot since the first 429: the queue, not the server.
-        queued = 0.0
+        tries = _Tries()
         while True:
             try:
                 return await self._attempt(
-                    method, url, kind, params, json_body, before_send, refused_since is not None
+                    method,
+                    url,
+                    kind,
+                    params,
+                    json_body,
+                    before_send,
+                    tries.refused_since is not None,
                 )
             except _Failure as failure:
                 outcome = failure
-            if submit and not _provably_not_created(outcome.error):
-                if not _may_have_created_task(outcome.error) and not may_have_created:
-                    raise outcome.error
-                may_have_created = True
-                outcome.retryable = self.retry.retry_uncertain_submits
-            if isinstance(outcome.error, RateLimitError) and not may_have_created:
-                now = anyio.current_time()
-                if refused_since is None:
-                    refused_since = now
-                else:
-                    queued += outcome.queued
-                # The limiter holds every request back while the server asks; this
-                # call's own wait is only what the server said, or a short backoff.
-                delay = outcome.wait_at_least or self.retry.backoff(1)
-                retries_left = now + delay - refused_since - queued <= self._patience()
-            else:
-                failures += 1
-                retries_left = failures <= self.retry.max_retries
-                delay = self.retry.backoff(failures)
-            if outcome.wait_at_least is not None:
-                if outcome.wait_at_least > self.retry.max_retry_after:
-                    retries_left = False
-                delay = max(delay, outcome.wait_at_least)
-            if not (outcome.retryable and retries_left):
+            if submit:
+                created = creation(outcome.error)
+                if created is Creation.REFUSED and not tries.may_have_created:
+                    raise outcome.error  # the server's no: again would be no again
+                tries.may_have_created |= created is Creation.MAYBE
+            go, delay, reason = self._should_retry(outcome, tries)
+            if not go:
+                logger.debug("not retrying %s %s: %s", method, url.path, reason)
                 # A later attempt's clean refusal does not undo an earlier one's doubt.
-                if may_have_created:
+                if tries.may_have_created:
                     raise Uncertain(outcome.error) from outcome.error
                 raise outcome.error
-            if submit and not may_have_created and after_unsent is not None:
+            if submit and not tries.may_have_created and after_unsent is not None:
                 after_unsent()
-            if refused_since is not None and isinstance(outcome.error, RateLimitError):
-                logger.info(
-                    "retrying %s %s in %.2fs: the server said slow down (waited %.3gs of %.3gs)",
-                    method,
-                    url.path,
-                    delay,
-                    anyio.current_time() - refused_since - queued,
-                    self._patience(),
-                )
-            else:
-                logger.info(
-                    "retrying %s %s in %.2fs (retry %d of %d) after: %s",
-                    method,
-                    url.path,
-                    delay,
-                    failures,
-                    self.retry.max_retries,
-                    outcome.error,
-                )
+            logger.info("retrying %s %s in %.2fs: %s", method, url.path, delay, reason)
             await anyio.sleep(delay)
+
+    def _should_retry(self, outcome: _Failure, tries: _Tries) -> tuple[bool, float, str]:
+        """Whether to send the request again, after how long, and why (or why not):
+        the one place that decides. A 429 is waited out against the call's patience
+        (the server said "slow down", not "no"); other failures use up ``max_retries``;
+        a submission that may have created a task goes again only if the caller said so;
+        no wait is longer than ``max_retry_after``."""
+        error, retry = outcome.error, self.retry
+        if tries.may_have_created and not retry.retry_uncertain_submits:
+            return False, 0.0, "it may have created a paid task (retry_uncertain_submits=False)"
+        if isinstance(error, RateLimitError) and not tries.may_have_created:
+            now = anyio.current_time()
+            if tries.refused_since is None:
+                tries.refused_since = now
+            else:
+                # Time queued for a slot behind other requests is the queue's, not the
+                # server's: not held against the patience.
+                tries.queued += outcome.queued
+            # The limiter holds every request back while the server asks; this call's
+            # own wait is only what the server said, or a short backoff.
+            delay = outcome.wait_at_least or retry.backoff(1)
+            waited = now - tries.refused_since - tries.queued
+            if outcome.wait_at_least is not None and outcome.wait_at_least > retry.max_retry_after:
+                return False, 0.0, _TOO_LONG.format(outcome.wait_at_least)
+            patience = self._patience()
+            if waited + delay > patience:
+                return False, 0.0, f"429s for {waited:.3g}s, past the patience of {patience:.3g}s"
+            return (
+                True,
+                delay,
+                f"the server said slow down (waited {waited:.3g}s of {patience:.3g}s)",
+            )
+        # Once a submission may have created a task, the caller's say-so decides.
+        if not (outcome.retryable or tries.may_have_created):
+            return False, 0.0, f"{type(error).__name__} is not passing trouble"
+        tries.failures += 1
+        if tries.failures > retry.max_retries:
+            return False, 0.0, f"{retry.max_retries} retries used"
+        delay = retry.backoff(tries.failures)
+        if outcome.wait_at_least is not None:
+            if outcome.wait_at_least > retry.max_retry_after:
+                return False, 0.0, _TOO_LONG.format(outcome.wait_at_least)
+            delay = max(delay, outcome.wait_at_least)
+        return True, delay, f"retry {tries.failures} of {retry.max_retries} after: {error}"
 
     def _rate(self) -> tuple[float, float]:
         rate = self._limiter().rate
@@ -299,8 +328,7 @@ class Wire:
                     # Kept when the error is raised after the retries, as `raise ... from exc`.
                     error.__cause__ = self._redact.error(exc)
                     # A connection never made was never counted; anything else may have been.
-                    never_sent = isinstance(error, APIConnectionError) and not error.request_sent
-                    slot.record(None, sent=not never_sent)
+                    slot.record(None, sent=not never_sent(error))
                     logger.debug("%s %s -> %s", method, shown, error)
                     raise _Failure(error, retryable=True, queued=queued) from exc
                 round_trip = anyio.current_time() - started
@@ -499,7 +527,7 @@ def _transport_error(exc: httpx.HTTPError, method: str, url: str, redact: _Redac
             url=url,
         )
     # Only these fail before a byte of the request left: the server cannot have seen it.
-    never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+    unsent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
     detail = redact.text(str(exc)) or type(exc).__name__
     cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
     what = "timed out" if cls is APITimeoutError else "failed"
@@ -507,23 +535,8 @@ def _transport_error(exc: httpx.HTTPError, method: str, url: str, redact: _Redac
         f"{method} {url} {what} ({type(exc).__name__}): {detail}",
         method=method,
         url=url,
-        request_sent=not never_sent,
+        request_sent=not unsent,
     )
-
-
-def _provably_not_created(error: APIError) -> bool:
-    if isinstance(error, APIConnectionError):
-        return not error.request_sent
-    return isinstance(error, RateLimitError)
-
-
-def _may_have_created_task(error: APIError) -> bool:
-    if isinstance(error, APIConnectionError):
-        return error.request_sent
-    if isinstance(error, APIStatusError):
-        # A 3xx or 4xx answer is the server's word that it did not take the request.
-        return error.status_code >= 500 or error.status_code == 408
-    return True
 
 
 def _read_answer(

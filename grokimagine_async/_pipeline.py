@@ -35,10 +35,10 @@ from anyio.abc import TaskGroup
 from typing_extensions import Self
 
 from ._exceptions import (
-    APIConnectionError,
     AuthenticationError,
     BudgetExceededError,
     ConfigurationError,
+    Creation,
     GrokImagineError,
     JournalError,
     RateLimitError,
@@ -47,6 +47,7 @@ from ._exceptions import (
     TaskFailedError,
     TaskPollError,
     TaskTimeoutError,
+    creation,
     never_sent,
 )
 from ._journal import Journal, JournalEntry, Resume
@@ -602,7 +603,7 @@ class _Batch:
             return
         except GrokImagineError as exc:
             unsent = never_sent(exc)
-            if not (isinstance(exc, APIConnectionError) and exc.request_sent):
+            if creation(exc) is not Creation.MAYBE:
                 self.credits.refund()
             if unsent and self.stopping:
                 # Never sent, and the batch already stopped (the shared limiter fails

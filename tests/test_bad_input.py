@@ -1248,7 +1248,7 @@ CLI_ROWS = [
         "generate-no-prompt",
         "generate",
         "",
-        "Missing argument 'prompt'",
+        "Missing argument 'PROMPT'",
         BOX.format(command="generate"),
         first="",
         shown="`grokimagine generate` (no PROMPT)",
