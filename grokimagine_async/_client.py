@@ -626,8 +626,7 @@ class AsyncClient:
             task,
             directory,
             concurrency=concurrency,
-            max_retries=self._wire.retry.max_retries,
-            backoff=self._wire.retry.initial_backoff,
+            retry=self._wire.retry,
         )
 
     def _default_concurrency(self) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import re
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import anyio.to_thread
 import httpx
 
 from ._exceptions import DownloadError, VideoExpiredError
+from ._http import RetryPolicy
 from ._models import Task, TaskState
 
 __all__ = ["download_task"]
@@ -28,14 +28,17 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _NAME_CHARS = 100
 
 
+#: Retries and backoff when the caller names none: the client's defaults.
+_DEFAULT_RETRY = RetryPolicy()
+
+
 async def download_task(
     http: httpx.AsyncClient,
     task: Task,
     directory: str | Path,
     *,
     concurrency: int = 4,
-    max_retries: int = 3,
-    backoff: float = 0.5,
+    retry: RetryPolicy = _DEFAULT_RETRY,
     chunk_size: int = 1 << 16,
 ) -> list[Path]:
     """Stream every video of a completed ``task`` into ``directory``.
@@ -75,7 +78,7 @@ async def download_task(
             target = folder / f"{_file_stem(task.task_id)}_{n}.mp4"
             try:
                 if not await target.exists():
-                    await _fetch(http, url, target, max_retries, backoff, chunk_size, task.task_id)
+                    await _fetch(http, url, target, retry, chunk_size, task.task_id)
             except DownloadError as exc:
                 errors.append(exc)
             except OSError as exc:
@@ -107,8 +110,7 @@ async def _fetch(
     http: httpx.AsyncClient,
     url: str,
     target: anyio.Path,
-    max_retries: int,
-    backoff: float,
+    retry: RetryPolicy,
     chunk_size: int,
     task_id: str,
 ) -> None:
@@ -121,16 +123,16 @@ async def _fetch(
         except _NotYetThere as exc:
             # Outside the retries: a link that 404s twice has expired, retries or none.
             looked_again = True
-            delay = backoff * (0.75 + random.random() / 4)
+            delay = retry.backoff(1)
             logger.info("looking again at %s in %.2fs after: %s", url, delay, exc)
             await anyio.sleep(delay)
         except (httpx.TransportError, _Retryable) as exc:
-            if attempt == max_retries:
+            if attempt == retry.max_retries:
                 raise DownloadError(
                     f"could not download {url} after {attempt + 1} attempts: {exc}", url=url
                 ) from exc
-            delay = backoff * 2**attempt * (0.75 + random.random() / 4)
             attempt += 1
+            delay = retry.backoff(attempt)
             logger.info("retrying download of %s in %.2fs after: %s", url, delay, exc)
             await anyio.sleep(delay)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:

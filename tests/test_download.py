@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +16,7 @@ from grokimagine_async import AsyncClient, DownloadError, RateLimit, Task, Video
 from grokimagine_async.simulator import Fault, ManualClock, Simulator
 from grokimagine_async.simulator._video import fake_mp4
 
-from .helpers import SIM_URL, TOKEN, serving
+from .helpers import SIM_URL, TOKEN, on_virtual_clock, serving
 
 pytestmark = [pytest.mark.anyio, pytest.mark.backends("asyncio", "trio")]
 
@@ -171,3 +172,36 @@ async def test_every_failed_video_of_a_task_is_reported(tmp_path: Path) -> None:
     assert {e.url for e in info.value.errors} == set(task.videos)
     assert "3 of 3 videos" in str(info.value)
     assert info.value.downloaded == []
+
+
+def test_a_download_backs_off_as_the_client_does_capped() -> None:
+    """The wire's one backoff (doubling, jittered, capped at 8 s): five retries at a
+    4 s start wait 4 + 8 + 8 + 8 + 8 s at most, not 4 + 8 + 16 + 32 + 64 (virtual time)."""
+    failures = 5
+    url = "https://cdn.test/t_1.mp4"
+
+    def host(request: httpx.Request) -> httpx.Response:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            return httpx.Response(503, text="busy")
+        return httpx.Response(200, content=fake_mp4("t", 1, 4096))
+
+    async def main(directory: Path) -> float:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(host))
+        task = Task.model_validate({"task_id": "t", "status": "completed", "response": [url]})
+        client = AsyncClient(TOKEN, base_url=SIM_URL, http_client=http, max_retries=5, backoff=4.0)
+        async with http, client:
+            started = anyio.current_time()
+            await client.download(task, directory)
+            return anyio.current_time() - started
+
+    took: list[float] = []
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            took.append(await main(Path(folder)))
+
+    on_virtual_clock(run)
+    assert failures == 0
+    assert 0.75 * (4 + 8 * 4) <= took[0] <= 4 + 8 * 4
