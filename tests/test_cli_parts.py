@@ -261,3 +261,13 @@ def test_the_journal_is_checked_against_a_streamed_input(tmp_path: Path) -> None
         list(Journal.scan(path, iter(other), len(other)))
     with pytest.raises(ConfigurationError, match="it holds 5, this input has 6"):
         list(Journal.scan(path, iter([*payloads, payloads[0]]), 6))
+
+
+def test_every_api_command_takes_the_connection_options_declared_once() -> None:
+    from grokimagine_async._cli._app import cli
+    from grokimagine_async._cli._options import CONNECTION_OPTIONS
+
+    shared = {name for name, _, _ in CONNECTION_OPTIONS}
+    for name in ("generate", "batch", "status", "download"):
+        command = cli.commands[name]  # type: ignore[attr-defined]
+        assert shared <= {p.name for p in command.params}, name

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import enum
+import functools
+import inspect
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -283,3 +286,41 @@ class Connection:
         if tier is not None:
             return tier.rate_limit, f"the {tier.value} plan", ""
         return Tier.FREE.rate_limit, "the free plan", "pass --tier for yours"
+
+
+#: The options every API command shares, as (parameter, annotation, default): what
+#: :func:`connected` gives a command, gathered into one :class:`Connection`.
+CONNECTION_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("api_key_file", ApiKeyFile, None),
+    ("base_url", BaseUrl, None),
+    ("tier", TierOption, None),
+    ("rate_limit", RateOption, None),
+    ("redis_url", RedisUrlOption, None),
+    ("redis_fallback", RedisFallbackOption, None),
+    ("allow_insecure_http", InsecureHttpOption, False),
+)
+
+_C = TypeVar("_C", bound=Callable[..., Any])
+
+
+def connected(command: _C) -> _C:
+    """Give an API command the connection options (:data:`CONNECTION_OPTIONS`), written
+    once: the command takes ``connection: Connection`` instead of the seven of them."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "connection"]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, kind, default in CONNECTION_OPTIONS
+    ]
+
+    @functools.wraps(command)
+    def with_connection(*args: Any, **kwargs: Any) -> Any:
+        values = [kwargs.pop(name) for name, _, _ in CONNECTION_OPTIONS]
+        return command(*args, connection=Connection(*values), **kwargs)
+
+    with_connection.__signature__ = signature.replace(parameters=own + shared)  # type: ignore[attr-defined]
+    with_connection.__annotations__ = {
+        **{p.name: p.annotation for p in own},
+        **{name: kind for name, kind, _ in CONNECTION_OPTIONS},
+    }
+    return with_connection  # type: ignore[return-value]

@@ -19,18 +19,12 @@ from .._format import stderr, usd
 from .._inputs import DEFAULT_MAX_PROMPT_CHARS, BatchFile
 from .._options import (
     DEFAULT_POLL_INTERVAL,
-    ApiKeyFile,
-    BaseUrl,
     Connection,
-    InsecureHttpOption,
     PollIntervalOption,
     Progress,
     ProgressOption,
-    RateOption,
-    RedisFallbackOption,
-    RedisUrlOption,
-    TierOption,
     UndocumentedOption,
+    connected,
 )
 from .._report import print_estimate, print_summary, write_report
 from .._runner import BatchRun, Display
@@ -45,6 +39,7 @@ def default_journal(out: Path) -> Path:
     return folder.parent / f"{folder.name}.journal.db"
 
 
+@connected
 def batch(
     file: Annotated[
         Path,
@@ -124,13 +119,8 @@ def batch(
     poll_interval: PollIntervalOption = DEFAULT_POLL_INTERVAL,
     progress: ProgressOption = "auto",
     allow_undocumented: UndocumentedOption = False,
-    api_key_file: ApiKeyFile = None,
-    base_url: BaseUrl = None,
-    tier: TierOption = None,
-    rate_limit: RateOption = None,
-    redis_url: RedisUrlOption = None,
-    redis_fallback: RedisFallbackOption = None,
-    allow_insecure_http: InsecureHttpOption = False,
+    *,
+    connection: Connection,
 ) -> None:
     """Generate a video for every request in FILE and download each as it completes.
 
@@ -144,15 +134,6 @@ def batch(
             "--retry-failed resends the lines the journal of an earlier run holds as "
             "failed: drop --no-journal"
         )
-    connection = Connection(
-        api_key_file,
-        base_url,
-        tier,
-        rate_limit,
-        redis_url,
-        redis_fallback,
-        allow_insecure_http,
-    )
     stdin = str(file) == "-"
     source = BatchFile(
         Path("stdin.txt") if stdin else file,

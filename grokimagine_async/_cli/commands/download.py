@@ -14,39 +14,20 @@ from .._exits import EXIT_FAILED, EXIT_OK, run
 from .._folders import check_writable
 from .._format import failure_line, stderr
 from .._options import (
-    ApiKeyFile,
-    BaseUrl,
     Connection,
-    InsecureHttpOption,
-    RateOption,
-    RedisFallbackOption,
-    RedisUrlOption,
-    TierOption,
+    connected,
 )
 from .status import TaskIds
 
 
+@connected
 def download(
     task_ids: TaskIds,
     out: Annotated[Path, typer.Option(help="Folder for the videos.")] = Path("videos"),
-    api_key_file: ApiKeyFile = None,
-    base_url: BaseUrl = None,
-    tier: TierOption = None,
-    rate_limit: RateOption = None,
-    redis_url: RedisUrlOption = None,
-    redis_fallback: RedisFallbackOption = None,
-    allow_insecure_http: InsecureHttpOption = False,
+    *,
+    connection: Connection,
 ) -> None:
     """Download the videos of completed tasks (fresh links are fetched first)."""
-    connection = Connection(
-        api_key_file,
-        base_url,
-        tier,
-        rate_limit,
-        redis_url,
-        redis_fallback,
-        allow_insecure_http,
-    )
     check_writable("--out", out)
     err = stderr()
 

@@ -16,19 +16,14 @@ from .._format import duration, failure_line, stderr
 from .._inputs import build_request, option_name
 from .._options import (
     DEFAULT_POLL_INTERVAL,
-    ApiKeyFile,
-    BaseUrl,
     Connection,
-    InsecureHttpOption,
     PollIntervalOption,
-    RateOption,
-    RedisFallbackOption,
-    RedisUrlOption,
-    TierOption,
     UndocumentedOption,
+    connected,
 )
 
 
+@connected
 def generate(
     prompt: Annotated[str, typer.Argument(help="What the video should show.", metavar="PROMPT")],
     mode: Annotated[str, typer.Option(help="fun, normal or spicy.")] = "normal",
@@ -43,13 +38,8 @@ def generate(
     timeout: Annotated[float, typer.Option(min=0.001, help="Seconds to wait for the video.")] = 900,
     poll_interval: PollIntervalOption = DEFAULT_POLL_INTERVAL,
     allow_undocumented: UndocumentedOption = False,
-    api_key_file: ApiKeyFile = None,
-    base_url: BaseUrl = None,
-    tier: TierOption = None,
-    rate_limit: RateOption = None,
-    redis_url: RedisUrlOption = None,
-    redis_fallback: RedisFallbackOption = None,
-    allow_insecure_http: InsecureHttpOption = False,
+    *,
+    connection: Connection,
 ) -> None:
     """Generate one video (40 credits), wait for it and download it."""
     fields = {"prompt": prompt, "mode": mode, "ratio": ratio, "images": image or None}
@@ -57,15 +47,6 @@ def generate(
         request = build_request(fields, allow_undocumented=allow_undocumented, name=option_name)
     except RequestValidationError as exc:
         fail(str(exc))
-    connection = Connection(
-        api_key_file,
-        base_url,
-        tier,
-        rate_limit,
-        redis_url,
-        redis_fallback,
-        allow_insecure_http,
-    )
     # Before the paid submission: a video with nowhere to go would be paid for for nothing.
     check_writable("--out", out)
     err = stderr()

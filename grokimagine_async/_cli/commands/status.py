@@ -14,14 +14,8 @@ from ..._exceptions import AuthenticationError, ConfigurationError, GrokImagineE
 from .._exits import EXIT_FAILED, EXIT_OK, run
 from .._format import FAILURE_ADVICE, stdout
 from .._options import (
-    ApiKeyFile,
-    BaseUrl,
     Connection,
-    InsecureHttpOption,
-    RateOption,
-    RedisFallbackOption,
-    RedisUrlOption,
-    TierOption,
+    connected,
 )
 
 
@@ -42,27 +36,14 @@ TaskIds = Annotated[
 ]
 
 
+@connected
 def status(
     task_ids: TaskIds,
     as_json: Annotated[bool, typer.Option("--json", help="Print the tasks as JSON.")] = False,
-    api_key_file: ApiKeyFile = None,
-    base_url: BaseUrl = None,
-    tier: TierOption = None,
-    rate_limit: RateOption = None,
-    redis_url: RedisUrlOption = None,
-    redis_fallback: RedisFallbackOption = None,
-    allow_insecure_http: InsecureHttpOption = False,
+    *,
+    connection: Connection,
 ) -> None:
     """Show where each task is: pending, running, completed (with its video URLs) or failed."""
-    connection = Connection(
-        api_key_file,
-        base_url,
-        tier,
-        rate_limit,
-        redis_url,
-        redis_fallback,
-        allow_insecure_http,
-    )
 
     async def main() -> list[Task | GrokImagineError]:
         found: list[Task | GrokImagineError] = [GrokImagineError("not looked up")] * len(task_ids)
