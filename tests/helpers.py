@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -149,3 +152,25 @@ def on_virtual_clock(main: Callable[[], Awaitable[None]]) -> None:
         backend="trio",
         backend_options={"clock": trio.testing.MockClock(autojump_threshold=0)},
     )
+
+
+@contextmanager
+def held_elsewhere(path: Path, payloads: list[dict[str, Any]]) -> Iterator[None]:
+    """The journal at ``path``, open in another process until the block ends."""
+    script = (
+        "import json, sys\n"
+        "from grokimagine_async._journal import Journal\n"
+        "j = Journal(sys.argv[1], json.loads(sys.argv[2]))\n"
+        "print('open', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    args = [sys.executable, "-c", script, str(path), json.dumps(payloads)]
+    with subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stdout.readline().strip() == "open"
+        try:
+            yield
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=10)

@@ -15,9 +15,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -29,11 +28,9 @@ from grokimagine_async._cli._app import app
 from grokimagine_async._cli._inputs import BatchFile, read_rows
 from grokimagine_async._cli.commands import batch as batch_command
 from grokimagine_async._cli.commands.batch import default_journal
-from grokimagine_async._exceptions import JournalError
-from grokimagine_async._journal import Journal
 from grokimagine_async.simulator import Simulator
 
-from .helpers import TOKEN
+from .helpers import TOKEN, held_elsewhere
 from .redis_server import RedisServer
 
 COMMANDS = ["generate", "batch", "status", "download", "simulate", "demo"]
@@ -51,28 +48,6 @@ def key_file(tmp_path: Path) -> Path:
     path = tmp_path / "token"
     path.write_text(TOKEN + "\n")
     return path
-
-
-@contextmanager
-def held_elsewhere(path: Path, payloads: list[dict[str, Any]]) -> Iterator[None]:
-    """The journal at ``path``, open in another process until the block ends."""
-    script = (
-        "import json, sys\n"
-        "from grokimagine_async._journal import Journal\n"
-        "j = Journal(sys.argv[1], json.loads(sys.argv[2]))\n"
-        "print('open', flush=True)\n"
-        "sys.stdin.read()\n"
-    )
-    args = [sys.executable, "-c", script, str(path), json.dumps(payloads)]
-    with subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
-        assert proc.stdout is not None
-        assert proc.stdin is not None
-        assert proc.stdout.readline().strip() == "open"
-        try:
-            yield
-        finally:
-            proc.stdin.close()
-            proc.wait(timeout=10)
 
 
 def grok(*args: str | Path, stdin: str | None = None, **env: str) -> Result:
@@ -867,35 +842,3 @@ def test_demo_runs_a_batch_into_the_folder(tmp_path: Path) -> None:
 
 
 # -- the journal the batch relies on ------------------------------------------------------
-
-
-def test_a_journal_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
-    path = tmp_path / "j.db"
-    with held_elsewhere(path, [{"prompt": "a"}]), pytest.raises(JournalError, match="in use"):
-        Journal(path, [{"prompt": "a"}])
-    Journal(path, [{"prompt": "a"}]).close()
-
-
-def test_in_one_process_a_journal_still_open_is_refused_to_a_second_run(tmp_path: Path) -> None:
-    path = tmp_path / "j.db"
-    first = Journal(path, [{"prompt": "a"}])
-    with pytest.raises(JournalError, match=r"async with.*aclose"):
-        Journal(path, [{"prompt": "a"}])
-    first.submitted(0, "t0")  # the first run is untouched
-    first.close()
-    Journal(path, [{"prompt": "a"}]).close()
-
-
-def test_peeking_at_a_journal_writes_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "j.db"
-    payloads: list[dict[str, Any]] = [{"prompt": "a"}]
-    assert Journal.peek(path, payloads) == []
-    assert not path.exists()
-    journal = Journal(path, payloads)
-    journal.submitted(0, "t0")
-    journal.close()
-    before = path.read_bytes()
-    (entry,) = Journal.peek(path, payloads)
-    assert entry.task_id == "t0"
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.db"]  # no lock left behind

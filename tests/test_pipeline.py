@@ -337,3 +337,25 @@ async def test_a_stop_reaches_a_submission_started_but_not_yet_run() -> None:
     assert sim.stats.tasks_created <= 2
     # At once, not after the five seconds a slot would have taken.
     assert quiet_after < 2.5
+
+
+async def test_a_batch_never_fails_a_request_because_the_server_said_slow_down() -> None:
+    refused = api_error(429, "RATE_LIMITED", "slow down")
+    state = {"refusals": 12}
+    done = {"task_id": "t", "status": "completed", "response": ["https://cdn.test/v.mp4"]}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and state["refusals"] > 0:
+            state["refusals"] -= 1
+            return refused
+        return ok({"task_id": "t"}) if request.method == "POST" else ok(done)
+
+    api = Recorder(answer)
+    async with (
+        make_client(
+            api, rate_limit=RateLimit(1000, 0.2), rate_limit_patience=0.05, poll_interval=0.01
+        ) as client,
+        client.generate_many(prompts(2), concurrency=1) as results,
+    ):
+        outcomes = [o async for o in results]
+    assert {o.status for o in outcomes} == {OutcomeStatus.COMPLETED}

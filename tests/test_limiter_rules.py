@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import itertools
 import logging
-import math
-from collections.abc import AsyncIterator, Callable
 
-import anyio
-import httpx
 import pytest
 
 from grokimagine_async import (
     ConfigurationError,
-    OutcomeStatus,
     RateLimit,
-    RateLimitError,
 )
 from grokimagine_async._headers import RateFeedback
-from grokimagine_async._limiter import RateLimitStatus, Slot
-from grokimagine_async._models import Task
 from grokimagine_async._policy import POLICY
-from grokimagine_async._poller import Poller, PollResult
-from grokimagine_async._sliding_window import SlidingWindowLimiter, WindowBudget
+from grokimagine_async._sliding_window import WindowBudget
 
-from .helpers import Recorder, api_error, make_client, ok, on_virtual_clock, prompts
+from .helpers import Recorder, make_client, ok
 
 pytestmark = pytest.mark.anyio
 
@@ -257,171 +246,6 @@ async def test_status_shows_what_was_learnt() -> None:
         await client.get_task("t")
         status = client.rate_limit_status()
     assert (status.pace, status.burst) == (30.0, 3)
-
-
-async def test_429s_are_waited_out_beyond_max_retries() -> None:
-    refused = api_error(429, "RATE_LIMITED", "slow down")
-    api = Recorder(*[refused] * 6, ok({"task_id": "t", "status": "running"}))
-    async with make_client(api, max_retries=1, rate_limit=RateLimit(1000, 0.2)) as client:
-        task = await client.get_task("t")
-    assert task.task_id == "t"
-    assert len(api.requests) == 7
-
-
-async def test_past_its_patience_a_call_raises_rate_limit_error() -> None:
-    refused = api_error(429, "RATE_LIMITED", "slow down")
-    api = Recorder(refused)
-    async with make_client(api, rate_limit=RateLimit(1000, 0.2), rate_limit_patience=0.3) as client:
-        with pytest.raises(RateLimitError):
-            await client.get_task("t")
-    assert len(api.requests) >= 3
-
-
-def test_time_queued_behind_other_requests_is_not_held_against_patience() -> None:
-    # On a virtual clock: the queue's 0.3 s and the patience's 0.2 s are exact.
-    on_virtual_clock(time_queued_is_not_held_against_patience)
-
-
-async def time_queued_is_not_held_against_patience() -> None:
-    refused = api_error(429, "RATE_LIMITED", "slow down")
-    api = Recorder(refused, refused, ok({"task_id": "t", "status": "running"}))
-
-    class Crowded:
-        """A limiter with others always ahead: every slot after the first waits 0.3 s."""
-
-        def __init__(self) -> None:
-            self.inner = SlidingWindowLimiter(RateLimit(1000, 0.2))
-            self.asked = 0
-
-        @property
-        def rate(self) -> RateLimit:
-            return self.inner.rate
-
-        def status(self) -> RateLimitStatus:
-            return dataclasses.replace(self.inner.status(), waiting=5)
-
-        def set_rate(self, rate: RateLimit) -> None:
-            self.inner.set_rate(rate)
-
-        @contextlib.asynccontextmanager
-        async def slot(self) -> AsyncIterator[Slot]:
-            self.asked += 1
-            if self.asked > 1:
-                await anyio.sleep(0.3)
-            async with self.inner.slot() as slot:
-                yield slot
-
-    async with make_client(api, limiter=Crowded(), rate_limit_patience=0.2) as client:
-        task = await client.get_task("t")
-    assert task.task_id == "t"
-    assert len(api.requests) == 3
-
-
-async def test_a_batch_never_fails_a_request_because_the_server_said_slow_down() -> None:
-    refused = api_error(429, "RATE_LIMITED", "slow down")
-    state = {"refusals": 12}
-    done = {"task_id": "t", "status": "completed", "response": ["https://cdn.test/v.mp4"]}
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        if request.method == "POST" and state["refusals"] > 0:
-            state["refusals"] -= 1
-            return refused
-        return ok({"task_id": "t"}) if request.method == "POST" else ok(done)
-
-    api = Recorder(answer)
-    async with (
-        make_client(
-            api, rate_limit=RateLimit(1000, 0.2), rate_limit_patience=0.05, poll_interval=0.01
-        ) as client,
-        client.generate_many(prompts(2), concurrency=1) as results,
-    ):
-        outcomes = [o async for o in results]
-    assert {o.status for o in outcomes} == {OutcomeStatus.COMPLETED}
-
-
-def test_the_shortest_gap_between_polls_follows_the_generations_timed() -> None:
-    poller = Poller(get_task=None, budget=None, on_result=None, prior=5.0)  # type: ignore[arg-type]
-    assert poller.min_gap == 1.0
-    for seconds in (4.0, 5.0, 6.0):
-        poller.model.learn(seconds)
-    assert poller.min_gap == pytest.approx(5.0 / 20)
-
-
-def idle_poller(on_result: Callable[[PollResult], None] | None = None) -> Poller:
-    """A scheduler that never polls, a first guess of 5 s, 60 free slots a period."""
-    status = RateLimitStatus(60, PERIOD, 60, 0.0, 0, 0)
-    return Poller(
-        get_task=None,  # type: ignore[arg-type]
-        budget=lambda: status,
-        on_result=on_result,  # type: ignore[arg-type]
-        prior=5.0,
-    )
-
-
-async def test_the_first_tasks_are_probed_from_a_quarter_of_the_first_guess() -> None:
-    poller = idle_poller()
-    since = anyio.current_time()
-    poller.add("task_1", since)
-    (due, _, _), *_ = poller._heap
-    # A first guess longer than the generations must not hold the first videos back.
-    assert due == pytest.approx(since + 5.0 / 4)
-
-
-async def test_the_polls_due_soon_are_counted_from_the_schedule_in_force() -> None:
-    status = RateLimitStatus(600, PERIOD, 600, 0.0, 0, 0)
-    polls = 0
-
-    async def get_task(task_id: str) -> Task:
-        nonlocal polls
-        polls += 1
-        # Every poll leaves the schedule as it is: one entry a task not in flight.
-        scheduled = sorted(w.due for w in poller._tasks.values() if w.due < math.inf)
-        assert poller._dues == scheduled
-        state = "completed" if polls > 60 else "running"
-        return Task.model_validate({"task_id": task_id, "status": state})
-
-    settled: list[str] = []
-    poller = Poller(
-        get_task=get_task,
-        budget=lambda: status,
-        on_result=lambda result: settled.append(result.task_id),
-        prior=0.5,
-    )
-    for i in range(30):
-        poller.add(f"task_{i}")
-    with anyio.fail_after(20):
-        await poller.run(stop=lambda: False)
-    assert sorted(settled) == sorted(f"task_{i}" for i in range(30))
-    assert poller._dues == []
-
-
-async def test_tasks_settled_ahead_in_the_rotation_do_not_hide_one_still_waiting() -> None:
-    settled: list[str] = []
-    poller = idle_poller(on_result=lambda result: settled.append(result.task_id))
-    for i in range(40):
-        poller.add(f"task_{i}")
-    # The first 39 settle; the last one's next scheduled poll is far off.
-    for i in range(39):
-        w = poller._tasks[f"task_{i}"]
-        poller._settle(w, PollResult(w.task_id, None))
-    last = poller._tasks["task_39"]
-    now = anyio.current_time()
-    poller._set_due(last, now + 60.0)
-    # Budget is free, so the loop must look again soon to spend it on the one left,
-    # not sleep until its scheduled poll a minute away.
-    assert poller._next_wake(now, None) <= poller.min_gap
-
-
-async def test_a_process_watching_few_tasks_probes_a_fifth_of_them() -> None:
-    poller = idle_poller()
-    for i in range(10):
-        poller.add(f"task_{i}")
-    # Processes sharing one budget each learn on their own: ten tasks probed four at a
-    # time cost the others' submissions a dozen slots in the first full window.
-    assert len(poller._probing) == 2
-    for i in range(10, 40):
-        poller.add(f"task_{i}")
-    assert len(poller._probing) == 4
 
 
 def test_ours_that_left_the_window_while_an_answer_was_on_its_way_are_not_someone_elses() -> None:
