@@ -484,7 +484,6 @@ class _Batch:
                         scope.cancel()
                     await self._submit(item)
                 if scope.cancelled_caught:
-                    self.credits.refund()
                     self.settle(item, OutcomeStatus.SKIPPED, error=self.stop_reason)
             finally:
                 self.scopes.pop(item.index, None)
@@ -554,11 +553,26 @@ class _Batch:
             self.settle(self.queue.popleft(), OutcomeStatus.SKIPPED, error=error)
 
     async def _submit(self, item: _Item) -> None:
-        assert item.request is not None
+        """Send one request with its video's credits reserved: the one place they are
+        given back, when the request provably made no task."""
         refused = self.credits.reserve()
         if refused is not None:
             self.settle(item, OutcomeStatus.SKIPPED, error=refused)
             return
+        may_have_paid = False
+        try:
+            may_have_paid = await self._send(item)
+        except BaseException:
+            # Cut off: paid for if it had left (it is no longer among the unsent).
+            may_have_paid = item.index not in self.unsent
+            raise
+        finally:
+            if not may_have_paid:
+                self.credits.refund()
+
+    async def _send(self, item: _Item) -> bool:
+        """Send one request and settle or follow it; whether it may have made a task."""
+        assert item.request is not None
 
         def before_send() -> None:
             if self.stopping or self.past_deadline():
@@ -581,48 +595,45 @@ class _Batch:
                 item.request, before_send=before_send, after_unsent=after_unsent
             )
         except _NotSent:
-            self.credits.refund()
             late = TaskTimeoutError("(not submitted)", self.timeout or 0.0, None)
             reason = self.stop_reason if self.stopping else late
             self.settle(item, OutcomeStatus.SKIPPED, error=reason)
-            return
+            return False
         except SubmitUncertainError as exc:
             self.settle(item, OutcomeStatus.UNCERTAIN, error=exc)
-            return
+            return True
         except RateLimitError as exc:
             # The server said "slow down" for longer than the client's patience: that
             # is no verdict on the request, which goes back to the head of the queue.
-            self.credits.refund()
             if self.stopping:
                 self.settle(item, OutcomeStatus.SKIPPED, error=self.stop_reason)
-                return
+                return False
             logger.info("request %d goes back in the queue: %s", item.index, exc)
             if self.journal is not None:
                 self.journal.unsent(item.index)
             self.queue.appendleft(item)
-            return
+            return False
         except GrokImagineError as exc:
             unsent = never_sent(exc)
-            if creation(exc) is not Creation.MAYBE:
-                self.credits.refund()
             if unsent and self.stopping:
                 # Never sent, and the batch already stopped (the shared limiter fails
                 # every waiting request at once): one error says why, the rest skipped.
                 self.settle(item, OutcomeStatus.SKIPPED, error=self.stop_reason)
-                return
+                return False
             self.settle(item, OutcomeStatus.ERROR, error=exc)
             if isinstance(exc, AuthenticationError) or unsent:
                 # A refused token, or a host (or the shared limiter's Redis) that could
                 # not be reached through every retry: every other request would end
                 # the same way.
                 self.stop(exc)
-            return
+            return creation(exc) is Creation.MAYBE
         self._follow(item, task_id, since)
         if self.journal is not None:
             try:
                 self.journal.submitted(item.index, task_id)
             except JournalError as exc:
                 logger.error("%s: task %s is followed all the same", exc, task_id)
+        return True
 
     # -- stopping and closing ---------------------------------------------------------------
 

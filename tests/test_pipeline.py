@@ -359,3 +359,21 @@ async def test_a_batch_never_fails_a_request_because_the_server_said_slow_down()
     ):
         outcomes = [o async for o in results]
     assert {o.status for o in outcomes} == {OutcomeStatus.COMPLETED}
+
+
+async def test_the_spend_counts_exactly_the_tasks_made_when_the_rest_were_stopped() -> None:
+    # Requests stopped while queued for a slot, and tasks made: the credits reserved
+    # for the first come back, in the one place they are given back.
+    async with (
+        running(limit=10) as (sim, client),
+        client.generate_many(prompts(40), concurrency=20) as results,
+    ):
+        with anyio.fail_after(30):
+            while sim.stats.tasks_created < 5:  # noqa: ASYNC110 - the state is the server's
+                await anyio.sleep(0.005)
+            results.stop_submitting()
+            await results.wait_submitted()
+        spent = results.progress.spent_credits
+        created = sim.stats.tasks_created
+    assert 5 <= created < 40
+    assert spent == 40 * created
