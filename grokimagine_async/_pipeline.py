@@ -13,6 +13,7 @@ requests in flight.
 
 from __future__ import annotations
 
+import enum
 import logging
 import weakref
 from collections import deque
@@ -196,6 +197,18 @@ class _Credits:
         self.spent -= self.per_video
 
 
+class _Life(enum.Enum):
+    """Where a batch is in its life. Whether it still sends is apart from this
+    (``_Batch.stopping``): a batch may be stopped before it starts."""
+
+    NEW = "new"
+    RUNNING = "running"
+    #: Every outcome settled; those not yet taken can still be.
+    FINISHED = "finished"
+    #: Closed by the caller or at the end: nothing more is handed out, the journal let go.
+    CLOSED = "closed"
+
+
 class _Batch:
     """The pipeline's state and work. Nothing here refers back to the
     :class:`GenerationPipeline` a user holds, so that dropping it frees the journal."""
@@ -230,10 +243,8 @@ class _Batch:
         self.by_task: dict[str, list[_Item]] = {}
         self.journal: Journal | None = None
         self.poller = self._new_poller()
-        self.started = False
-        self.finished = False
-        # Closed by the caller (or at the end): nothing more is handed out.
-        self.closed = False
+        self.life = _Life.NEW
+        # Iterated from a background task (inside ``async with``), or pulled by the caller.
         self.background = False
         self.submitting = 0
         self.deadline: float | None = None
@@ -268,7 +279,7 @@ class _Batch:
     # -- setting up ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.started = True
+        self.life = _Life.RUNNING
         self.source = _Source(self.requests)
         if self.timeout is not None:
             self.deadline = anyio.current_time() + self.timeout
@@ -539,7 +550,8 @@ class _Batch:
             while not self.done():
                 await self.run(stop=lambda: False)
         finally:
-            self.finished = True
+            if self.life is not _Life.CLOSED:
+                self.life = _Life.FINISHED
             self.arrived.set()
 
     def _expire(self) -> None:
@@ -663,14 +675,14 @@ class _Batch:
         )
 
     async def next(self) -> Outcome:
-        if self.closed:
+        if self.life is _Life.CLOSED:
             # Closed (aclose, or the end): outcomes settled but not yet taken stay in
             # the journal for a rerun.
             raise StopAsyncIteration
-        if not self.started:
+        if self.life is _Life.NEW:
             await self.start()
         while not self.ready:
-            if self.done() or self.finished:
+            if self.done() or self.life in (_Life.FINISHED, _Life.CLOSED):
                 self.close()
                 if self.failure is not None:
                     failure, self.failure = self.failure, None
@@ -687,8 +699,7 @@ class _Batch:
 
     def close(self) -> None:
         """Let go of the journal and its lock; nothing more is sent."""
-        self.closed = True
-        self.finished = True
+        self.life = _Life.CLOSED
         if self.journal is not None:
             self.journal.close()
             self.journal = None
