@@ -74,6 +74,8 @@ def test_the_bulk_scripts_ctrl_c_leaves_nothing_uncertain_and_one_line(
         env = {
             **os.environ, "GROKIMAGINE_API_KEY": TOKEN, "GROKIMAGINE_BASE_URL": url,
             "GROKIMAGINE_POLL_INTERVAL": "0.1", "PYTHONUNBUFFERED": "1",
+            # The simulator's compressed minute (else the client keeps to a real one).
+            "GROKIMAGINE_RATE_LIMIT": "100/1s",
         }  # fmt: skip
         command = [sys.executable, str(script), str(prompts), "--out", str(out)]
         # Slow enough that the Ctrl-C lands with most of the batch unsent.
