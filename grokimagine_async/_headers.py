@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -76,6 +77,29 @@ def _number(value: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
+_POLICY_PARAM = re.compile(r"(?:^|;)\s*([qw])\s*=\s*([0-9.]+)")
+
+
+def parse_policy(value: str | None) -> tuple[int, float] | None:
+    """``RateLimit-Policy`` (the IETF rate-limit headers): the requests a window
+    allows and the window in seconds, as ``100;w=60`` (early drafts) or
+    ``"default";q=100;w=60``; None when it says neither plainly (several
+    policies, or none)."""
+    if not value or "," in value:
+        return None
+    params = dict(_POLICY_PARAM.findall(value))
+    head = value.split(";", 1)[0].strip()
+    quota = params.get("q", head if head.isdigit() else None)
+    window = params.get("w")
+    try:
+        requests, period = int(quota or ""), float(window or "")
+    except ValueError:
+        return None
+    if requests < 1 or not 0 < period < math.inf:
+        return None
+    return requests, period
+
+
 @dataclass(frozen=True)
 class RateFeedback:
     """What one answer said about the token's budget; any field may be None
@@ -92,6 +116,8 @@ class RateFeedback:
     #: The client's cap on server-advised waits (``max_retry_after``): however long
     #: the server asks for, a limiter holds requests back no longer than this.
     max_wait: float = DEFAULT_MAX_WAIT
+    #: ``RateLimit-Policy``, as (requests, period): the server's own word on its window.
+    policy: tuple[int, float] | None = None
 
     @property
     def rate_limited(self) -> bool:
@@ -125,6 +151,7 @@ class RateFeedback:
             reset_after=parse_reset(headers.get("x-ratelimit-reset"), now),
             retry_after=parse_retry_after(headers.get("retry-after"), now),
             max_wait=max_wait,
+            policy=parse_policy(headers.get("ratelimit-policy")),
         )
 
 

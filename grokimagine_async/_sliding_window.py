@@ -80,6 +80,8 @@ class WindowBudget:
         # Those held whose response was a 429.
         self._refusals: set[int] = set()
         self._next_seq = 0
+        # The plan was guessed (no tier or rate stated): the server's word may set it.
+        self._guessed = bool(upgrades)
         self.learned = rules.initial(rate, initial_time)
         self._cap: Cap | None = None
         self._tat = initial_time
@@ -246,6 +248,7 @@ class WindowBudget:
             stated = min(stated, rate.requests)
         self._rate = RateLimit(rate.requests, rate.period, stated)
         self._upgrades = []
+        self._guessed = False
         rules.replanned(self.learned, now, self._rate)
 
     def take(self, now: float) -> int | None:
@@ -278,6 +281,11 @@ class WindowBudget:
         """
         self.in_flight -= 1
         self._sent.pop(ticket, None)
+        if feedback is not None and feedback.policy is not None and self._guessed:
+            # An unstated plan, and the server names its window (RateLimit-Policy).
+            requests, period = feedback.policy
+            logger.info("the server states its window: %d requests per %gs", requests, period)
+            self.set_rate(RateLimit(requests, period), now)
         self._expire(now)
         self._held.append((now + self.period, ticket))
         if feedback is None:

@@ -8,10 +8,10 @@ from typing import Any
 import anyio
 import pytest
 
-from grokimagine_async import AsyncClient, RateLimit, Tier
+from grokimagine_async import AsyncClient, OutcomeStatus, RateLimit, Tier
 from grokimagine_async.simulator import Fault, Simulator
 
-from .helpers import TOKEN, serving
+from .helpers import TOKEN, prompts, serving
 
 pytestmark = [pytest.mark.anyio, pytest.mark.backends("asyncio", "trio")]
 
@@ -112,3 +112,43 @@ async def test_a_429_closes_the_gate_for_everyone_then_the_request_is_retried() 
         await client.aclose()
     assert sim.stats.tasks_created == 1
     assert sim.stats.rate_limited == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("100;w=60", (100, 60.0)),
+        ('"default";q=20;w=2', (20, 2.0)),
+        ("q=5; w=0.5", (5, 0.5)),
+        ("100", None),
+        ("100;w=0", None),
+        ('"a";q=10;w=1, "b";q=100;w=60', None),
+        ("", None),
+    ],
+)
+def test_the_servers_word_on_its_window_is_read_plainly_or_not_at_all(
+    value: str, expected: tuple[int, float] | None
+) -> None:
+    from grokimagine_async._headers import parse_policy
+
+    assert parse_policy(value) == expected
+
+
+async def test_an_unstated_plan_takes_the_window_the_server_names() -> None:
+    # The simulator's compressed minute, named by its RateLimit-Policy header: a client
+    # told no plan keeps to it rather than to a real minute (which would stall here).
+    sim = Simulator(limit=20, period=1.0, generation_time=(0.05, 0.1), seed=3)
+    async with serving(sim) as url:
+        async with AsyncClient(TOKEN, base_url=url, poll_interval=0.05) as client:
+            with anyio.fail_after(30):
+                async with client.generate_many(prompts(30)) as results:
+                    statuses = {o.status async for o in results}
+            learnt = client.rate_limit_status()
+        # Stated, a plan is kept whatever the server names.
+        async with AsyncClient(TOKEN, base_url=url, rate_limit=RateLimit(10, 1.0)) as stated:
+            await stated.get_task(await stated.submit(prompt="p"))
+            kept = stated.rate_limit_status()
+    assert statuses == {OutcomeStatus.COMPLETED}
+    assert (learnt.limit, learnt.period) == (20, 1.0)
+    assert (kept.limit, kept.period) == (10, 1.0)
+    assert sim.stats.rate_limited == 0

@@ -314,6 +314,10 @@ class SimulatorApp:
                 rate_headers = rate_limit_headers(
                     decision.window, now, wall_offset, config.reset_format, config.time_scale
                 )
+                # The IETF header that names the window: a client that was not told the
+                # plan learns a compressed minute from it (the real API sends none).
+                policy = f"{config.limit_for(token)};w={config.period:g}"
+                rate_headers.append((b"ratelimit-policy", policy.encode()))
             if not decision.allowed:
                 reply = self._error(429)
                 reply.headers = rate_headers
