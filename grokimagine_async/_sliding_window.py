@@ -229,8 +229,12 @@ class WindowBudget:
 
     def _show_pacing(self, now: float) -> None:
         pacing = self.learned.pacing
-        shown = self._pacing(now)
-        if shown != self._pacing_shown and pacing is not None and pacing.now(now)[0] > 0:
+        step, shown = 0, None
+        if pacing is not None:
+            step, pace, burst = pacing.now(now)
+            shown = (pace, burst) if pace > 0 else None
+        # Said when a step of relaxing comes in (a tightening says so itself).
+        if shown != self._pacing_shown and step > 0:
             if shown is None:
                 logger.info("no 429 for a while: the plan's whole budget may go at once again")
             else:

@@ -200,10 +200,14 @@ class ApproximateLimiter(Limiter):
 
     def acquire(self, now: float, *, count_rejected: bool) -> bool:
         self._roll(now)
-        allowed = self._headroom(now) > 0
+        allowed = self._admits(now)
         if allowed or count_rejected:
             self._current += 1
         return allowed
+
+    def _admits(self, now: float) -> bool:
+        """Whether a request goes now (the count already rolled to ``now``)."""
+        return self._headroom(now) > 0
 
     def _remaining(self, now: float) -> int:
         # Rounded up: a count of 9.4 out of 10 still lets one more through.
@@ -271,10 +275,10 @@ class HAProxyLimiter(ApproximateLimiter):
         self._roll(now)
         if not self._started:
             self._origin, self._index, self._started = now, 0, True
-        allowed = self._fits(now) >= 1
-        if allowed or count_rejected:
-            self._current += 1
-        return allowed
+        return super().acquire(now, count_rejected=count_rejected)
+
+    def _admits(self, now: float) -> bool:
+        return self._fits(now) >= 1
 
     def _remaining(self, now: float) -> int:
         return max(0, math.floor(self._fits(now)))
