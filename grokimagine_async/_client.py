@@ -35,18 +35,13 @@ from ._config import (
 from ._download import download_task
 from ._exceptions import (
     NOT_FOUND_GRACE,
-    APIError,
     ClientClosedError,
     ConfigurationError,
     GrokImagineError,
     MalformedResponseError,
     RequestValidationError,
     SubmitUncertainError,
-    TaskFailedError,
-    TaskPollError,
-    TaskTimeoutError,
     _excerpt,
-    poll_error_is_final,
 )
 from ._headers import DEFAULT_MAX_WAIT
 from ._http import RequestKind, RetryPolicy, Uncertain, Wire
@@ -57,12 +52,14 @@ from ._limiter import (
     shared_limiter,
     token_hash,
 )
-from ._models import GenerateRequest, Task, TaskState, check_task_id
+from ._models import GenerateRequest, Task, check_task_id
 from ._outcomes import SubmitOutcome
 from ._pipeline import GenerationPipeline, RequestLike, collect_requests, try_build
+from ._poller import DurationModel
 from ._redis_limiter import DEFAULT_LEASE, RedisLimiter
 from ._sliding_window import SlidingWindowLimiter
 from ._version import __version__
+from ._waits import Waits
 from ._watch import TaskWatch
 
 __all__ = ["DEFAULT_POOL", "DEFAULT_TIMEOUT", "AsyncClient"]
@@ -194,8 +191,9 @@ class AsyncClient:
             default three periods of the rate limit (3 minutes on the
             provider's plans). 429s do not use up ``max_retries``, and a
             ``generate_many`` batch never fails a request for one.
-        poll_interval: seconds between status polls in :meth:`wait`, and the
-            bulk calls' first guess of a generation's length; defaults to
+        poll_interval: the first guess of a generation's length in seconds,
+            from which :meth:`wait` and the bulk calls time their polls until
+            they have timed real generations; defaults to
             ``GROKIMAGINE_POLL_INTERVAL``, else 5.
         http_client: your own ``httpx.AsyncClient`` (proxies, transports,
             event hooks). The client never closes it, and never sets the token
@@ -272,6 +270,9 @@ class AsyncClient:
             )
         _check_setting("max_retry_after", max_retry_after, zero_ok=False, example="120")
         self._poll_interval = resolve_poll_interval(poll_interval)
+        # What generations take, learnt by every call that starts from the client's guess.
+        self._durations = DurationModel(self._poll_interval)
+        self._waits: Waits | None = None
         # Task ids this client created lately, by when (see submitted_at).
         self._recent: dict[str, float] = {}
         http_timeout: httpx.Timeout | httpx._client.UseClientDefault
@@ -325,9 +326,15 @@ class AsyncClient:
 
     @property
     def poll_interval(self) -> float:
-        """Seconds between status polls in :meth:`wait`, and the first guess of how
-        long a generation takes in the bulk calls (which then learn the real figure)."""
+        """The first guess of how long a generation takes, before the client has
+        timed any: :meth:`wait` and the bulk calls then poll by what they learn."""
         return self._poll_interval
+
+    def _durations_for(self, poll_interval: float | None) -> DurationModel:
+        # A call with a first guess of its own learns afresh.
+        if poll_interval is None or poll_interval == self._poll_interval:
+            return self._durations
+        return DurationModel(poll_interval)
 
     def __repr__(self) -> str:
         tier = self._tier.value if self._tier else "unset"
@@ -526,6 +533,10 @@ class AsyncClient:
     ) -> Task:
         """Poll a task until it is completed and return it.
 
+        Every wait of a client is polled by one scheduler, which times the
+        polls from how long the client has seen generations take (before it has
+        seen any, from ``poll_interval``, a first guess that a call may give
+        for itself), so many callers waiting at once cost few requests.
         Passing errors (connection trouble, 5xx, 429, a garbled answer, a
         404 in the first 30 seconds) don't end the wait: polling goes on
         until the deadline, which no poll overruns.
@@ -539,42 +550,12 @@ class AsyncClient:
         """
         task_id = check_task_id(task_id)
         _check_wait(timeout, poll_interval)
-        interval = self._poll_interval if poll_interval is None else poll_interval
-        started = anyio.current_time()
-        deadline = None if timeout is None else started + timeout
-        # Only a task this client just created may not be visible yet.
-        submitted = self.submitted_at(task_id)
-        last: Task | None = None
-        last_error: APIError | None = None
-        delay = float(interval)
-        while True:
-            left = None if deadline is None else deadline - anyio.current_time()
-            if left is not None and left <= 0:
-                raise TaskTimeoutError(task_id, timeout or 0.0, last) from last_error
-            with anyio.move_on_after(left) as scope:
-                try:
-                    last = await self.get_task(task_id)
-                    last_error = None
-                except APIError as exc:
-                    age = math.inf if submitted is None else anyio.current_time() - submitted
-                    if poll_error_is_final(exc, age):
-                        raise TaskPollError(task_id, exc, last) from exc
-                    last_error = exc
-            if scope.cancelled_caught:
-                raise TaskTimeoutError(task_id, timeout or 0.0, last) from last_error
-            if last is not None and last_error is None:
-                if last.state is TaskState.COMPLETED:
-                    return last
-                if last.state is TaskState.FAILED:
-                    raise TaskFailedError(last)
-            elif last_error is not None:
-                logger.info("polling task %s: %s; still waiting", task_id, last_error)
-            sleep_for = delay
-            if deadline is not None:
-                sleep_for = max(0.0, min(delay, deadline - anyio.current_time()))
-            await anyio.sleep(sleep_for)
-            # Long generations need fewer polls; the cap keeps a finished video from waiting long.
-            delay = min(interval * 3, delay * 1.25)
+        durations = self._durations_for(poll_interval)
+        if durations is not self._durations:
+            return await Waits(self, durations).wait(task_id, timeout)
+        if self._waits is None:
+            self._waits = Waits(self, durations)
+        return await self._waits.wait(task_id, timeout)
 
     async def generate(
         self,

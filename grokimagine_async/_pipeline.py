@@ -236,6 +236,7 @@ class _Batch:
         self.timeout = timeout
         self.resubmit_uncertain = resubmit_uncertain
         self.resubmit_failed = resubmit_failed
+        self.poll_interval = poll_interval
         self.prior = poll_interval or client.poll_interval
         self.ready: deque[Outcome] = deque()
         self.queue: deque[_Item] = deque()
@@ -274,6 +275,7 @@ class _Batch:
             budget=self.client.rate_limit_status,
             on_result=self._on_poll,
             prior=self.prior,
+            durations=self.client._durations_for(self.poll_interval),
         )
 
     # -- setting up ---------------------------------------------------------------------

@@ -60,6 +60,10 @@ class StatusSource(Protocol):
     def rate_limit_status(self) -> RateLimitStatus:
         """The token's budget now."""
 
+    def _durations_for(self, poll_interval: float | None) -> DurationModel:
+        """What the client has learnt of generations, for a call whose first guess is
+        ``poll_interval`` (None: the client's own, shared by every such call)."""
+
 
 #: Probing goes on until this many generations have been timed. Only probes are
 #: learnt from: polls timed by the model itself would teach it its own guesses.
@@ -103,7 +107,8 @@ class DurationModel:
 @dataclass(eq=False)
 class _Watched:
     __slots__ = (
-        "done", "due", "fresh", "in_flight", "last", "last_poll", "polls", "since", "task_id",
+        "done", "due", "error", "fresh", "in_flight", "last", "last_poll", "polls", "since",
+        "task_id",
     )  # fmt: skip
     task_id: str
     since: float
@@ -115,6 +120,8 @@ class _Watched:
     last: Task | None
     #: Created just now (by this client): a 404 is not final at once.
     fresh: bool
+    #: The passing error of the last poll (None if it answered).
+    error: GrokImagineError | None
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,15 @@ class Poller:
     #: polls of one task is a fifth of it.
     prior: float = 5.0
     max_in_flight: int = 64
+    #: What generations take, shared with other pollers of the client (a new one if None).
+    durations: DurationModel | None = None
+    #: Polls on spare budget (see the module doc) of one task are at least this share
+    #: of its age apart, besides ``min_gap``.
+    spare_gap: float = 0.0
+    #: The share of the plan that polls on spare budget leave free.
+    spare_reserve: float = 0.0
+    #: The shares of generations done by which a task is polled, once the model is ready.
+    quantiles: tuple[float, ...] = (0.95, 0.99)
     _model: DurationModel = field(init=False)
     _tasks: dict[str, _Watched] = field(init=False, default_factory=dict)
     _heap: list[tuple[float, int, _Watched]] = field(init=False, default_factory=list)
@@ -155,7 +171,7 @@ class Poller:
     _probing: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
-        self._model = DurationModel(self.prior)
+        self._model = DurationModel(self.prior) if self.durations is None else self.durations
 
     @property
     def min_gap(self) -> float:
@@ -163,7 +179,7 @@ class Poller:
         guess of a generation's length, and once generations have been timed, at
         most a twentieth of the median one, so a finished video waits little
         whatever the time scale."""
-        gap = self.prior / 5
+        gap = self._model.prior / 5
         if self._model.ready:
             gap = min(gap, self._model.quantile(0.5) / 20)
         return gap
@@ -186,11 +202,24 @@ class Poller:
             return
         now = anyio.current_time()
         start = now if since is None else since
-        watched = _Watched(task_id, start, math.inf, 0, -math.inf, False, False, None, fresh)
+        watched = _Watched(task_id, start, math.inf, 0, -math.inf, False, False, None, fresh, None)
         self._tasks[task_id] = watched
         self._rotation.append(watched)
         self._schedule(watched, now)
         self._wakeup.set()
+
+    def discard(self, task_id: str) -> None:
+        """Stop watching a task (its caller gave up); a poll of it on the way is ignored."""
+        w = self._tasks.pop(task_id, None)
+        if w is not None:
+            self._set_due(w, math.inf)
+            w.done = True
+            self._probing.discard(task_id)
+
+    def last_seen(self, task_id: str) -> tuple[Task | None, GrokImagineError | None]:
+        """A watched task's last state seen, and the passing error of its last poll."""
+        w = self._tasks.get(task_id)
+        return (None, None) if w is None else (w.last, w.error)
 
     def _probe_limit(self) -> int:
         status = self.budget()
@@ -218,7 +247,7 @@ class Poller:
             due = max(now + self.min_gap, w.since + 10 * model.prior)
         else:
             due = math.inf
-            for q in (0.95, 0.99):
+            for q in self.quantiles:
                 at = w.since + model.quantile(q)
                 if at > now + self.min_gap / 2 and (w.polls == 0 or at > w.last_poll):
                     due = at
@@ -260,11 +289,14 @@ class Poller:
         stop: Callable[[], bool],
         deadline: float | None = None,
         more_coming: Callable[[], bool] = lambda: False,
+        linger: float | None = None,
     ) -> None:
         """Poll until ``stop()`` is true, the deadline passes, or nothing is
-        left to watch (and ``more_coming()`` says no more will be added);
-        returns once every poll it started has come back, so nothing is left
-        running."""
+        left to watch (and ``more_coming()`` says no more will be added).
+
+        Returns once every poll it started has come back, so nothing is left
+        running; with ``linger``, waits that long at most for them, then calls
+        off the rest, which are polled again by the next ``run``."""
         async with anyio.create_task_group() as tg:
             while not stop() and (self._tasks or more_coming()):
                 now = anyio.current_time()
@@ -280,6 +312,13 @@ class Poller:
                     break
                 with anyio.move_on_after(wait):
                     await self._wakeup.wait()
+            if linger is not None and self._in_flight:
+                # A poll still queued for a slot could hold the caller for a period.
+                with anyio.move_on_after(linger):
+                    while self._in_flight:
+                        self._wakeup = anyio.Event()
+                        await self._wakeup.wait()
+                tg.cancel_scope.cancel()
 
     def _next_wake(self, now: float, deadline: float | None) -> float:
         times = [now + 60.0]
@@ -322,7 +361,7 @@ class Poller:
         # due within it will need.
         horizon = now + status.period
         due_soon = bisect.bisect_right(self._dues, horizon)
-        spare = status.remaining - due_soon - 1
+        spare = status.remaining - due_soon - 1 - math.ceil(self.spare_reserve * status.limit)
         old_enough = self._model.quantile(0.05)
         looked = 0
         while spare > 0 and self._rotation and self._in_flight < self.max_in_flight and looked < 16:
@@ -333,7 +372,9 @@ class Poller:
                 self._rotation.popleft()
                 continue
             self._rotation.rotate(-1)
-            if w.in_flight or now - w.last_poll < self.min_gap or now - w.since < old_enough:
+            age = now - w.since
+            gap = max(self.min_gap, self.spare_gap * age)
+            if w.in_flight or now - w.last_poll < gap or age < old_enough:
                 continue
             self._launch(tg, w, now)
             spare -= 1
@@ -352,10 +393,17 @@ class Poller:
             task = await self.get_task(w.task_id)
         except GrokImagineError as exc:
             error = exc
+        except BaseException:
+            # Called off (a run that lingers no longer): due again for the next run.
+            if not w.done:
+                self._schedule(w, anyio.current_time())
+            raise
         finally:
             self._in_flight -= 1
             w.in_flight = False
             self._wakeup.set()
+        if w.done:
+            return
         age = sent - w.since if w.fresh else math.inf
         if error is not None and poll_error_is_final(error, age):
             self._settle(w, PollResult(w.task_id, w.last, error))
@@ -364,6 +412,7 @@ class Poller:
         previous = w.last_poll
         w.polls += 1
         w.last_poll = sent
+        w.error = error
         if task is not None:
             w.last = task
             if task.state.is_terminal:

@@ -36,6 +36,7 @@ class TaskWatch:
             budget=source.rate_limit_status,
             on_result=self._ready.append,
             prior=poll_interval or source.poll_interval,
+            durations=source._durations_for(poll_interval),
         )
         self._timeout = timeout
         self._deadline: float | None = None

@@ -192,9 +192,9 @@ PollIntervalOption = Annotated[
         "--poll-interval",
         min=0.01,
         show_default="GROKIMAGINE_POLL_INTERVAL, else 5",
-        help="Seconds between status polls at first; a batch then learns how long videos "
-        "take. Every poll counts against the rate limit: lower it only for a local "
-        "simulator.",
+        help="A first guess of how long a video takes, in seconds, which sets the first "
+        "polls; the client then learns how long videos take. Every poll counts against "
+        "the rate limit: lower it only for a local simulator.",
     ),
 ]
 
