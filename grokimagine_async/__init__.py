@@ -9,6 +9,7 @@
         print(task.videos)
 """
 
+from ._blocking import BlockingGenerationPipeline, BlockingTaskWatch, Client
 from ._client import DEFAULT_TIMEOUT, AsyncClient
 from ._config import CREDITS_PER_VIDEO, USD_PER_CREDIT, RateLimit, Tier
 from ._exceptions import (
@@ -70,7 +71,10 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "BlockingGenerationPipeline",
+    "BlockingTaskWatch",
     "BudgetExceededError",
+    "Client",
     "ClientClosedError",
     "ConfigurationError",
     "DownloadError",

@@ -42,12 +42,13 @@ def test_the_docs_show_the_readmes_table_rather_than_a_copy() -> None:
     assert "| argument | environment | default |" not in index
 
 
-def quickstart() -> str:
+def quickstart(which: int = 0) -> str:
+    """The quickstart's ``which``-th example: the async one, then the blocking one."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Quickstart", 1)[1]
-    found = re.search(r"```python\n(.*?)```", section, re.S)
-    assert found
-    return found.group(1).replace("asyncio.run(main())", "")
+    section = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    found = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(found) == 2
+    return str(found[which]).replace("asyncio.run(main())", "")
 
 
 @pytest.mark.parametrize("failure_rate", [0.0, 1.0], ids=["made", "refused"])
@@ -73,3 +74,22 @@ def test_the_quickstart_runs_as_pasted_whether_the_video_is_made_or_refused(
     else:
         assert sim.stats.tasks_created == 2
         assert list((tmp_path / "videos").glob("*.mp4"))
+
+
+@pytest.mark.parametrize("failure_rate", [0.0, 1.0], ids=["made", "refused"])
+def test_the_blocking_quickstart_runs_as_pasted(
+    failure_rate: float,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sim = Simulator(generation_time=(0.05, 0.1), failure_rate=failure_rate, seed=5)
+    with sim.serve_in_thread() as url:
+        monkeypatch.setenv("GROKIMAGINE_API_KEY", TOKEN)
+        monkeypatch.setenv("GROKIMAGINE_BASE_URL", url)
+        monkeypatch.setenv("GROKIMAGINE_POLL_INTERVAL", "0.05")
+        monkeypatch.chdir(tmp_path)
+        exec(compile(quickstart(1), "README.md", "exec"), {})  # noqa: S102
+    assert sim.stats.tasks_created == 1
+    assert capsys.readouterr().out.strip()
+    assert bool(list((tmp_path / "videos").glob("*.mp4"))) is not bool(failure_rate)
