@@ -2,10 +2,11 @@
 
     python benchmarks/priority.py [--quick]
 
-A web handler's single ``submit`` shares the token with a batch: a 600-video
-``generate_many`` on a plan of 60 requests a period, generations of 1-4 periods,
-while a handler submits one video every quarter period (4 a period, a fifteenth
-of the plan). Measured for each case: the handler's wait (the time its
+A web handler's single ``submit`` shares the token with a batch: a 1,200-video
+``generate_many`` on a plan of 60 requests a period, generations of 1-4
+periods, started a period after a handler began submitting one video every
+quarter period (4 a period, a fifteenth of the plan), which goes on until the
+batch ends. Measured for each case: the handler's wait (the time its
 ``submit`` takes, less the round trip, in periods: p50 and p99), the batch's wall
 time over its bound for the plan the handler leaves it, and 429s.
 
@@ -50,7 +51,7 @@ from grokimagine_async import AsyncClient, RateLimit
 from grokimagine_async.simulator import Simulator
 
 LIMIT = 60
-VIDEOS = 600
+VIDEOS = 1200
 #: Generations, in periods.
 GEN = (1.0, 4.0)
 #: A handler's submission every this many periods.
@@ -59,6 +60,8 @@ EVERY = 0.25
 ROUND_TRIP = 0.044
 TOKEN = "bench-priority-token"
 TARGET_P99 = 0.1
+#: Periods the handler runs before the batch starts.
+PRESTART = 1.0
 TARGET_BOUND = 1.05
 
 
@@ -165,6 +168,8 @@ def in_process(period: float) -> Result:
                 out["waits"] = await handler(web, period, trip, lambda: done)
 
             tg.start_soon(interactive)
+            # The web app was serving before the batch began.
+            await anyio.sleep(PRESTART * period)
             start = anyio.current_time()
             requests = [{"prompt": f"video {i}"} for i in range(VIDEOS)]
             async for _ in batch.generate_many(requests):
@@ -195,13 +200,15 @@ async def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         if cfg["role"] == "batch":
+            # The web app was serving before the batch began.
+            await asyncio.sleep(period)
             start = time.monotonic()
             requests = [{"prompt": f"video {i}"} for i in range(VIDEOS)]
             async with client.generate_many(requests) as results:
                 async for _ in results:
                     pass
             return {"wall": time.monotonic() - start}
-        stop_at = time.monotonic() + cfg["seconds"]
+        stop_at = time.monotonic() + period + cfg["seconds"]
         waits = await handler(client, period, 0.0, lambda: time.monotonic() >= stop_at)
         return {"waits": waits}
 
@@ -281,8 +288,9 @@ def main() -> int:
         print("  " + results[-1].line())
     for r in results:
         checks.append((f"{r.name}: handler p99 <= {TARGET_P99} of a period", r.p99 <= TARGET_P99))
-        within = r.ratio <= TARGET_BOUND
-        checks.append((f"{r.name}: batch within {TARGET_BOUND} of its bound", within))
+        checks.append(
+            (f"{r.name}: batch within {TARGET_BOUND} of its bound", r.ratio <= TARGET_BOUND)
+        )
         checks.append((f"{r.name}: 0 429s", r.rate_limited == 0))
     for label, passed in checks:
         print(f"{'PASS' if passed else 'FAIL'}  {label}")

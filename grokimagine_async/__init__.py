@@ -53,12 +53,14 @@ from ._models import (
 )
 from ._outcomes import Outcome, OutcomeStatus, PipelineProgress, SubmitOutcome
 from ._pipeline import GenerationPipeline
+from ._priority import BULK_MIN_SHARE, Priority
 from ._redis_limiter import RedisLimiter
 from ._sliding_window import SlidingWindowLimiter
 from ._version import __version__
 from ._watch import TaskWatch
 
 __all__ = [
+    "BULK_MIN_SHARE",
     "CREDITS_PER_VIDEO",
     "DEFAULT_TIMEOUT",
     "DOCUMENTED_MODES",
@@ -90,6 +92,7 @@ __all__ = [
     "Outcome",
     "OutcomeStatus",
     "PipelineProgress",
+    "Priority",
     "RateFeedback",
     "RateLimit",
     "RateLimitError",

@@ -40,6 +40,7 @@ from ._limiter import Limiter, RateLimitStatus
 from ._models import GenerateRequest, Task
 from ._outcomes import Outcome, PipelineProgress, SubmitOutcome
 from ._pipeline import GenerationPipeline, RequestLike
+from ._priority import Priority
 from ._watch import TaskWatch
 
 __all__ = ["BlockingGenerationPipeline", "BlockingTaskWatch", "Client"]
@@ -253,6 +254,7 @@ class Client:
         mode: str | None = None,
         ratio: str | None = None,
         images: str | Sequence[str] | None = None,
+        priority: Priority | str | None = None,
     ) -> str:
         """Start one video task (40 credits) and return its task id (see
         :meth:`AsyncClient.submit`). Ctrl-C lets the submission answer first and
@@ -269,14 +271,14 @@ class Client:
         return _run(
             self._loop(),
             lambda: self._async.submit(
-                request, prompt=prompt, mode=mode, ratio=ratio, images=images
+                request, prompt=prompt, mode=mode, ratio=ratio, images=images, priority=priority
             ),
             finished=created,
         )
 
-    def get_task(self, task_id: str) -> Task:
+    def get_task(self, task_id: str, *, priority: Priority | str | None = None) -> Task:
         """One status call: the task as the server sees it now."""
-        return self._call(lambda: self._async.get_task(task_id))
+        return self._call(lambda: self._async.get_task(task_id, priority=priority))
 
     def wait(
         self,
@@ -284,10 +286,13 @@ class Client:
         *,
         timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         poll_interval: float | None = None,
+        priority: Priority | str | None = None,
     ) -> Task:
         """Poll a task until it is completed and return it (see :meth:`AsyncClient.wait`)."""
         return self._call(
-            lambda: self._async.wait(task_id, timeout=timeout, poll_interval=poll_interval)
+            lambda: self._async.wait(
+                task_id, timeout=timeout, poll_interval=poll_interval, priority=priority
+            )
         )
 
     def generate(
@@ -301,6 +306,7 @@ class Client:
         images: str | Sequence[str] | None = None,
         timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         poll_interval: float | None = None,
+        priority: Priority | str | None = None,
     ) -> Task:
         """Submit one video and wait for it: :meth:`submit` then :meth:`wait`.
 
@@ -309,9 +315,13 @@ class Client:
         """
         # Checked before the paid submission: a wait that cannot start would lose its id.
         _check_wait(timeout, poll_interval)
-        task_id = self.submit(request, prompt=prompt, mode=mode, ratio=ratio, images=images)
+        task_id = self.submit(
+            request, prompt=prompt, mode=mode, ratio=ratio, images=images, priority=priority
+        )
         try:
-            return self.wait(task_id, timeout=timeout, poll_interval=poll_interval)
+            return self.wait(
+                task_id, timeout=timeout, poll_interval=poll_interval, priority=priority
+            )
         except KeyboardInterrupt:
             logger.warning(
                 "interrupted while waiting for task %s (paid), which goes on; "
@@ -333,10 +343,13 @@ class Client:
         requests: Iterable[RequestLike],
         *,
         concurrency: int | None = None,
+        priority: Priority | str = Priority.BULK,
     ) -> list[SubmitOutcome]:
         """Submit every request through the shared limiter; one outcome per
         request, in input order (see :meth:`AsyncClient.submit_many`)."""
-        return self._call(lambda: self._async.submit_many(requests, concurrency=concurrency))
+        return self._call(
+            lambda: self._async.submit_many(requests, concurrency=concurrency, priority=priority)
+        )
 
     def watch(
         self,
@@ -344,12 +357,15 @@ class Client:
         *,
         timeout: float | None = None,
         poll_interval: float | None = None,
+        priority: Priority | str = Priority.BULK,
     ) -> BlockingTaskWatch:
         """Follow tasks until each is completed or failed; an iterator (see
         :meth:`AsyncClient.watch`)."""
         portal = self._loop()
         watch = portal.call(
-            lambda: self._async.watch(task_ids, timeout=timeout, poll_interval=poll_interval)
+            lambda: self._async.watch(
+                task_ids, timeout=timeout, poll_interval=poll_interval, priority=priority
+            )
         )
         return BlockingTaskWatch(portal, watch)
 
@@ -365,6 +381,7 @@ class Client:
         resubmit_uncertain: bool = False,
         resubmit_failed: bool = False,
         poll_interval: float | None = None,
+        priority: Priority | str = Priority.BULK,
     ) -> BlockingGenerationPipeline:
         """Submit and watch at once; yields an :class:`Outcome` per request as
         soon as it is settled (see :meth:`AsyncClient.generate_many`).
@@ -385,6 +402,7 @@ class Client:
                 resubmit_uncertain=resubmit_uncertain,
                 resubmit_failed=resubmit_failed,
                 poll_interval=poll_interval,
+                priority=priority,
             )
         )
         return BlockingGenerationPipeline(portal, pipeline)

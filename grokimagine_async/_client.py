@@ -56,6 +56,7 @@ from ._models import GenerateRequest, Task, check_task_id
 from ._outcomes import SubmitOutcome
 from ._pipeline import GenerationPipeline, RequestLike, collect_requests, try_build
 from ._poller import DurationModel
+from ._priority import Priority, prioritised
 from ._redis_limiter import DEFAULT_LEASE, RedisLimiter
 from ._sliding_window import SlidingWindowLimiter
 from ._version import __version__
@@ -130,6 +131,17 @@ def _check_flag(field: str, value: object) -> None:
         raise RequestValidationError(
             field, f"must be True or False, got {value!r}", "Pass True or False"
         )
+
+
+def _check_priority(priority: Priority | str) -> Priority:
+    try:
+        return Priority(priority)
+    except ValueError:
+        raise RequestValidationError(
+            "priority",
+            f"expected 'interactive' or 'bulk', got {priority!r}",
+            "Pass Priority.INTERACTIVE or Priority.BULK",
+        ) from None
 
 
 def _check_wait(timeout: float | None, poll_interval: float | None) -> None:
@@ -419,11 +431,14 @@ class AsyncClient:
         mode: str | None = None,
         ratio: str | None = None,
         images: str | Sequence[str] | None = None,
+        priority: Priority | str | None = None,
     ) -> str:
         """Start one video task (40 credits) and return its task id.
 
         Pass a :class:`GenerateRequest`, a mapping, or the fields as keywords.
-        The request is checked before it is sent.
+        The request is checked before it is sent. ``priority``: single calls are
+        :attr:`Priority.INTERACTIVE` (ahead of the bulk calls' requests on the
+        token); pass ``"bulk"`` for one that can wait.
 
         Raises:
             RequestValidationError: the request is invalid; nothing was sent.
@@ -432,7 +447,8 @@ class AsyncClient:
             APIStatusError: the API refused it (no task was created).
         """
         req = GenerateRequest.build(request, prompt=prompt, mode=mode, ratio=ratio, images=images)
-        return await self.submit_request(req)
+        with prioritised(None if priority is None else _check_priority(priority)):
+            return await self.submit_request(req)
 
     async def submit_request(
         self,
@@ -506,12 +522,14 @@ class AsyncClient:
         to show up in status calls; a 404 for any other id is final at once."""
         return self._recent.get(task_id)
 
-    async def get_task(self, task_id: str) -> Task:
-        """One status call: the task as the server sees it now."""
+    async def get_task(self, task_id: str, *, priority: Priority | str | None = None) -> Task:
+        """One status call: the task as the server sees it now (``priority``: as
+        for :meth:`submit`)."""
         task_id = check_task_id(task_id)
-        data = await self._wire.request(
-            "GET", "/v1/status", kind=RequestKind.READ, params={"task_id": task_id}
-        )
+        with prioritised(None if priority is None else _check_priority(priority)):
+            data = await self._wire.request(
+                "GET", "/v1/status", kind=RequestKind.READ, params={"task_id": task_id}
+            )
         data.setdefault("task_id", task_id)
         try:
             return Task.model_validate(data)
@@ -530,13 +548,15 @@ class AsyncClient:
         *,
         timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         poll_interval: float | None = None,
+        priority: Priority | str | None = None,
     ) -> Task:
         """Poll a task until it is completed and return it.
 
         Every wait of a client is polled by one scheduler, which times the
         polls from how long the client has seen generations take (before it has
         seen any, from ``poll_interval``, a first guess that a call may give
-        for itself), so many callers waiting at once cost few requests.
+        for itself), so many callers waiting at once cost few requests. ``priority``:
+        as for :meth:`submit`.
         Passing errors (connection trouble, 5xx, 429, a garbled answer, a
         404 in the first 30 seconds) don't end the wait: polling goes on
         until the deadline, which no poll overruns.
@@ -550,12 +570,17 @@ class AsyncClient:
         """
         task_id = check_task_id(task_id)
         _check_wait(timeout, poll_interval)
+        if priority is not None:
+            priority = _check_priority(priority)
         durations = self._durations_for(poll_interval)
         if durations is not self._durations:
-            return await Waits(self, durations).wait(task_id, timeout)
-        if self._waits is None:
-            self._waits = Waits(self, durations)
-        return await self._waits.wait(task_id, timeout)
+            waits = Waits(self, durations)
+        else:
+            if self._waits is None:
+                self._waits = Waits(self, durations)
+            waits = self._waits
+        with prioritised(priority):
+            return await waits.wait(task_id, timeout)
 
     async def generate(
         self,
@@ -568,6 +593,7 @@ class AsyncClient:
         images: str | Sequence[str] | None = None,
         timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         poll_interval: float | None = None,
+        priority: Priority | str | None = None,
     ) -> Task:
         """Submit one video and wait for it: :meth:`submit` then :meth:`wait`.
 
@@ -576,8 +602,14 @@ class AsyncClient:
         """
         # Checked before the paid submission: a wait that cannot start would lose its id.
         _check_wait(timeout, poll_interval)
-        task_id = await self.submit(request, prompt=prompt, mode=mode, ratio=ratio, images=images)
-        return await self.wait(task_id, timeout=timeout, poll_interval=poll_interval)
+        if priority is not None:
+            priority = _check_priority(priority)
+        task_id = await self.submit(
+            request, prompt=prompt, mode=mode, ratio=ratio, images=images, priority=priority
+        )
+        return await self.wait(
+            task_id, timeout=timeout, poll_interval=poll_interval, priority=priority
+        )
 
     async def download(
         self, task: Task | str, directory: str | Path, *, concurrency: int = 4
@@ -620,6 +652,7 @@ class AsyncClient:
         requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
         *,
         concurrency: int | None = None,
+        priority: Priority | str = Priority.BULK,
     ) -> list[SubmitOutcome]:
         """Submit every request through the shared limiter.
 
@@ -630,7 +663,9 @@ class AsyncClient:
 
         ``concurrency`` caps submissions in flight at once (by default about
         half the plan's requests a second, at least 4); the rate limiter
-        paces them whatever it is.
+        paces them whatever it is. Its requests are :attr:`Priority.BULK`: single
+        calls on the token go first, and it keeps at least
+        :data:`BULK_MIN_SHARE` of the plan.
 
         The outcomes come back together at the end: cancel this call (or let
         a timeout do it) and the ids of tasks already created are lost to you.
@@ -638,6 +673,7 @@ class AsyncClient:
         ``journal``.
         """
         _check_count("concurrency", concurrency, "16")
+        priority = _check_priority(priority)
         items = await collect_requests(requests)
         limit = anyio.CapacityLimiter(concurrency or self._default_concurrency())
         follow = concurrency is None
@@ -653,18 +689,19 @@ class AsyncClient:
             finally:
                 limit.release_on_behalf_of(token)
 
-        async with anyio.create_task_group() as tg:
-            for index, item in enumerate(items):
-                request = try_build(item)
-                if isinstance(request, RequestValidationError):
-                    outcomes[index] = SubmitOutcome(index, None, error=request)
-                    continue
-                # Taken here, in input order: an event loop may start new tasks in any order.
-                token = object()
-                if follow:
-                    limit.total_tokens = self._default_concurrency()
-                await limit.acquire_on_behalf_of(token)
-                tg.start_soon(one, index, request, token)
+        with prioritised(priority):
+            async with anyio.create_task_group() as tg:
+                for index, item in enumerate(items):
+                    request = try_build(item)
+                    if isinstance(request, RequestValidationError):
+                        outcomes[index] = SubmitOutcome(index, None, error=request)
+                        continue
+                    # Taken here, in input order: an event loop may start new tasks in any order.
+                    token = object()
+                    if follow:
+                        limit.total_tokens = self._default_concurrency()
+                    await limit.acquire_on_behalf_of(token)
+                    tg.start_soon(one, index, request, token)
         return [o for o in outcomes if o is not None]
 
     def watch(
@@ -673,6 +710,7 @@ class AsyncClient:
         *,
         timeout: float | None = None,
         poll_interval: float | None = None,
+        priority: Priority | str = Priority.BULK,
     ) -> TaskWatch:
         """Follow tasks until each is completed or failed; an async iterator.
 
@@ -691,6 +729,7 @@ class AsyncClient:
         ``poll_interval`` is the first guess of how long a generation takes,
         before any has been timed (the client's ``poll_interval`` by default);
         the scheduler learns the real figure from the first tasks it follows.
+        Its polls are :attr:`Priority.BULK` unless ``priority`` says otherwise.
         """
         _check_positive("timeout", timeout, "3600, or None")
         _check_positive("poll_interval", poll_interval, "5")
@@ -700,7 +739,13 @@ class AsyncClient:
                 "expected many task ids, got one string",
                 f"Pass a list: watch([{task_ids!r}])",
             )
-        return TaskWatch(self, task_ids, timeout=timeout, poll_interval=poll_interval)
+        return TaskWatch(
+            self,
+            task_ids,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            priority=_check_priority(priority),
+        )
 
     def generate_many(
         self,
@@ -714,6 +759,7 @@ class AsyncClient:
         resubmit_uncertain: bool = False,
         resubmit_failed: bool = False,
         poll_interval: float | None = None,
+        priority: Priority | str = Priority.BULK,
     ) -> GenerationPipeline:
         """Submit and watch at once; yields an :class:`Outcome` per request as
         soon as it is settled.
@@ -751,6 +797,9 @@ class AsyncClient:
                 and ``progress.spent_credits``.
             poll_interval: the first guess of how long a generation takes,
                 before any has been timed (see :meth:`watch`).
+            priority: :attr:`Priority.BULK` by default: single calls on the
+                token go ahead of the batch's requests, and the batch keeps at
+                least :data:`BULK_MIN_SHARE` of the plan.
 
         To stop a batch gracefully (on a signal, at shutdown), call
         :meth:`GenerationPipeline.stop_submitting`, then
@@ -789,4 +838,5 @@ class AsyncClient:
             resubmit_uncertain=resubmit_uncertain,
             resubmit_failed=resubmit_failed,
             poll_interval=poll_interval,
+            priority=_check_priority(priority),
         )

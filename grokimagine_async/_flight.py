@@ -1,7 +1,8 @@
 """How many requests are on the wire at once.
 
 **Guarantee**: no more than :attr:`FlightGate.cap` requests on the wire
-together; the rest wait here in order. The server sees the same requests,
+together; the rest wait here in order, interactive calls ahead of bulk work
+(see ``_priority.py``). The server sees the same requests,
 spread over the time they take to answer, rather than a window's whole budget
 in one instant (every connection a pool holds costs CPU on every request).
 
@@ -26,6 +27,8 @@ from collections import deque
 from collections.abc import Callable
 
 import anyio
+
+from ._priority import WaitQueue, current_priority, may_lead
 
 __all__ = ["MAX_FOR_WINDOW", "MIN_ON_WIRE", "WINDOW_ROUND_TRIPS", "FlightGate"]
 
@@ -72,7 +75,7 @@ class FlightGate:
         self._quickest: dict[str, _WindowedMin] = {}
         self._on_wire = 0
         self._cap = MIN_ON_WIRE
-        self._waiting: deque[anyio.Event] = deque()
+        self._waiting: WaitQueue[anyio.Event] = WaitQueue()
         # The cap is worked out again at most every 1/32 of a period once a few
         # answers have set it: it is looked at on every request.
         self._answers = 0
@@ -91,11 +94,13 @@ class FlightGate:
     async def enter(self) -> None:
         """Wait for a place on the wire; the caller must :meth:`leave` once its
         request has ended (not if this raised: cancelled, it took no place)."""
+        priority = current_priority()
         if self._on_wire < self._cap and not self._waiting:
             self._on_wire += 1
+            self._waiting.note_grant(priority, anyio.current_time())
             return
         event = anyio.Event()
-        self._waiting.append(event)
+        self._waiting.append(event, priority)
         try:
             await event.wait()
         except BaseException:
@@ -112,9 +117,14 @@ class FlightGate:
         self._on_wire -= 1
         if kind is not None and round_trip is not None:
             self._measured(kind, round_trip)
+        if not self._waiting:
+            return
+        now = anyio.current_time()
+        per_second, period = self._rate()
         while self._waiting and self._on_wire < self._cap:
             self._on_wire += 1
-            self._waiting.popleft().set()
+            led = self._waiting.interactive_granted(now, period)
+            self._waiting.popleft(may_lead(led, round(per_second * period)), now).set()
 
     def _measured(self, kind: str, round_trip: float) -> None:
         now = anyio.current_time()

@@ -55,6 +55,7 @@ from ._journal import Journal, JournalEntry, Resume
 from ._models import GenerateRequest, Task, TaskState
 from ._outcomes import Outcome, OutcomeStatus, PipelineProgress
 from ._poller import Poller, PollResult, StatusSource
+from ._priority import Priority, prioritised
 
 __all__ = ["GenerationPipeline", "RequestLike", "Submitter", "collect_requests", "try_build"]
 
@@ -226,6 +227,7 @@ class _Batch:
         resubmit_uncertain: bool,
         resubmit_failed: bool,
         poll_interval: float | None,
+        priority: Priority,
     ) -> None:
         self.client = client
         self.requests = requests
@@ -237,6 +239,7 @@ class _Batch:
         self.resubmit_uncertain = resubmit_uncertain
         self.resubmit_failed = resubmit_failed
         self.poll_interval = poll_interval
+        self.priority = priority
         self.prior = poll_interval or client.poll_interval
         self.ready: deque[Outcome] = deque()
         self.queue: deque[_Item] = deque()
@@ -482,6 +485,10 @@ class _Batch:
 
     async def run(self, stop: Callable[[], bool]) -> None:
         """Submit and poll until ``stop()``; returns with nothing in flight."""
+        with prioritised(self.priority):
+            await self._run(stop)
+
+    async def _run(self, stop: Callable[[], bool]) -> None:
         poller = self.poller
         slots = anyio.CapacityLimiter(self.concurrency)
 
@@ -732,6 +739,7 @@ class GenerationPipeline:
         resubmit_uncertain: bool = False,
         resubmit_failed: bool = False,
         poll_interval: float | None = None,
+        priority: Priority = Priority.BULK,
     ) -> None:
         self._batch = _Batch(
             client,
@@ -744,6 +752,7 @@ class GenerationPipeline:
             resubmit_uncertain=resubmit_uncertain,
             resubmit_failed=resubmit_failed,
             poll_interval=poll_interval,
+            priority=priority,
         )
         self._background: TaskGroup | None = None
         # Runs when the last reference to the pipeline goes (a `break` out of a bare

@@ -13,8 +13,10 @@ that got the response and kept in Redis for every process to read. The slow
 start and the cap on requests in flight stay each process's own.
 
 **Waiting**: each process queues its own waiters; only the first asks Redis,
-for as many slots as are queued, and is told when to ask again, so nobody
-polls in a loop. Free slots go to the process that has waited longest.
+for as many slots as are queued in its line, and is told when to ask again, so
+nobody polls in a loop. Free slots go to the process that has waited longest,
+except that interactive calls go ahead of every process's bulk work, within
+the share ``_priority.py`` gives them, counted across processes in Redis.
 
 **Redis unreachable**: a call raises :class:`RateLimiterUnavailableError`
 before anything is sent, unless a ``fallback`` share was chosen: the process
@@ -56,6 +58,7 @@ from ._exceptions import ConfigurationError, RateLimiterUnavailableError
 from ._headers import RateFeedback, readable
 from ._limiter import RateLimitStatus, RecordedOnce, SlotContext
 from ._policy import POLICY
+from ._priority import Priority, WaitQueue, may_lead, reserve
 from ._sliding_window import SlidingWindowLimiter
 
 if TYPE_CHECKING:
@@ -177,7 +180,8 @@ class RedisLimiter:
         self._lease = lease
         tag = "{" + key + "}"
         self._keys = [
-            f"grokimagine:{tag}:{name}" for name in ("slots", "state", "queue", "due", "refused")
+            f"grokimagine:{tag}:{name}"
+            for name in ("slots", "state", "queue", "due", "refused", "interactive")
         ]
         self._pid = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._acquire = redis.register_script(scripts.ACQUIRE)
@@ -185,7 +189,9 @@ class RedisLimiter:
         self._apply = redis.register_script(scripts.APPLY)
         self._reseed = redis.register_script(scripts.RESEED)
         self._leave = redis.register_script(scripts.LEAVE)
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: WaitQueue[_Waiter] = WaitQueue()
+        # Interactive grants within the last period, every process's, as Redis last said.
+        self._led = 0
         self._asking = False
         self._pending: set[asyncio.Task[None]] = set()
         # What this process holds, for re-adding after a restart: answered slots by
@@ -282,7 +288,7 @@ class RedisLimiter:
         self._waiters.append(waiter)
         try:
             while waiter.grant is None and waiter.error is None:
-                if self._waiters and self._waiters[0] is waiter and not self._asking:
+                if self._head() is waiter and not self._asking:
                     delay = await self._ask()
                     if waiter.grant is not None or waiter.error is not None:
                         break
@@ -294,8 +300,7 @@ class RedisLimiter:
         except BaseException:
             if waiter.grant is not None:
                 self._give_back(waiter.grant[0])
-            with suppress(ValueError):
-                self._waiters.remove(waiter)
+            self._waiters.remove(waiter)
             if not self._waiters:
                 self._spawn(self._leave_queue())
             self._nudge()
@@ -317,10 +322,23 @@ class RedisLimiter:
         try:
             while self._learning:
                 await self._learnt.wait()
-            want = len(self._waiters)
+            lead = self._lead()
+            priority = self._waiters.head_priority(lead) or Priority.BULK
+            interactive = priority is Priority.INTERACTIVE
+            # One line at a time, so that Redis counts interactive grants exactly.
+            want = self._waiters.count(priority)
+            keep = 0 if interactive else reserve(self._led, self._rate.requests)
             try:
                 restarted = await self._maybe_restarted()
-                call = asyncio.ensure_future(self._run_acquire(want, restarted))
+                call = asyncio.ensure_future(
+                    self._run_acquire(
+                        want,
+                        restarted,
+                        interactive=interactive,
+                        lead=interactive and lead,
+                        keep=keep,
+                    )
+                )
                 try:
                     reply = await asyncio.shield(call)
                 except asyncio.CancelledError:
@@ -341,12 +359,13 @@ class RedisLimiter:
             wait = float(reply["wait"])
             epoch = str(reply["epoch"])
             self._heard(reply)
+            self._led = int(reply.get("led", 0))
             for i in range(granted):
-                if not self._waiters:
+                waiter = self._waiters.pop(priority)
+                if waiter is None:
                     # Cancelled while asking: the slot goes back unused.
                     self._give_back(f"{epoch}:{first + i}")
                     continue
-                waiter = self._waiters.popleft()
                 waiter.grant = (f"{epoch}:{first + i}", taken_at)
                 waiter.event.set()
             await self._check_epoch(epoch)
@@ -381,9 +400,16 @@ class RedisLimiter:
             self._young_until = now + max(0.0, hold - uptime)
         return max(0.0, self._young_until - now)
 
+    def _lead(self) -> bool:
+        return may_lead(self._led, self._rate.requests)
+
+    def _head(self) -> _Waiter | None:
+        return self._waiters.head(self._lead())
+
     def _nudge(self) -> None:
-        if self._waiters:
-            self._waiters[0].event.set()
+        head = self._head()
+        if head is not None:
+            head.event.set()
 
     def _unreachable(self, exc: BaseException) -> None:
         if self._fallback_share is None:
@@ -398,8 +424,8 @@ class RedisLimiter:
             self._fall_back(exc)
             fail = _FellBack()
         self._spawn(self._leave_queue())
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        while (waiter := self._head()) is not None:
+            self._waiters.remove(waiter)
             waiter.error = fail
             waiter.event.set()
 
@@ -680,13 +706,26 @@ class RedisLimiter:
 
     # -- helpers --------------------------------------------------------------------
 
-    async def _run_acquire(self, want: int, hold: float) -> dict[str, Any]:
-        """The grant script, for ``want`` slots (0: only looking)."""
+    async def _run_acquire(
+        self,
+        want: int,
+        hold: float,
+        *,
+        interactive: bool = False,
+        lead: bool = False,
+        keep: int = 0,
+    ) -> dict[str, Any]:
+        """The grant script, for ``want`` slots (0: only looking): for interactive
+        calls, ahead of the queue if ``lead``; leaving ``keep`` free."""
         return await self._run(
             self._acquire,
             self._keys,
-            pid=self._pid,
+            # A process's two lines queue in Redis apart: each is served in its turn.
+            pid=f"{self._pid}:i" if interactive else self._pid,
             want=want,
+            interactive=interactive,
+            lead=lead,
+            keep=keep,
             lease=self._lease,
             turn=self.TURN,
             slack=POLICY.queue_slack,

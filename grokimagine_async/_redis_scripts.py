@@ -134,15 +134,23 @@ end
 """
 
 #: Ask for up to ``want`` slots for process ``pid`` (0: only looking).
-#: KEYS: slots, state, queue, due. Arguments: limit, period, ttl, hold, initial (the
-#: learned state before any), pid, want, lease, turn, slack. Answers: granted, first (its sequence
-#: number), now, wait, epoch, free, pace, burst, held.
+#: KEYS: slots, state, queue, due, refused (unused), interactive (when interactive
+#: grants free, for their share). Arguments: limit, period, ttl, hold, initial (the
+#: learned state before any), pid, want, lease, turn, slack, interactive (the slots are
+#: for interactive calls), lead (they go ahead of the queue), keep (free slots to
+#: leave). Answers: granted, first (its sequence number), now, wait, epoch, free,
+#: pace, burst, held, led (interactive grants within the last period).
 ACQUIRE = (
     _COMMON
     + _EVALUATE
     + r"""
 local pid, want, lease, turn = A.pid, A.want, A.lease, A.turn
+-- Interactive calls that may lead wait ahead of every process's bulk work.
+local queued_at = now
+if A.lead then queued_at = 0 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+local led = redis.call('ZCARD', KEYS[6])
 local held = redis.call('ZCARD', KEYS[1])
 local tat = num('tat', now)
 local free, times = evaluate(held, num('seq', 0) + 1, tat)
@@ -153,7 +161,7 @@ local _, pace, burst = pacing_now(now)
 local function answer(granted, first, wait, free_now, held_now)
   return cjson.encode({granted = granted, first = first, now = f(now), wait = f(wait),
                        epoch = st['epoch'], free = free_now, pace = f(pace),
-                       burst = burst, held = held_now})
+                       burst = burst, held = held_now, led = led})
 end
 
 -- Waiters who broke their promise to ask again lose their place.
@@ -178,14 +186,24 @@ end
 -- until later (its promise is further off) does not keep a free slot idle.
 local ahead = 0
 local soon = now + 2 * turn + A.slack
-for _, p in ipairs(before) do
-  if tonumber(redis.call('ZSCORE', KEYS[4], p) or '0') <= soon then ahead = ahead + 1 end
+if not A.lead then
+  for _, p in ipairs(before) do
+    -- An interactive call that leads is ahead even while it sleeps until a slot frees.
+    if tonumber(redis.call('ZSCORE', KEYS[3], p)) == 0
+        or tonumber(redis.call('ZSCORE', KEYS[4], p) or '0') <= soon then
+      ahead = ahead + 1
+    end
+  end
 end
-local grant = math.min(want, free - ahead)
+local grant = math.min(want, free - ahead - (A.keep or 0))
 if grant > 0 then
   local first = num('seq', 0) + 1
   for i = 0, grant - 1 do
     redis.call('ZADD', KEYS[1], now + lease, st['epoch'] .. ':' .. (first + i))
+    if A.interactive then
+      redis.call('ZADD', KEYS[6], now + period, st['epoch'] .. ':' .. (first + i))
+      led = led + 1
+    end
   end
   set('seq', first + grant - 1)
   if pace > 0 then set('tat', math.max(tat, learned.gate, now) + grant / pace) end
@@ -193,8 +211,8 @@ if grant > 0 then
     redis.call('ZREM', KEYS[3], pid)
     redis.call('ZREM', KEYS[4], pid)
   else
-    -- Served in part: to the back of the queue, behind whoever waits now.
-    redis.call('ZADD', KEYS[3], now, pid)
+    -- Served in part: to the back of the queue (its line's), behind whoever waits now.
+    redis.call('ZADD', KEYS[3], queued_at, pid)
     redis.call('ZADD', KEYS[4], now + turn + A.slack, pid)
   end
   touch()
@@ -214,7 +232,7 @@ else
   end
 end
 wait = math.max(wait, 0.001)
-redis.call('ZADD', KEYS[3], 'NX', now, pid)
+redis.call('ZADD', KEYS[3], 'NX', queued_at, pid)
 redis.call('ZADD', KEYS[4], now + wait + turn + A.slack, pid)
 touch()
 return answer(0, 0, wait, free, held)

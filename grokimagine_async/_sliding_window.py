@@ -42,7 +42,6 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 
 import anyio
 
@@ -52,6 +51,7 @@ from ._constraints import Cap, evaluate
 from ._headers import RateFeedback, readable
 from ._limiter import RateLimitStatus, RecordedOnce, SlotContext
 from ._policy import POLICY
+from ._priority import Priority, WaitQueue, current_priority, may_lead, reserve
 
 __all__ = ["SlidingWindowLimiter", "WindowBudget"]
 
@@ -149,9 +149,10 @@ class WindowBudget:
             period=self.period,
         )
 
-    def free(self, now: float) -> int:
-        """Requests that may go right now."""
+    def free(self, now: float, keep: int = 0) -> int:
+        """Requests that may go right now, leaving ``keep`` of the window's slots free."""
         free, _ = self._evaluate(now)
+        free -= keep
         self._show_pacing(now)
         if self._ramp is not None:
             free = min(free, self._ramp - self.in_flight)
@@ -255,9 +256,9 @@ class WindowBudget:
         self._guessed = False
         rules.replanned(self.learned, now, self._rate)
 
-    def take(self, now: float) -> int | None:
-        """Take a slot if one is free: its ticket (the send order), else None."""
-        if self.free(now) <= 0:
+    def take(self, now: float, keep: int = 0) -> int | None:
+        """Take a slot if one is free beyond ``keep``: its ticket (the send order), else None."""
+        if self.free(now, keep) <= 0:
             return None
         self.in_flight += 1
         paced = self._pacing(now)
@@ -403,7 +404,8 @@ class SlidingWindowLimiter:
     after its answer, and there are ``rate.requests`` slots: so no window of
     ``rate.period`` seconds holds more than that many requests, however the
     server counts (the module doc has the proof, and what the server's headers
-    change). Waiters are served first come, first served. Cancelling a waiter
+    change). Waiters are served first come, first served, interactive calls
+    ahead of bulk work (see ``_priority.py``). Cancelling a waiter
     gives its place back and leaves nothing behind. Works under any event
     loop anyio runs on (asyncio, trio).
 
@@ -428,7 +430,7 @@ class SlidingWindowLimiter:
         self._budget = WindowBudget(rate, upgrades=upgrades, initial_time=self._now())
         # The first waiter keeps the time: it sleeps until the budget's next change,
         # the others until they are granted a slot or become first.
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: WaitQueue[_Waiter] = WaitQueue()
 
     def _now(self) -> float:
         if self._clock is not None:
@@ -472,20 +474,22 @@ class SlidingWindowLimiter:
     async def acquire(self) -> _Slot:
         """Wait for a slot. The caller must ``record`` on it exactly once."""
         now = self._now()
+        priority = current_priority()
         if not self._waiters:
-            ticket = self._budget.take(now)
+            ticket = self._budget.take(now, self._keep(priority, now))
             if ticket is not None:
+                self._waiters.note_grant(priority, now)
                 return _Slot(self, ticket, now)
         waiter = _Waiter()
-        self._waiters.append(waiter)
+        self._waiters.append(waiter, priority)
         try:
             while waiter.ticket is None:
                 self._grant()
                 if waiter.ticket is not None:
                     break
                 delay = math.inf
-                if self._waiters[0] is waiter:
-                    now = self._now()
+                now = self._now()
+                if self._head(now) is waiter:
                     when = self._budget.next_change(now)
                     if when is not None:
                         delay = max(0.0, when - now)
@@ -501,11 +505,23 @@ class SlidingWindowLimiter:
             if waiter.ticket is not None:
                 self._budget.give_back(waiter.ticket)
             else:
-                with suppress(ValueError):
-                    self._waiters.remove(waiter)
+                self._waiters.remove(waiter)
             self._wake()
             raise
         return _Slot(self, waiter.ticket, waiter.granted_at)
+
+    def _lead(self, now: float) -> bool:
+        budget = self._budget
+        return may_lead(self._waiters.interactive_granted(now, budget.period), budget.limit)
+
+    def _keep(self, priority: Priority | None, now: float) -> int:
+        if priority is not Priority.BULK:
+            return 0
+        budget = self._budget
+        return reserve(self._waiters.interactive_granted(now, budget.period), budget.limit)
+
+    def _head(self, now: float) -> _Waiter | None:
+        return self._waiters.head(self._lead(now))
 
     def _finish(self, slot: _Slot, feedback: RateFeedback | None, sent: bool) -> None:
         if sent:
@@ -518,20 +534,23 @@ class SlidingWindowLimiter:
         now = self._now()
         granted = False
         while self._waiters:
-            ticket = self._budget.take(now)
+            lead = self._lead(now)
+            ticket = self._budget.take(now, self._keep(self._waiters.head_priority(lead), now))
             if ticket is None:
                 break
-            waiter = self._waiters.popleft()
+            waiter = self._waiters.popleft(lead, now)
             waiter.ticket = ticket
             waiter.granted_at = now
             waiter.event.set()
             granted = True
-        if granted and self._waiters:
+        head = self._head(now)
+        if granted and head is not None:
             # A new first waiter: it keeps the time from now on.
-            self._waiters[0].event.set()
+            head.event.set()
 
     def _wake(self) -> None:
         """The budget changed: grant what it allows, and have the first waiter look again."""
         self._grant()
-        if self._waiters:
-            self._waiters[0].event.set()
+        head = self._head(self._now())
+        if head is not None:
+            head.event.set()

@@ -10,6 +10,7 @@ import anyio
 from ._exceptions import TaskPollError, WatchTimeoutError
 from ._models import Task, check_task_id
 from ._poller import Poller, PollResult, StatusSource
+from ._priority import Priority, prioritised
 
 __all__ = ["TaskWatch"]
 
@@ -28,6 +29,7 @@ class TaskWatch:
         *,
         timeout: float | None,
         poll_interval: float | None,
+        priority: Priority = Priority.BULK,
     ) -> None:
         self._source = source
         self._ready: deque[PollResult] = deque()
@@ -38,6 +40,7 @@ class TaskWatch:
             prior=poll_interval or source.poll_interval,
             durations=source._durations_for(poll_interval),
         )
+        self._priority = priority
         self._timeout = timeout
         self._deadline: float | None = None
         for task_id in task_ids:
@@ -66,7 +69,8 @@ class TaskWatch:
                 raise StopAsyncIteration
             if self._deadline is not None and anyio.current_time() >= self._deadline:
                 raise WatchTimeoutError(self._poller.pending(), self._timeout or 0.0)
-            await self._poller.run(stop=lambda: bool(self._ready), deadline=self._deadline)
+            with prioritised(self._priority):
+                await self._poller.run(stop=lambda: bool(self._ready), deadline=self._deadline)
         result = self._ready.popleft()
         if result.error is not None:
             raise TaskPollError(result.task_id, result.error, result.task) from result.error

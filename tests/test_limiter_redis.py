@@ -76,10 +76,10 @@ def key_for(base_url: str) -> str:
 
 
 def redis_keys(key: str) -> dict[str, str]:
-    """The limiter's keys in Redis by role (all four carry the hash tag ``{key}``)."""
+    """The limiter's keys in Redis by role (each carries the hash tag ``{key}``)."""
     return {
         name: f"grokimagine:{{{key}}}:{name}"
-        for name in ("slots", "state", "queue", "due", "refused")
+        for name in ("slots", "state", "queue", "due", "refused", "interactive")
     }
 
 

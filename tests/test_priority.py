@@ -1,0 +1,253 @@
+"""Interactive calls ahead of bulk work, and bulk work's share kept: the rule, the
+in-process limiter on a virtual clock, the Redis queue across processes, and
+which calls are which."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import anyio
+import pytest
+
+from grokimagine_async import (
+    BULK_MIN_SHARE,
+    AsyncClient,
+    Priority,
+    RateLimit,
+    RateLimitStatus,
+    RequestValidationError,
+    Slot,
+)
+from grokimagine_async._headers import RateFeedback
+from grokimagine_async._priority import (
+    WaitQueue,
+    current_priority,
+    may_lead,
+    prioritised,
+    reserve,
+)
+from grokimagine_async._redis_limiter import RedisLimiter
+from grokimagine_async._sliding_window import SlidingWindowLimiter
+from grokimagine_async.simulator import Simulator
+
+from .helpers import TOKEN, on_virtual_clock, serving
+from .redis_server import RedisServer
+from .test_limiter_redis import limiters, wait_for
+
+ANSWERED = RateFeedback(200)
+
+
+def test_the_interactive_line_goes_first_within_its_share() -> None:
+    queue: WaitQueue[str] = WaitQueue()
+    for name, priority in (
+        ("b1", Priority.BULK),
+        ("i1", Priority.INTERACTIVE),
+        ("b2", Priority.BULK),
+    ):
+        queue.append(name, priority)
+    assert queue.head(lead=True) == "i1"
+    # Past its share, bulk work goes first.
+    assert queue.head(lead=False) == "b1"
+    assert [queue.popleft(lead=True, now=0.0) for _ in range(3)] == ["i1", "b1", "b2"]
+    queue.append("i2", Priority.INTERACTIVE)
+    queue.append("b3", Priority.BULK)
+    assert [queue.popleft(lead=False, now=0.0) for _ in range(2)] == ["b3", "i2"]
+    assert queue.interactive_granted(now=0.5, period=1.0) == 2
+    assert queue.interactive_granted(now=1.5, period=1.0) == 0
+
+
+def test_bulk_work_keeps_its_share_and_nothing_is_kept_without_interactive_calls() -> None:
+    limit = 60
+    bulk_least = int(BULK_MIN_SHARE * limit)
+    assert may_lead(limit - bulk_least - 1, limit)
+    assert not may_lead(limit - bulk_least, limit)
+    assert reserve(0, limit) == 0
+    assert reserve(1, limit) == 1
+    assert reserve(8, limit) == 2
+    assert reserve(limit - bulk_least - 1, limit) == 11
+    # Past their share, interactive calls are owed nothing.
+    assert reserve(limit - bulk_least, limit) == 0
+
+
+class Grants:
+    """Who was granted a slot, in order."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+
+    async def take(
+        self, limiter: SlidingWindowLimiter | RedisLimiter, name: str, hold: float
+    ) -> None:
+        slot = await limiter.acquire()
+        self.order.append(name)
+        await anyio.sleep(hold)
+        slot.record(ANSWERED)
+
+
+def test_an_interactive_call_goes_ahead_of_a_queued_batch() -> None:
+    async def main() -> None:
+        limiter = SlidingWindowLimiter(RateLimit(4, 1.0), clock=anyio.current_time)
+        grants = Grants()
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as batch:
+                for i in range(40):
+                    tg.start_soon(grants.take, limiter, f"bulk {i}", 0.01)
+                await anyio.sleep(0.5)  # the window is full and the batch queued
+                assert limiter.status().waiting > 30
+                with prioritised(Priority.INTERACTIVE):
+                    await grants.take(limiter, "web", 0.01)
+                batch.cancel()
+        web = grants.order.index("web")
+        # It took the first slot that freed: nobody of the batch was served meanwhile.
+        assert web == 4, grants.order[: web + 1]
+
+    on_virtual_clock(_as_bulk(main))
+
+
+def test_a_batch_leaves_a_slot_free_while_interactive_calls_come() -> None:
+    """Slots of a batch free in clumps: without one kept free, an interactive call
+    first in line would wait for the next clump."""
+
+    async def main() -> None:
+        limiter = SlidingWindowLimiter(RateLimit(10, 1.0), clock=anyio.current_time)
+        with prioritised(Priority.INTERACTIVE):
+            slot = await limiter.acquire()
+            slot.record(ANSWERED)
+        grants = Grants()
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(grants.take, limiter, f"bulk {i}", 0.0)
+            await anyio.sleep(0.1)
+            # The batch took all but one of what was free, and waits.
+            assert len(grants.order) == 10 - 1 - 1
+            assert limiter.status().remaining == 1
+            with prioritised(Priority.INTERACTIVE), anyio.fail_after(0.001):
+                slot = await limiter.acquire()
+            slot.record(ANSWERED)
+            tg.cancel_scope.cancel()
+
+    on_virtual_clock(_as_bulk(main))
+
+
+def test_interactive_calls_cannot_starve_a_batch() -> None:
+    async def main() -> None:
+        limit = 8
+        limiter = SlidingWindowLimiter(RateLimit(limit, 1.0), clock=anyio.current_time)
+        grants = Grants()
+        async with anyio.create_task_group() as tg:
+            for i in range(200):
+                tg.start_soon(grants.take, limiter, f"bulk {i}", 0.0)
+            with prioritised(Priority.INTERACTIVE):
+                for i in range(200):
+                    tg.start_soon(grants.take, limiter, f"web {i}", 0.0)
+            await anyio.sleep(20.0)
+            tg.cancel_scope.cancel()
+        later = grants.order[limit:]
+        bulk = sum(1 for name in later if name.startswith("bulk"))
+        assert len(later) >= 19 * limit
+        assert bulk / len(later) >= BULK_MIN_SHARE
+
+    on_virtual_clock(_as_bulk(main))
+
+
+def _as_bulk(main: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``main`` with bulk as the priority it starts from (the tasks it starts inherit it)."""
+
+    async def wrapped() -> None:
+        with prioritised(Priority.BULK):
+            await main()
+
+    return wrapped
+
+
+@pytest.mark.anyio
+@pytest.mark.backends("asyncio")
+@pytest.mark.parametrize("lead", [True, False], ids=["interactive", "bulk"])
+async def test_across_processes_an_interactive_call_goes_ahead_of_another_process_batch(
+    redis_server: RedisServer, lead: bool
+) -> None:
+    """A's batch queued in Redis before B's call: when a slot frees, B's call takes it
+    if it leads, else A, which waited longer, does."""
+    rate = RateLimit(2, 1.0)
+    async with limiters(redis_server.url, 2, key=f"lead-{lead}", rate=rate) as (a, b):
+        for _ in range(rate.requests):
+            (await a.acquire()).record(ANSWERED)
+        # Both wait, A first: the window is full.
+        assert int((await a._run_acquire(5, 0.0))["granted"]) == 0
+        queued = await b._run_acquire(1, 0.0, interactive=lead, lead=lead)
+        assert int(queued["granted"]) == 0
+
+        async def free() -> bool:
+            return int((await a._run_acquire(0, 0.0))["free"]) > 0
+
+        await wait_for(free, within=10 * rate.period)
+        reply = await a._run_acquire(5, 0.0)
+        a_got = int(reply["granted"])
+        freed = a_got + int(reply["free"])
+        b_got = int((await b._run_acquire(1, 0.0, interactive=lead, lead=lead))["granted"])
+    # Both of A's slots were answered together, so they free together.
+    assert freed == rate.requests
+    assert (a_got, b_got) == ((freed - 1, 1) if lead else (freed, 0))
+
+
+class PriorityLog:
+    """A limiter that notes the priority each request waited at."""
+
+    def __init__(self, rate: RateLimit) -> None:
+        self.inner = SlidingWindowLimiter(rate)
+        self.seen: list[Priority] = []
+
+    @property
+    def rate(self) -> RateLimit:
+        return self.inner.rate
+
+    def status(self) -> RateLimitStatus:
+        return self.inner.status()
+
+    def set_rate(self, rate: RateLimit) -> None:
+        self.inner.set_rate(rate)
+
+    def slot(self) -> AbstractAsyncContextManager[Slot]:
+        return self._slot()
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[Slot]:
+        self.seen.append(current_priority())
+        async with self.inner.slot() as slot:
+            yield slot
+
+
+@pytest.mark.anyio
+@pytest.mark.backends("asyncio", "trio")
+async def test_single_calls_are_interactive_and_bulk_calls_bulk() -> None:
+    sim = Simulator(generation_time=(0.05, 0.1), seed=2)
+    log = PriorityLog(RateLimit(100, 1.0))
+    async with (
+        serving(sim) as url,
+        AsyncClient(TOKEN, base_url=url, limiter=log, poll_interval=0.05) as client,
+    ):
+        task_id = await client.submit(prompt="one")
+        await client.wait(task_id)
+        assert set(log.seen) == {Priority.INTERACTIVE}
+        log.seen.clear()
+        await client.get_task(task_id, priority="bulk")
+        assert log.seen == [Priority.BULK]
+        log.seen.clear()
+        async for outcome in client.generate_many([{"prompt": "a"}, {"prompt": "b"}]):
+            assert outcome.ok
+        outcomes = await client.submit_many([{"prompt": "c"}])
+        async for _ in client.watch([o.task_id for o in outcomes if o.task_id]):
+            pass
+        assert log.seen
+        assert set(log.seen) == {Priority.BULK}
+        log.seen.clear()
+        async for _ in client.generate_many([{"prompt": "d"}], priority=Priority.INTERACTIVE):
+            pass
+        assert set(log.seen) == {Priority.INTERACTIVE}
+        before = sim.stats.requests
+        with pytest.raises(RequestValidationError, match="priority"):
+            await client.submit(prompt="e", priority="urgent")
+        with pytest.raises(RequestValidationError, match="priority"):
+            client.generate_many([{"prompt": "f"}], priority="urgent")
+        assert sim.stats.requests == before
