@@ -21,6 +21,7 @@ import httpx
 from pydantic import ValidationError
 from typing_extensions import Self
 
+from . import _telemetry as telemetry
 from ._config import (
     CREDITS_PER_VIDEO,
     RateLimit,
@@ -282,6 +283,7 @@ class AsyncClient:
             )
         _check_setting("max_retry_after", max_retry_after, zero_ok=False, example="120")
         self._poll_interval = resolve_poll_interval(poll_interval)
+        telemetry.watch_budget(self, self._base_url.host)
         # What generations take, learnt by every call that starts from the client's guess.
         self._durations = DurationModel(self._poll_interval)
         self._waits: Waits | None = None
@@ -447,7 +449,10 @@ class AsyncClient:
             APIStatusError: the API refused it (no task was created).
         """
         req = GenerateRequest.build(request, prompt=prompt, mode=mode, ratio=ratio, images=images)
-        with prioritised(None if priority is None else _check_priority(priority)):
+        with (
+            prioritised(None if priority is None else _check_priority(priority)),
+            telemetry.operation("submit", prompt=req.prompt),
+        ):
             return await self.submit_request(req)
 
     async def submit_request(
@@ -502,6 +507,8 @@ class AsyncClient:
                 cause=cause,
             ) from cause
         logger.debug("submitted task %s", task_id)
+        telemetry.task_known(task_id)
+        telemetry.spent(CREDITS_PER_VIDEO)
         self._remember(task_id)
         return task_id
 
@@ -526,7 +533,10 @@ class AsyncClient:
         """One status call: the task as the server sees it now (``priority``: as
         for :meth:`submit`)."""
         task_id = check_task_id(task_id)
-        with prioritised(None if priority is None else _check_priority(priority)):
+        with (
+            prioritised(None if priority is None else _check_priority(priority)),
+            telemetry.operation("get_task", task_id=task_id),
+        ):
             data = await self._wire.request(
                 "GET", "/v1/status", kind=RequestKind.READ, params={"task_id": task_id}
             )
@@ -579,7 +589,7 @@ class AsyncClient:
             if self._waits is None:
                 self._waits = Waits(self, durations)
             waits = self._waits
-        with prioritised(priority):
+        with prioritised(priority), telemetry.operation("wait", task_id=task_id):
             return await waits.wait(task_id, timeout)
 
     async def generate(
@@ -604,12 +614,13 @@ class AsyncClient:
         _check_wait(timeout, poll_interval)
         if priority is not None:
             priority = _check_priority(priority)
-        task_id = await self.submit(
-            request, prompt=prompt, mode=mode, ratio=ratio, images=images, priority=priority
-        )
-        return await self.wait(
-            task_id, timeout=timeout, poll_interval=poll_interval, priority=priority
-        )
+        with telemetry.operation("generate", prompt=prompt):
+            task_id = await self.submit(
+                request, prompt=prompt, mode=mode, ratio=ratio, images=images, priority=priority
+            )
+            return await self.wait(
+                task_id, timeout=timeout, poll_interval=poll_interval, priority=priority
+            )
 
     async def download(
         self, task: Task | str, directory: str | Path, *, concurrency: int = 4
@@ -626,21 +637,25 @@ class AsyncClient:
         :class:`VideoExpiredError`, which says how to get a fresh one.
         """
         _check_count("concurrency", concurrency, "4", none_ok=False)
-        if isinstance(task, str):
-            task = await self.get_task(task)
-        elif not isinstance(task, Task):
-            raise RequestValidationError(
-                "task",
-                f"expected a Task or a task id, got {type(task).__name__}",
-                "Pass a Task or the id that submit() returned",
-            )
-        return await download_task(
-            self._http,
-            task,
-            directory,
-            concurrency=concurrency,
-            retry=self._wire.retry,
+        task_id = (
+            task if isinstance(task, str) else task.task_id if isinstance(task, Task) else None
         )
+        with telemetry.operation("download", task_id=task_id):
+            if isinstance(task, str):
+                task = await self.get_task(task)
+            elif not isinstance(task, Task):
+                raise RequestValidationError(
+                    "task",
+                    f"expected a Task or a task id, got {type(task).__name__}",
+                    "Pass a Task or the id that submit() returned",
+                )
+            return await download_task(
+                self._http,
+                task,
+                directory,
+                concurrency=concurrency,
+                retry=self._wire.retry,
+            )
 
     def _default_concurrency(self) -> int:
         # Read again as the batch goes: an unstated plan proved bigger by the headers

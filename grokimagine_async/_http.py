@@ -49,6 +49,7 @@ import anyio
 import httpx
 import sniffio
 
+from . import _telemetry as telemetry
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -200,6 +201,7 @@ class Wire:
             self._urls[path] = url
         submit = kind is RequestKind.SUBMIT
         tries = _Tries()
+        resends = 0
         while True:
             try:
                 return await self._attempt(
@@ -210,6 +212,7 @@ class Wire:
                     json_body,
                     before_send,
                     tries.refused_since is not None,
+                    resends,
                 )
             except _Failure as failure:
                 outcome = failure
@@ -228,6 +231,7 @@ class Wire:
             if submit and not tries.may_have_created and after_unsent is not None:
                 after_unsent()
             logger.info("retrying %s %s in %.2fs: %s", method, url.path, delay, reason)
+            resends += 1
             await anyio.sleep(delay)
 
     def _should_retry(self, outcome: _Failure, tries: _Tries) -> tuple[bool, float, str]:
@@ -293,6 +297,7 @@ class Wire:
         json_body: Mapping[str, Any] | None,
         before_send: Callable[[], None] | None = None,
         retrying_429: bool = False,
+        resends: int = 0,
     ) -> dict[str, Any]:
         request = self._http.build_request(
             method,
@@ -321,17 +326,32 @@ class Wire:
                         slot.record(None, sent=False)
                         raise
                 started = anyio.current_time()
+                attempt = (
+                    telemetry.Attempt(
+                        method, request.url, kind.value, resends, started - asked, started
+                    )
+                    if telemetry.ENABLED
+                    else None
+                )
                 try:
                     response = await _send(self._http, request)
                 except httpx.HTTPError as exc:
                     error = _transport_error(exc, method, shown, self._redact)
+                    if attempt is not None:
+                        attempt.end(anyio.current_time(), None, type(error).__name__)
                     # Kept when the error is raised after the retries, as `raise ... from exc`.
                     error.__cause__ = self._redact.error(exc)
                     # A connection never made was never counted; anything else may have been.
                     slot.record(None, sent=not never_sent(error))
                     logger.debug("%s %s -> %s", method, shown, error)
                     raise _Failure(error, retryable=True, queued=queued) from exc
+                except BaseException:
+                    if attempt is not None:
+                        attempt.end(anyio.current_time(), None, "cancelled")
+                    raise
                 round_trip = anyio.current_time() - started
+                if attempt is not None:
+                    attempt.end(started + round_trip, response.status_code)
                 # The cap rides on the feedback: the limiter is shared by clients whose
                 # caps may differ, and each answer's wait is judged by its own client's.
                 feedback = RateFeedback.from_headers(

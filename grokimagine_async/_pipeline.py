@@ -35,6 +35,7 @@ import anyio
 from anyio.abc import TaskGroup
 from typing_extensions import Self
 
+from . import _telemetry as telemetry
 from ._exceptions import (
     AuthenticationError,
     BudgetExceededError,
@@ -169,6 +170,8 @@ class _Item:
     invalid: RequestValidationError | None = None
     #: False for a row the journal refused (another batch's): nothing of it is written.
     journaled: bool = True
+    #: The row's trace span, from its submission to its outcome (with OpenTelemetry).
+    span: Any = None
 
 
 class _Credits:
@@ -418,6 +421,10 @@ class _Batch:
         resumed: bool = False,
     ) -> None:
         outcome = Outcome(item.index, item.request, status, task_id, task, error, resumed)
+        if not resumed:
+            telemetry.settled(status.value)
+        paid = self.credits.per_video if task_id is not None and not resumed else 0
+        telemetry.end_row(item.span, status.value, task_id, paid)
         if not resumed and item.journaled and self.journal is not None:
             try:
                 self.journal.record(outcome)
@@ -611,10 +618,13 @@ class _Batch:
                 self.journal.unsent(item.index)
 
         since = anyio.current_time()
+        if item.span is None:
+            item.span = telemetry.start_row(item.request.prompt)
         try:
-            task_id = await self.client.submit_request(
-                item.request, before_send=before_send, after_unsent=after_unsent
-            )
+            with telemetry.current(item.span):
+                task_id = await self.client.submit_request(
+                    item.request, before_send=before_send, after_unsent=after_unsent
+                )
         except _NotSent:
             late = TaskTimeoutError("(not submitted)", self.timeout or 0.0, None)
             reason = self.stop_reason if self.stopping else late

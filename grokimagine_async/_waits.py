@@ -19,6 +19,7 @@ from collections import Counter
 
 import anyio
 
+from . import _telemetry as telemetry
 from ._exceptions import TaskFailedError, TaskPollError, TaskTimeoutError
 from ._models import Task, TaskState
 from ._poller import DurationModel, Poller, PollResult, StatusSource
@@ -107,6 +108,7 @@ class Waits:
         if result.error is not None:
             raise TaskPollError(task_id, result.error, result.task) from result.error
         assert result.task is not None
+        telemetry.settled(result.task.state.value)
         if result.task.state is TaskState.FAILED:
             raise TaskFailedError(result.task)
         return result.task
