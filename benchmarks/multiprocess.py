@@ -13,7 +13,9 @@ scaled to the compressed minute (``backoff``; the poller learns the
 generations' length by itself). Cases:
 
 * ``ref``: one process doing all the work, with the whole plan: the yardstick.
-* ``a``: ``--processes`` (4), ``--videos`` each, sharing the plan through Redis.
+* ``a``: ``--processes`` (4), ``--videos`` each, sharing the plan through Redis;
+  ``a-cluster`` the same through a three-node Redis Cluster, ``a-tls`` through
+  TLS (``rediss://``) in front of the Redis.
 * ``b``: the same, each with a static quarter of the plan.
 * ``c``: the same, each with the whole plan and no sharing (today's behaviour).
 * ``d``: skewed load, one process with 10x the work of the others, through
@@ -36,7 +38,8 @@ formula as ``rate_limit.py``), 429s, the most requests in any period-long
 window, and each process's share of the requests; for ``d``, the light
 processes' p99 wait for a slot.
 
-Targets: ``a`` (4 processes; 16 with ``--processes 16 --videos 10``), ``d``
+Targets: ``a``, ``a-cluster``, ``a-tls`` (4 processes; 16 with
+``--processes 16 --videos 10``), ``d``
 and ``e`` (4 workers, Redis): 0 429s, utilisation >= 0.95, wall within 5% of
 the yardstick; ``e``'s first answer within 1 s; ``d`` faster than ``d-static``, its
 light processes' p99 wait for a slot <= one period; ``restart`` completes and
@@ -54,6 +57,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -72,7 +76,7 @@ from rate_limit import free_port, simulator
 from grokimagine_async import AsyncClient, OutcomeStatus, RateLimit
 from grokimagine_async._headers import RateFeedback
 from grokimagine_async._limiter import Limiter, RateLimitStatus, Slot, token_hash
-from grokimagine_async._redis_limiter import RedisLimiter
+from grokimagine_async._redis_limiter import RedisLimiter, _connect
 from grokimagine_async._sliding_window import SlidingWindowLimiter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,9 +224,7 @@ async def reset(url: str, redis: Any) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         await http.post("/_sim/reset")
     if redis is not None:
-        from redis.asyncio import Redis
-
-        r = Redis.from_url(redis.url)
+        r = _connect(redis.url, 10.0)
         await r.flushall()
         await r.aclose()
 
@@ -376,7 +378,7 @@ async def latency(redis: Any, n: int = 2000) -> tuple[float, float]:
 
 
 async def main(args: argparse.Namespace) -> int:
-    from tests.redis_server import RedisServer
+    from tests.redis_server import RedisClusterServers, RedisServer, TLSFront
 
     processes = args.processes
 
@@ -412,7 +414,7 @@ async def main(args: argparse.Namespace) -> int:
                 return result
 
             want = set(args.cases)
-            if want & {"a", "b", "c", "restart"}:
+            if want & {"a", "a-cluster", "a-tls", "b", "c", "restart"}:
                 await case(
                     "ref",
                     lambda: run_processes("ref (1 proc)", url, args, [sum(even)], limit=args.limit),
@@ -425,6 +427,24 @@ async def main(args: argparse.Namespace) -> int:
                     ),
                     "ref",
                 )
+            if "a-cluster" in want:
+                with RedisClusterServers() as cluster:
+                    await case(
+                        "a-cluster",
+                        lambda: run_processes(
+                            "a cluster", url, args, even, limit=args.limit, redis=cluster
+                        ),
+                        "ref",
+                    )
+            if "a-tls" in want:
+                with tempfile.TemporaryDirectory() as tmp, TLSFront(redis.port, Path(tmp)) as tls:
+                    await case(
+                        "a-tls",
+                        lambda: run_processes(
+                            "a tls", url, args, even, limit=args.limit, redis=tls
+                        ),
+                        "ref",
+                    )
             if "b" in want:
                 await case(
                     "b", lambda: run_processes("b quarters", url, args, even, limit=quarter), "ref"
@@ -514,6 +534,8 @@ async def main(args: argparse.Namespace) -> int:
         checks.append((f"{c.name}: wall within 5% of one process", ratio <= 1.05, f"{ratio:.3f}"))
 
     judge("a", "ref")
+    judge("a-cluster", "ref")
+    judge("a-tls", "ref")
     judge("d", "ref-d")
     judge("e", "e1")
     first = cases["e"].first if "e" in cases else None
@@ -577,8 +599,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--cases",
         nargs="+",
-        default=["a", "b", "c", "d", "restart", "e", "latency"],
-        choices=["a", "b", "c", "d", "restart", "e", "latency"],
+        default=["a", "a-cluster", "a-tls", "b", "c", "d", "restart", "e", "latency"],
+        choices=["a", "a-cluster", "a-tls", "b", "c", "d", "restart", "e", "latency"],
     )
     parsed = parser.parse_args()
     if parsed.worker:

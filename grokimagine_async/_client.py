@@ -180,7 +180,8 @@ class AsyncClient:
             and compressed-time tests; defaults to ``GROKIMAGINE_RATE_LIMIT``
             (``REQUESTS/PERIOD``, such as ``1000/60s``).
         redis_url: share the token's budget with every process that names the
-            same Redis (``redis://host:6379/0``), as a web app's workers and a
+            same Redis (``redis://host:6379/0``; ``rediss://`` with TLS;
+            ``redis+cluster://`` and any node of a Redis Cluster), as a web app's workers and a
             batch job beside them do; defaults to ``GROKIMAGINE_REDIS_URL``,
             else the budget is this process's alone. Needs
             ``pip install 'grokimagine-async[redis]'`` and asyncio. See

@@ -298,6 +298,11 @@ def resolve_rate_limit(rate_limit: RateLimit | None) -> RateLimit | None:
         ) from None
 
 
+#: What a ``redis_url`` may start with: one Redis (``rediss`` with TLS), a Redis Cluster
+#: (any of its nodes), or a Unix socket.
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://", "unix://")
+
+
 def resolve_redis(
     redis_url: str | None, redis_fallback: float | None
 ) -> tuple[str | None, float | None]:
@@ -308,10 +313,11 @@ def resolve_redis(
     source = "redis_url" if redis_url is not None else ENV_REDIS_URL
     if url is not None:
         url = url.strip()
-        if not url.startswith(("redis://", "rediss://", "unix://")):
+        if not url.startswith(REDIS_SCHEMES):
             raise ConfigurationError(
                 f"{source} must be a Redis URL such as redis://localhost:6379/0 "
-                "(rediss:// for TLS), got a value that is not one"
+                "(rediss:// for TLS; redis+cluster://host:port, any node, for a Redis "
+                "Cluster), got a value that is not one"
             )
     share: object = redis_fallback
     source = "redis_fallback"

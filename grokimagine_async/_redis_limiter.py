@@ -63,6 +63,7 @@ from ._sliding_window import SlidingWindowLimiter
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
 __all__ = ["RedisLimiter"]
 
@@ -142,10 +143,10 @@ class RedisLimiter:
         fallback: float | None = None,
         lease: float = DEFAULT_LEASE,
         timeout: float = 2.0,
-        redis: Redis | None = None,
+        redis: Redis | RedisCluster | None = None,
     ) -> None:
         try:
-            from redis.asyncio import Redis
+            from redis import asyncio as _installed  # noqa: F401 - else the extra is missing
         except ImportError:  # pragma: no cover - depends on the environment
             raise ConfigurationError(
                 "the shared limiter needs the redis package: pip install 'grokimagine-async[redis]'"
@@ -162,18 +163,7 @@ class RedisLimiter:
         if redis is None:
             if not redis_url:
                 raise ConfigurationError("redis_url must be a URL such as redis://localhost:6379/0")
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-            from redis.exceptions import ConnectionError as RedisConnectionError
-
-            # Once more on a fresh connection: a restarted Redis closes the old ones.
-            # Not after a timeout: the script may have run, and would grant twice.
-            redis = Redis.from_url(
-                redis_url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            )
+            redis = _connect(redis_url, timeout)
         self._redis = redis
         self._rate = rate
         self._fallback_share = fallback
@@ -395,7 +385,7 @@ class RedisLimiter:
             except ResponseError:  # INFO not allowed to this user: assume the worst
                 uptime = 0.0
             else:
-                uptime = float(info.get("uptime_in_seconds", math.inf))
+                uptime = _uptime(info)
             # INFO counts whole seconds: up to one more may have gone by.
             self._young_until = now + max(0.0, hold - uptime)
         return max(0.0, self._young_until - now)
@@ -760,6 +750,40 @@ class RedisLimiter:
 
 class _FellBack(Exception):
     """Redis is away and the fallback took over: wait there instead."""
+
+
+def _connect(redis_url: str, timeout: float) -> Redis | RedisCluster:
+    """A client for ``redis_url``: one Redis, or with ``redis+cluster://`` (or
+    ``rediss+cluster://``) a Redis Cluster, found from any of its nodes. The
+    limiter's keys share one hash tag, so every script runs on one node."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    # Once more on a fresh connection: a restarted Redis closes the old ones.
+    # Not after a timeout: the script may have run, and would grant twice.
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    }
+    scheme, _, rest = redis_url.partition("://")
+    if scheme.endswith("+cluster"):
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
+    from redis.asyncio import Redis
+
+    return Redis.from_url(redis_url, **options)
+
+
+def _uptime(info: dict[str, Any]) -> float:
+    """Seconds the Redis has run, from ``INFO server``: a cluster answers for each
+    node (by its address), and the youngest node counts."""
+    if "uptime_in_seconds" in info:
+        return float(info["uptime_in_seconds"])
+    nodes = [float(v["uptime_in_seconds"]) for v in info.values() if isinstance(v, dict)]
+    return min(nodes, default=math.inf)
 
 
 def _unreachable(exc: BaseException) -> bool:

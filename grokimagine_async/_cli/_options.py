@@ -20,6 +20,7 @@ from .._config import (
     ENV_ALLOW_INSECURE_HTTP,
     ENV_API_KEY,
     ENV_TIER,
+    REDIS_SCHEMES,
     RateLimit,
     Tier,
     resolve_base_url,
@@ -72,9 +73,10 @@ def _check_rate(value: str | None) -> str | None:
 
 
 def _check_redis_url(value: str | None) -> str | None:
-    if value is not None and not value.strip().startswith(("redis://", "rediss://", "unix://")):
+    if value is not None and not value.strip().startswith(REDIS_SCHEMES):
         raise typer.BadParameter(
-            f"{value!r} is not a Redis URL: write e.g. redis://localhost:6379/0 (rediss:// for TLS)"
+            f"{value!r} is not a Redis URL: write e.g. redis://localhost:6379/0 (rediss:// "
+            "for TLS, redis+cluster://host:port for a Redis Cluster)"
         )
     return value
 
@@ -133,7 +135,8 @@ RedisUrlOption = Annotated[
         "--redis-url",
         callback=_check_redis_url,
         help="Share the token's rate limit with every process naming this Redis "
-        "(e.g. redis://localhost:6379/0): a web app's workers, other batches "
+        "(e.g. redis://localhost:6379/0; rediss:// for TLS, redis+cluster:// for a "
+        "Redis Cluster): a web app's workers, other batches "
         "(default: GROKIMAGINE_REDIS_URL, else this process's alone).",
         show_default=False,
     ),
