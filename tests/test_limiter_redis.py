@@ -234,14 +234,14 @@ WORKER = textwrap.dedent(
 
 
 async def test_real_processes_share_the_plan_through_redis(
-    shared_redis: str, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path
 ) -> None:
     limit, procs, polls = 30, 3, 29
     sim = sliding_sim(limit=limit)
     env = {
         **os.environ,
         "GROKIMAGINE_API_KEY": TOKEN,
-        "GROKIMAGINE_REDIS_URL": shared_redis,
+        "GROKIMAGINE_REDIS_URL": redis_server.url,
         "GROKIMAGINE_RATE_LIMIT": f"{limit}/{PERIOD:g}s",
         "PYTHONPATH": str(REPO),
     }

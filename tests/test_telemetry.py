@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind
 
 from grokimagine_async import AsyncClient, NotFoundError, RateLimit
@@ -28,10 +30,36 @@ from .helpers import TOKEN
 
 pytestmark = [pytest.mark.anyio, pytest.mark.backends("asyncio", "trio")]
 
+
+class _WhileHere(Sampler):
+    """Records spans only while a test of this file runs: the providers, set once for
+    the process, stay set for the other tests a worker runs after these."""
+
+    recording = False
+
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: Any = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        if not self.recording:
+            return SamplingResult(Decision.DROP)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+
+    def get_description(self) -> str:
+        return "while a telemetry test runs"
+
+
 # Global providers can be set once a process: these serve every test here.
 _SPANS = InMemorySpanExporter()
 _READER = InMemoryMetricReader()
-_tracing = TracerProvider()
+_SAMPLER = _WhileHere()
+_tracing = TracerProvider(sampler=_SAMPLER)
 _tracing.add_span_processor(SimpleSpanProcessor(_SPANS))
 trace.set_tracer_provider(_tracing)
 metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
@@ -40,9 +68,14 @@ PROMPT = "a fox in the snow, secret project"
 
 
 @pytest.fixture
-def spans() -> InMemorySpanExporter:
+def spans() -> Iterator[InMemorySpanExporter]:
     _SPANS.clear()
-    return _SPANS
+    _SAMPLER.recording = True
+    try:
+        yield _SPANS
+    finally:
+        _SAMPLER.recording = False
+        _SPANS.clear()
 
 
 def client_of(sim: Simulator) -> AsyncClient:
