@@ -13,8 +13,10 @@ never touched.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -62,6 +64,8 @@ class _Loop:
     _context: AbstractContextManager[BlockingPortal] | None = None
     _users = 0
 
+    _exit_hook = False
+
     @classmethod
     def acquire(cls) -> BlockingPortal:
         with cls._lock:
@@ -70,17 +74,60 @@ class _Loop:
                 context = start_blocking_portal("asyncio", name="grokimagine-loop")
                 cls._portal = context.__enter__()
                 cls._context = context
+                if not cls._exit_hook:
+                    # A client never closed must not keep the program from exiting:
+                    # stopped before the interpreter waits for its threads.
+                    threading._register_atexit(cls.stop)  # type: ignore[attr-defined]
+                    cls._exit_hook = True
             cls._users += 1
             return cls._portal
 
     @classmethod
+    def stop(cls) -> None:
+        """Stop the loop whoever still uses it (at exit): their calls are cancelled."""
+        with cls._lock:
+            context, cls._context, cls._portal, cls._users = cls._context, None, None, 0
+        if context is not None:
+            context.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+
+    @classmethod
     def release(cls) -> None:
         with cls._lock:
+            if cls._context is None:  # stopped at exit already
+                return
             cls._users -= 1
-            if cls._users or cls._context is None:
+            if cls._users:
                 return
             context, cls._context, cls._portal = cls._context, None, None
-        context.__exit__(None, None, None)
+        # Anything still running is a call its caller left (a Ctrl-C as it was handed
+        # over): cancelled, not waited for.
+        context.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+
+
+class _NotSent(Exception):
+    """A submission stopped by Ctrl-C before it left."""
+
+
+class _SendGuard:
+    """Whether a submission has left, decided once against a Ctrl-C from another
+    thread: interrupted first, it never leaves; sent first, it is left to answer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sent = False
+        self._interrupted = False
+
+    def before_send(self) -> None:
+        with self._lock:
+            if self._interrupted:
+                raise _NotSent
+            self._sent = True
+
+    def interrupt(self) -> bool:
+        """Stop the submission if it has not left; whether it had."""
+        with self._lock:
+            self._interrupted = True
+            return self._sent
 
 
 def _run(
@@ -88,22 +135,33 @@ def _run(
     call: Callable[[], Awaitable[T]],
     *,
     finished: Callable[[T], None] | None = None,
+    guard: _SendGuard | None = None,
 ) -> T:
     """Run ``call`` on the loop and block until it returns.
 
     A KeyboardInterrupt in the caller's thread cancels it, giving it
     :data:`CANCEL_GRACE` seconds to let go of what it holds. With ``finished``
     the call is first left to answer (cancelling it could lose a paid task's
-    id) and its answer handed to ``finished``; a second interrupt cancels it.
+    id) and its answer goes to ``finished``, unless ``guard`` says it has not
+    left yet: then it is cancelled unsent. A second interrupt cancels it.
     """
-    future = portal.start_task_soon(call)
+    future: concurrent.futures.Future[T] | None = None
     try:
+        future = portal.start_task_soon(call)
         return future.result()
     except KeyboardInterrupt:
+        if future is None:
+            # Interrupted while the call was handed over: it may be running with no
+            # way to hear of it. Stopped unsent if it would send; the loop's stop ends it.
+            if guard is not None:
+                guard.interrupt()
+            raise
         try:
-            if finished is not None:
+            if finished is not None and (guard is None or guard.interrupt()):
                 try:
                     answer = future.result()
+                except _NotSent:
+                    pass
                 except Exception:
                     logger.debug("an interrupted call failed as it finished", exc_info=True)
                 else:
@@ -163,6 +221,7 @@ class Client:
         allow_insecure_http: bool | None = None,
     ) -> None:
         self._closed = True
+        self._closing = threading.Lock()
         portal = _Loop.acquire()
         try:
             self._async = portal.call(
@@ -206,10 +265,11 @@ class Client:
 
     def close(self) -> None:
         """Close the connection pool (not an ``http_client`` you passed in). Safe
-        to call more than once."""
-        if self._closed:
-            return
-        self._closed = True
+        to call more than once, from any thread."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
         try:
             self._portal.call(self._async.aclose)
         finally:
@@ -257,8 +317,11 @@ class Client:
         priority: Priority | str | None = None,
     ) -> str:
         """Start one video task (40 credits) and return its task id (see
-        :meth:`AsyncClient.submit`). Ctrl-C lets the submission answer first and
-        logs the id of the task it created."""
+        :meth:`AsyncClient.submit`). Ctrl-C before the request has left (it may be
+        waiting for a slot) stops it unsent; once it is on the wire, the submission
+        answers first and the id of the task it created is logged."""
+        req = GenerateRequest.build(request, prompt=prompt, mode=mode, ratio=ratio, images=images)
+        guard = _SendGuard()
 
         def created(task_id: str) -> None:
             logger.warning(
@@ -270,10 +333,9 @@ class Client:
 
         return _run(
             self._loop(),
-            lambda: self._async.submit(
-                request, prompt=prompt, mode=mode, ratio=ratio, images=images, priority=priority
-            ),
+            lambda: self._async._submit(req, priority, guard.before_send),
             finished=created,
+            guard=guard,
         )
 
     def get_task(self, task_id: str, *, priority: Priority | str | None = None) -> Task:
@@ -367,7 +429,7 @@ class Client:
                 task_ids, timeout=timeout, poll_interval=poll_interval, priority=priority
             )
         )
-        return BlockingTaskWatch(portal, watch)
+        return BlockingTaskWatch(self, watch)
 
     def generate_many(
         self,
@@ -405,15 +467,25 @@ class Client:
                 priority=priority,
             )
         )
-        return BlockingGenerationPipeline(portal, pipeline)
+        return BlockingGenerationPipeline(self, pipeline)
+
+
+def _close_later(client: Client, inner: GenerationPipeline) -> None:
+    if not client._closed:
+        with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
+            client._portal.start_task_soon(inner.aclose)
 
 
 class BlockingTaskWatch:
     """Yields each watched task once, as it completes or fails (see :class:`TaskWatch`)."""
 
-    def __init__(self, portal: BlockingPortal, inner: TaskWatch) -> None:
-        self._portal = portal
+    def __init__(self, client: Client, inner: TaskWatch) -> None:
+        self._client = client
         self._inner = inner
+
+    @property
+    def _portal(self) -> BlockingPortal:
+        return self._client._loop()  # ClientClosedError once the client is closed
 
     def add(self, task_id: str) -> None:
         """Watch one more task (see :meth:`TaskWatch.add`)."""
@@ -445,10 +517,17 @@ async def _next_or_none(iterator: AsyncIterator[T]) -> T | None:
 class BlockingGenerationPipeline:
     """The outcomes of :meth:`Client.generate_many` (see :class:`GenerationPipeline`)."""
 
-    def __init__(self, portal: BlockingPortal, inner: GenerationPipeline) -> None:
-        self._portal = portal
+    def __init__(self, client: Client, inner: GenerationPipeline) -> None:
+        self._client = client
         self._inner = inner
         self._context: AbstractContextManager[GenerationPipeline] | None = None
+        # Dropped without close (a break out of a bare ``for``): the batch closes on the
+        # loop's thread, which holds its journal, without blocking the one dropping it.
+        self._finalizer = weakref.finalize(self, _close_later, client, inner)
+
+    @property
+    def _portal(self) -> BlockingPortal:
+        return self._client._loop()  # ClientClosedError once the client is closed
 
     @property
     def progress(self) -> PipelineProgress:
@@ -471,6 +550,7 @@ class BlockingGenerationPipeline:
     def close(self) -> None:
         """Stop the batch's work and let go of its journal now (see
         :meth:`GenerationPipeline.aclose`)."""
+        self._finalizer.detach()
         if self._context is not None:
             context, self._context = self._context, None
             context.__exit__(None, None, None)
@@ -521,4 +601,5 @@ class BlockingGenerationPipeline:
             concurrent.futures.wait([pending], timeout=CANCEL_GRACE)
             if self._context is None:
                 # A bare ``for``: nothing else lets go of the journal.
+                self._finalizer.detach()
                 _run(self._portal, self._inner.aclose)

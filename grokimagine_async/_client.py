@@ -284,7 +284,6 @@ class AsyncClient:
             )
         _check_setting("max_retry_after", max_retry_after, zero_ok=False, example="120")
         self._poll_interval = resolve_poll_interval(poll_interval)
-        telemetry.watch_budget(self, self._base_url.host)
         # What generations take, learnt by every call that starts from the client's guess.
         self._durations = DurationModel(self._poll_interval)
         self._waits: Waits | None = None
@@ -450,11 +449,19 @@ class AsyncClient:
             APIStatusError: the API refused it (no task was created).
         """
         req = GenerateRequest.build(request, prompt=prompt, mode=mode, ratio=ratio, images=images)
+        return await self._submit(req, priority)
+
+    async def _submit(
+        self,
+        request: GenerateRequest,
+        priority: Priority | str | None,
+        before_send: Callable[[], None] | None = None,
+    ) -> str:
         with (
             prioritised(None if priority is None else _check_priority(priority)),
-            telemetry.operation("submit", prompt=req.prompt),
+            telemetry.operation("submit", prompt=request.prompt),
         ):
-            return await self.submit_request(req)
+            return await self.submit_request(request, before_send=before_send)
 
     async def submit_request(
         self,

@@ -361,6 +361,8 @@ class Wire:
                     max_wait=self.retry.max_retry_after,
                 )
                 slot.record(feedback)
+                if attempt is not None:
+                    telemetry.budget_seen(request.url.host, limiter.status)
         finally:
             self._flight.leave(kind.value, round_trip)
         elapsed_ms = (round_trip or 0.0) * 1000

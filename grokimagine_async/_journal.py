@@ -481,13 +481,16 @@ class Journal:
         """Let go of the file and its lock (the lock file is removed); idempotent."""
         if self._lock is None:
             return
+        lock, self._lock = self._lock, None
         try:
-            self.flush()
-        except JournalError as exc:
-            logger.error("%s", exc)
-        self._db.close()
-        self._lock.release()
-        self._lock = None
+            try:
+                self.flush()
+            except JournalError as exc:
+                logger.error("%s", exc)
+            self._db.close()
+        finally:
+            # Whatever the file did, the lock goes: a held lock blocks every rerun.
+            lock.release()
 
 
 def _update(index: int, fields: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:

@@ -268,6 +268,8 @@ class _Batch:
         self.scopes: dict[int, anyio.CancelScope] = {}
         self.unsent: set[int] = set()
         self.quiet = anyio.Event()
+        # Rows whose trace span is open (with OpenTelemetry): ended at the latest on close.
+        self.open_rows: set[_Item] = set()
 
     @property
     def concurrency(self) -> int:
@@ -423,8 +425,11 @@ class _Batch:
         outcome = Outcome(item.index, item.request, status, task_id, task, error, resumed)
         if not resumed:
             telemetry.settled(status.value)
-        paid = self.credits.per_video if task_id is not None and not resumed else 0
-        telemetry.end_row(item.span, status.value, task_id, paid)
+        if item.span is not None:
+            paid = self.credits.per_video if task_id is not None and not resumed else 0
+            telemetry.end_row(item.span, status.value, task_id, paid)
+            item.span = None
+            self.open_rows.discard(item)
         if not resumed and item.journaled and self.journal is not None:
             try:
                 self.journal.record(outcome)
@@ -620,6 +625,8 @@ class _Batch:
         since = anyio.current_time()
         if item.span is None:
             item.span = telemetry.start_row(item.request.prompt)
+            if item.span is not None:
+                self.open_rows.add(item)
         try:
             with telemetry.current(item.span):
                 task_id = await self.client.submit_request(
@@ -719,6 +726,11 @@ class _Batch:
     def close(self) -> None:
         """Let go of the journal and its lock; nothing more is sent."""
         self.life = _Life.CLOSED
+        # Rows left unsettled end their spans here: "closed", their fate in the journal.
+        for item in self.open_rows:
+            telemetry.end_row(item.span, "closed", None, 0)
+            item.span = None
+        self.open_rows.clear()
         if self.journal is not None:
             self.journal.close()
             self.journal = None

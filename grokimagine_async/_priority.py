@@ -42,6 +42,7 @@ __all__ = [
     "Priority",
     "WaitQueue",
     "current_priority",
+    "lead_room",
     "may_lead",
     "prioritised",
     "reserve",
@@ -96,10 +97,15 @@ def reserve(led: int, limit: int) -> int:
     return max(1, math.ceil(HEADROOM * led))
 
 
+def lead_room(limit: int) -> int:
+    """How many interactive grants within a period may go first, on a plan of ``limit``."""
+    return limit - math.ceil(BULK_MIN_SHARE * limit)
+
+
 def may_lead(led: int, limit: int) -> bool:
     """Whether interactive requests go first, given ``led`` interactive grants within
     the last period on a plan of ``limit`` requests."""
-    return led < limit - math.ceil(BULK_MIN_SHARE * limit)
+    return led < lead_room(limit)
 
 
 W = TypeVar("W")

@@ -58,7 +58,7 @@ from ._exceptions import ConfigurationError, RateLimiterUnavailableError
 from ._headers import RateFeedback, readable
 from ._limiter import RateLimitStatus, RecordedOnce, SlotContext
 from ._policy import POLICY
-from ._priority import Priority, WaitQueue, may_lead, reserve
+from ._priority import Priority, WaitQueue, lead_room, may_lead, reserve
 from ._sliding_window import SlidingWindowLimiter
 
 if TYPE_CHECKING:
@@ -715,6 +715,7 @@ class RedisLimiter:
             want=want,
             interactive=interactive,
             lead=lead,
+            lead_room=lead_room(self._rate.requests),
             keep=keep,
             lease=self._lease,
             turn=self.TURN,

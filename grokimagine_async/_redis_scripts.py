@@ -137,20 +137,24 @@ end
 #: KEYS: slots, state, queue, due, refused (unused), interactive (when interactive
 #: grants free, for their share). Arguments: limit, period, ttl, hold, initial (the
 #: learned state before any), pid, want, lease, turn, slack, interactive (the slots are
-#: for interactive calls), lead (they go ahead of the queue), keep (free slots to
-#: leave). Answers: granted, first (its sequence number), now, wait, epoch, free,
-#: pace, burst, held, led (interactive grants within the last period).
+#: for interactive calls), lead (they may go ahead of the queue), lead_room (how many
+#: interactive grants a period may lead), keep (free slots to leave). Answers: granted,
+#: first (its sequence number), now, wait, epoch, free, pace, burst, held, led
+#: (interactive grants within the last period).
 ACQUIRE = (
     _COMMON
     + _EVALUATE
     + r"""
 local pid, want, lease, turn = A.pid, A.want, A.lease, A.turn
--- Interactive calls that may lead wait ahead of every process's bulk work.
-local queued_at = now
-if A.lead then queued_at = 0 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
 local led = redis.call('ZCARD', KEYS[6])
+-- Interactive calls lead, ahead of every process's bulk work, within the room the
+-- process was given, counted here against every process's interactive grants.
+local lead = A.lead and led < (A.lead_room or 0)
+if lead then want = math.min(want, A.lead_room - led) end
+local queued_at = now
+if lead then queued_at = 0 end
 local held = redis.call('ZCARD', KEYS[1])
 local tat = num('tat', now)
 local free, times = evaluate(held, num('seq', 0) + 1, tat)
@@ -186,7 +190,7 @@ end
 -- until later (its promise is further off) does not keep a free slot idle.
 local ahead = 0
 local soon = now + 2 * turn + A.slack
-if not A.lead then
+if not lead then
   for _, p in ipairs(before) do
     -- An interactive call that leads is ahead even while it sleeps until a slot frees.
     if tonumber(redis.call('ZSCORE', KEYS[3], p)) == 0
@@ -312,7 +316,9 @@ return cjson.encode({added = #A.holds})
 #: A process leaves the queue (its last waiter was cancelled).
 #: KEYS: queue, due. ARGV: pid.
 LEAVE = r"""
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
+for _, member in ipairs({ARGV[1], ARGV[1] .. ':i'}) do
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('ZREM', KEYS[2], member)
+end
 return 1
 """

@@ -532,7 +532,6 @@ class SlidingWindowLimiter:
 
     def _grant(self) -> None:
         now = self._now()
-        granted = False
         while self._waiters:
             lead = self._lead(now)
             ticket = self._budget.take(now, self._keep(self._waiters.head_priority(lead), now))
@@ -542,10 +541,10 @@ class SlidingWindowLimiter:
             waiter.ticket = ticket
             waiter.granted_at = now
             waiter.event.set()
-            granted = True
         head = self._head(now)
-        if granted and head is not None:
-            # A new first waiter: it keeps the time from now on.
+        if head is not None:
+            # The first waiter may be another now (a grant, or the interactive line's
+            # turn come back as its grants age): it keeps the time from now on.
             head.event.set()
 
     def _wake(self) -> None:

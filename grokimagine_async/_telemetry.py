@@ -26,10 +26,9 @@ The token is never recorded: it is in no URL, and headers are not recorded.
 from __future__ import annotations
 
 import os
-import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -59,14 +58,11 @@ ENV_CAPTURE_PROMPTS = "GROKIMAGINE_OTEL_CAPTURE_PROMPTS"
 _SCOPE = "grokimagine_async"
 
 
-class _Budgeted(Protocol):
-    def rate_limit_status(self) -> RateLimitStatus: ...
-
-
 _tracer: Any = None
 _instruments: dict[str, Any] = {}
-# Each live client, by the API's host, for the usage gauge: read only when a reader asks.
-_budgets: weakref.WeakKeyDictionary[_Budgeted, str] = weakref.WeakKeyDictionary()
+# The share of the plan in use, by the API's host, as the event loop last saw it: the
+# gauge's reader runs in a thread of its own and must not touch a limiter.
+_usage_seen: dict[str, float] = {}
 
 
 def _setup() -> None:
@@ -105,12 +101,8 @@ def _setup() -> None:
 
 
 def _usage(options: Any) -> Iterable[Any]:
-    for client, address in list(_budgets.items()):
-        s = client.rate_limit_status()
-        if s.limit:
-            yield metrics.Observation(
-                (s.limit - s.remaining) / s.limit, {"server.address": address}
-            )
+    for address, share in list(_usage_seen.items()):
+        yield metrics.Observation(share, {"server.address": address})
 
 
 if ENABLED:
@@ -131,10 +123,13 @@ def capture_prompts() -> bool:
     return os.environ.get(ENV_CAPTURE_PROMPTS, "").strip().lower() in ("1", "true", "yes")
 
 
-def watch_budget(client: _Budgeted, address: str) -> None:
-    """Report ``client``'s budget in the usage gauge while it lives."""
-    if ENABLED:
-        _budgets[client] = address
+def budget_seen(address: str, status: Callable[[], RateLimitStatus]) -> None:
+    """After an answer, on the event loop: the share of the plan in use now, for the
+    usage gauge (read only while an SDK takes measurements)."""
+    if _metering():
+        s = status()
+        if s.limit:
+            _usage_seen[address] = (s.limit - s.remaining) / s.limit
 
 
 @contextmanager

@@ -4,6 +4,7 @@ against the simulator on loopback."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import os
 import signal
@@ -22,6 +23,7 @@ from grokimagine_async import (
     AuthenticationError,
     Client,
     ClientClosedError,
+    JournalError,
     OutcomeStatus,
     RateLimit,
     RequestValidationError,
@@ -223,3 +225,75 @@ def test_ctrl_c_sends_nothing_more_and_a_rerun_pays_once(
     assert rerun.returncode == 0, rerun.stderr
     assert f"{n} done" in rerun.stdout
     assert sim.stats.tasks_created == n
+
+
+def test_a_batch_left_early_in_a_bare_for_lets_go_of_its_journal(url: str, tmp_path: Path) -> None:
+    journal = tmp_path / "batch.db"
+    prompts = [{"prompt": f"video {i}"} for i in range(4)]
+    with client(url) as c:
+        for _ in c.generate_many(prompts, journal=journal):
+            break
+        gc.collect()
+        deadline = time.monotonic() + 10
+        while True:
+            # The batch closes on the loop's thread, which holds its journal: look again.
+            try:
+                outcomes = list(c.generate_many(prompts, journal=journal))
+                break
+            except JournalError:
+                assert time.monotonic() < deadline, "the journal was never let go"
+                time.sleep(0.01)
+    assert len(outcomes) == 4
+
+
+def test_watch_after_close_says_the_client_is_closed(url: str) -> None:
+    with client(url) as c:
+        task_id = c.submit(prompt="a fox")
+        watch = c.watch([task_id])
+    with pytest.raises(ClientClosedError):
+        next(watch)
+
+
+def test_a_client_never_closed_does_not_keep_the_program_from_exiting() -> None:
+    script = (
+        "from grokimagine_async import Client\n"
+        "Client('sk-test-unclosed', base_url='http://127.0.0.1:9')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], timeout=30, capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+
+INTERRUPTED_SUBMIT = textwrap.dedent(
+    """
+    import sys
+    from grokimagine_async import Client, RateLimit
+
+    with Client(rate_limit=RateLimit(1, 30.0)) as client:
+        client.submit(prompt="the one the plan allows")
+        try:
+            print("waiting for a slot", flush=True)
+            client.submit(prompt="one the plan has no room for yet")
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+    """
+)
+
+
+def test_ctrl_c_stops_a_submission_still_waiting_for_its_slot_unsent(
+    url: str, sim: Simulator
+) -> None:
+    env = {**os.environ, "GROKIMAGINE_API_KEY": TOKEN, "GROKIMAGINE_BASE_URL": url}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_SUBMIT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "waiting for a slot"
+    proc.send_signal(signal.SIGINT)
+    printed, errors = proc.communicate(timeout=30)
+    assert proc.returncode == 0, errors
+    assert printed.strip() == "interrupted"
+    assert sim.stats.tasks_created == 1

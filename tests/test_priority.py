@@ -4,6 +4,7 @@ which calls are which."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -171,8 +172,9 @@ async def test_across_processes_an_interactive_call_goes_ahead_of_another_proces
     if it leads, else A, which waited longer, does."""
     rate = RateLimit(2, 1.0)
     async with limiters(redis_server.url, 2, key=f"lead-{lead}", rate=rate) as (a, b):
-        for _ in range(rate.requests):
-            (await a.acquire()).record(ANSWERED)
+        with prioritised(Priority.BULK):
+            for _ in range(rate.requests):
+                (await a.acquire()).record(ANSWERED)
         # Both wait, A first: the window is full.
         assert int((await a._run_acquire(5, 0.0))["granted"]) == 0
         queued = await b._run_acquire(1, 0.0, interactive=lead, lead=lead)
@@ -247,3 +249,53 @@ async def test_single_calls_are_interactive_and_bulk_calls_bulk() -> None:
         with pytest.raises(RequestValidationError, match="priority"):
             client.generate_many([{"prompt": "f"}], priority="urgent")
         assert sim.stats.requests == before
+
+
+def test_when_the_first_waiter_changes_lines_with_nothing_to_grant_it_still_keeps_the_time() -> (
+    None
+):
+    """The interactive line's turn comes back as its grants age, while a gate (as after
+    a 429) holds every grant: the interactive waiter, first now, must be woken to keep
+    the time, or both waiters sleep with the window free."""
+
+    async def main() -> None:
+        period = 0.4
+        limiter = SlidingWindowLimiter(RateLimit(8, period), clock=anyio.current_time)
+        start = anyio.current_time()
+        with prioritised(Priority.INTERACTIVE):
+            for _ in range(6):
+                (await limiter.acquire()).record(ANSWERED)
+        with prioritised(Priority.BULK):
+            for _ in range(2):
+                (await limiter.acquire()).record(ANSWERED)
+        limiter._budget.learned.gate = start + 1.5 * period
+        granted: list[str] = []
+
+        async def wait(name: str, priority: Priority) -> None:
+            with prioritised(priority):
+                slot = await limiter.acquire()
+            granted.append(name)
+            slot.record(ANSWERED)
+
+        with anyio.fail_after(3 * period):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait, "bulk", Priority.BULK)
+                await anyio.sleep(0.01)
+                tg.start_soon(wait, "web", Priority.INTERACTIVE)
+        assert sorted(granted) == ["bulk", "web"]
+
+    on_virtual_clock(main)
+
+
+@pytest.mark.anyio
+@pytest.mark.backends("asyncio")
+async def test_across_processes_interactive_calls_lead_only_within_their_share(
+    redis_server: RedisServer,
+) -> None:
+    """However many wait and however stale a process's count, Redis lets interactive
+    calls lead for no more than the plan less bulk work's share in a period."""
+    rate = RateLimit(8, 1.0)
+    async with limiters(redis_server.url, 1, key="lead-room", rate=rate) as (a,):
+        reply = await a._run_acquire(8, 0.0, interactive=True, lead=True)
+    assert int(reply["granted"]) == rate.requests - math.ceil(BULK_MIN_SHARE * rate.requests)
+    assert int(reply["led"]) == int(reply["granted"])

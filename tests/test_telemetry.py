@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from opentelemetry import metrics, trace
@@ -255,3 +256,18 @@ def test_without_the_api_the_client_works_and_records_nothing(tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "completed"]
+
+
+async def test_rows_left_when_a_batch_is_closed_end_their_spans(
+    spans: InMemorySpanExporter,
+) -> None:
+    sim = Simulator(generation_time=(30.0, 40.0), seed=4)
+    async with client_of(sim) as client:
+        requests = [{"prompt": f"video {i}"} for i in range(3)]
+        async with client.generate_many(requests) as results:
+            with anyio.fail_after(10):
+                while results.progress.running < 3:  # noqa: ASYNC110 - the batch's state
+                    await anyio.sleep(0.01)
+    rows = named(spans, "grokimagine batch row")
+    assert len(rows) == 3
+    assert {r.attributes["grokimagine.outcome"] for r in rows if r.attributes} == {"closed"}
