@@ -192,12 +192,13 @@ class Client:
     at once: every blocking client of the process shares one rate limiter per
     token (an :class:`AsyncClient` on an event loop of your own has its own).
 
-    Ctrl-C during :meth:`submit` lets the submission answer first (its task id
-    is logged), so no paid task is lost; during any other call it stops the
-    call at once. During a :meth:`generate_many` iteration the first Ctrl-C
-    sends nothing more and waits for the submissions on the wire (their task
-    ids go to the journal), then raises :class:`KeyboardInterrupt`; a second
-    stops at once. Rerun the batch with the same journal to go on.
+    Ctrl-C during :meth:`submit` stops a request still waiting for its slot
+    unsent; one on the wire answers first and its task id is logged, so no paid
+    task is lost. During any other call it stops the call at once. During a
+    :meth:`generate_many` iteration the first Ctrl-C sends nothing more and
+    waits for the submissions on the wire (their task ids go to the journal),
+    then raises :class:`KeyboardInterrupt`; a second stops at once. Rerun the
+    batch with the same journal to go on.
     """
 
     def __init__(

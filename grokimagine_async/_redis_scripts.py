@@ -236,7 +236,12 @@ else
   end
 end
 wait = math.max(wait, 0.001)
-redis.call('ZADD', KEYS[3], 'NX', queued_at, pid)
+if lead or tonumber(redis.call('ZSCORE', KEYS[3], pid) or '1') == 0 then
+  -- A lead taken or given up moves the entry: only a leading ask waits ahead of all.
+  redis.call('ZADD', KEYS[3], queued_at, pid)
+else
+  redis.call('ZADD', KEYS[3], 'NX', queued_at, pid)
+end
 redis.call('ZADD', KEYS[4], now + wait + turn + A.slack, pid)
 touch()
 return answer(0, 0, wait, free, held)
