@@ -14,7 +14,7 @@ import math
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 
 import anyio
 import httpx
@@ -134,7 +134,16 @@ def _check_flag(field: str, value: object) -> None:
         )
 
 
-def _check_priority(priority: Priority | str) -> Priority:
+@overload
+def _check_priority(priority: Priority | str) -> Priority: ...
+@overload
+def _check_priority(priority: None) -> None: ...
+
+
+def _check_priority(priority: Priority | str | None) -> Priority | None:
+    """The priority asked for (None: the one in force, left as it is)."""
+    if priority is None:
+        return None
     try:
         return Priority(priority)
     except ValueError:
@@ -458,7 +467,7 @@ class AsyncClient:
         before_send: Callable[[], None] | None = None,
     ) -> str:
         with (
-            prioritised(None if priority is None else _check_priority(priority)),
+            prioritised(_check_priority(priority)),
             telemetry.operation("submit", prompt=request.prompt),
         ):
             return await self.submit_request(request, before_send=before_send)
@@ -542,7 +551,7 @@ class AsyncClient:
         for :meth:`submit`)."""
         task_id = check_task_id(task_id)
         with (
-            prioritised(None if priority is None else _check_priority(priority)),
+            prioritised(_check_priority(priority)),
             telemetry.operation("get_task", task_id=task_id),
         ):
             data = await self._wire.request(
@@ -588,8 +597,7 @@ class AsyncClient:
         """
         task_id = check_task_id(task_id)
         _check_wait(timeout, poll_interval)
-        if priority is not None:
-            priority = _check_priority(priority)
+        priority = _check_priority(priority)
         durations = self._durations_for(poll_interval)
         if durations is not self._durations:
             waits = Waits(self, durations)
@@ -620,8 +628,7 @@ class AsyncClient:
         """
         # Checked before the paid submission: a wait that cannot start would lose its id.
         _check_wait(timeout, poll_interval)
-        if priority is not None:
-            priority = _check_priority(priority)
+        priority = _check_priority(priority)
         with telemetry.operation("generate", prompt=prompt):
             task_id = await self.submit(
                 request, prompt=prompt, mode=mode, ratio=ratio, images=images, priority=priority

@@ -476,7 +476,7 @@ class SlidingWindowLimiter:
         now = self._now()
         priority = current_priority()
         if not self._waiters:
-            ticket = self._budget.take(now, self._keep(priority, now))
+            ticket = self._budget.take(now, self._keep(priority, self._led(now)))
             if ticket is not None:
                 self._waiters.note_grant(priority, now)
                 return _Slot(self, ticket, now)
@@ -510,18 +510,15 @@ class SlidingWindowLimiter:
             raise
         return _Slot(self, waiter.ticket, waiter.granted_at)
 
-    def _lead(self, now: float) -> bool:
-        budget = self._budget
-        return may_lead(self._waiters.interactive_granted(now, budget.period), budget.limit)
+    def _led(self, now: float) -> int:
+        return self._waiters.interactive_granted(now, self._budget.period)
 
-    def _keep(self, priority: Priority | None, now: float) -> int:
-        if priority is not Priority.BULK:
-            return 0
-        budget = self._budget
-        return reserve(self._waiters.interactive_granted(now, budget.period), budget.limit)
+    def _keep(self, priority: Priority | None, led: int) -> int:
+        """Free slots a request of ``priority`` leaves to interactive calls."""
+        return reserve(led, self._budget.limit) if priority is Priority.BULK else 0
 
     def _head(self, now: float) -> _Waiter | None:
-        return self._waiters.head(self._lead(now))
+        return self._waiters.head(may_lead(self._led(now), self._budget.limit))
 
     def _finish(self, slot: _Slot, feedback: RateFeedback | None, sent: bool) -> None:
         if sent:
@@ -533,8 +530,9 @@ class SlidingWindowLimiter:
     def _grant(self) -> None:
         now = self._now()
         while self._waiters:
-            lead = self._lead(now)
-            ticket = self._budget.take(now, self._keep(self._waiters.head_priority(lead), now))
+            led = self._led(now)
+            lead = may_lead(led, self._budget.limit)
+            ticket = self._budget.take(now, self._keep(self._waiters.head_priority(lead), led))
             if ticket is None:
                 break
             waiter = self._waiters.popleft(lead, now)
