@@ -519,6 +519,7 @@ class RedisLimiter:
         remaining, reset_after = readable(feedback)
         args: dict[str, Any] = {
             "member": seq,
+            "taken_at": taken_at,
             "sent": sent,
             "refused": feedback is not None and feedback.rate_limited,
         }
@@ -566,6 +567,7 @@ class RedisLimiter:
             in_flight=held - answered,
             ours=answered - int(facts["refused"]),
             before=max(0, held - 1 - later),
+            aged=int(facts["aged"]),
         )
         text, version = str(facts["learned"]), int(facts["version"])
         rate, estimate = self._rate, None

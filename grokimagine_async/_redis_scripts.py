@@ -20,7 +20,9 @@ vanish on their own):
 
 * ``slots``: a sorted set, one member a request (``epoch:seq``), scored by when
   its slot frees: a lease while it is in flight, its response plus one period
-  once answered.
+  once answered. A freed slot stays a period more (held only while its score is
+  ahead of now): a response counts those that freed while it was on its way,
+  which the server may have counted before it.
 * ``state``: a hash: ``learned`` and its ``version`` (``_constraints.Learned``
   as JSON), the freshest ``cap``, the pacing's ``tat``, the grant counter
   ``seq``, the ``epoch`` (new after a restart) and a restart's ``hold_until``.
@@ -146,7 +148,7 @@ ACQUIRE = (
     + _EVALUATE
     + r"""
 local pid, want, lease, turn = A.pid, A.want, A.lease, A.turn
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
 local led = redis.call('ZCARD', KEYS[6])
 -- Interactive calls lead, ahead of every process's bulk work, within the room the
@@ -155,7 +157,7 @@ local lead = A.lead and led < (A.lead_room or 0)
 if lead then want = math.min(want, A.lead_room - led) end
 local queued_at = now
 if lead then queued_at = 0 end
-local held = redis.call('ZCARD', KEYS[1])
+local held = redis.call('ZCOUNT', KEYS[1], '(' .. f(now), '+inf')
 local tat = num('tat', now)
 local free, times = evaluate(held, num('seq', 0) + 1, tat)
 local hold_until = num('hold_until', 0)
@@ -224,11 +226,19 @@ if grant > 0 then
 end
 
 -- Not now: when a grant can next succeed (free slots, but others waited longer:
--- their turn first).
+-- their turn first). Slots left free for interactive calls are not free to this
+-- ask: it waits for a slot to free, or for the interactive grants to age (fewer
+-- kept), not a turn, or it would ask again every few milliseconds.
 local wait = period
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. f(now), '+inf',
+                          'WITHSCORES', 'LIMIT', 0, 1)
 if #oldest > 0 then wait = math.min(wait, tonumber(oldest[2]) - now) end
-if free > 0 then
+local keep = A.keep or 0
+if keep > 0 then
+  local aging = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+  if #aging > 0 then wait = math.min(wait, tonumber(aging[2]) - now) end
+end
+if free - keep > 0 then
   wait = math.min(wait, turn)
 else
   for _, at in ipairs(times) do
@@ -250,9 +260,9 @@ return answer(0, 0, wait, free, held)
 
 #: Report how a request ended, and what the window held then.
 #: KEYS: slots, state, refused. Arguments: limit, period, ttl, hold, member (the slot,
-#: epoch:seq), sent, refused (a 429), cap (the cap its Remaining sets, its times from
-#: now; left out if none). Answers: epoch, now, held, answered, refused, seq, learned,
-#: version.
+#: epoch:seq), taken_at (when it was granted), sent, refused (a 429), cap (the cap its
+#: Remaining sets, its times from now; left out if none). Answers: epoch, now, held,
+#: answered, aged (slots freed since it was granted), refused, seq, learned, version.
 RECORD = (
     _COMMON
     + r"""
@@ -268,8 +278,9 @@ if not A.sent then
   touch()
   return answer({})
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local aged = redis.call('ZCOUNT', KEYS[1], '(' .. f(A.taken_at), f(now))
 -- Held a period from now; re-added if a restart lost it.
 redis.call('ZADD', KEYS[1], now + period, member)
 if A.refused then redis.call('ZADD', KEYS[3], now + period, member) end
@@ -280,8 +291,9 @@ if cap and member_epoch == st['epoch'] and seq > num('cap_seq', -1) then
   set('cap_seq', seq)
 end
 touch()
-return answer({now = f(now), held = redis.call('ZCARD', KEYS[1]),
-               answered = redis.call('ZCOUNT', KEYS[1], '(' .. now, now + period),
+return answer({now = f(now), held = redis.call('ZCOUNT', KEYS[1], '(' .. f(now), '+inf'),
+               answered = redis.call('ZCOUNT', KEYS[1], '(' .. f(now), f(now + period)),
+               aged = aged,
                refused = redis.call('ZCARD', KEYS[3]), seq = num('seq', 0),
                learned = st['learned'] or '', version = num('version', 0)})
 """

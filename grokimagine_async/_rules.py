@@ -49,7 +49,7 @@ class Window:
     #: Of those held, sent before the answered request.
     before: int
     #: Ours that left the window while the request was on its way (the server may
-    #: have counted them when it answered): known in one process only.
+    #: have counted them when it answered).
     aged: int = 0
 
 

@@ -299,3 +299,24 @@ async def test_across_processes_interactive_calls_lead_only_within_their_share(
         reply = await a._run_acquire(8, 0.0, interactive=True, lead=True)
     assert int(reply["granted"]) == rate.requests - math.ceil(BULK_MIN_SHARE * rate.requests)
     assert int(reply["led"]) == int(reply["granted"])
+
+
+@pytest.mark.anyio
+@pytest.mark.backends("asyncio")
+async def test_across_processes_bulk_work_waits_for_a_slot_not_a_turn_beside_kept_ones(
+    redis_server: RedisServer,
+) -> None:
+    """A batch that only the slots it leaves to interactive calls could serve is told
+    to ask again when a slot frees (or an interactive grant ages), not in a few
+    milliseconds: a batch beside a web handler asked Redis hundreds of times a second."""
+    rate = RateLimit(3, 1.0)
+    async with limiters(redis_server.url, 1, key="kept", rate=rate) as (a,):
+        with prioritised(Priority.INTERACTIVE):
+            (await a.acquire()).record(ANSWERED)
+        with prioritised(Priority.BULK):
+            (await a.acquire()).record(ANSWERED)
+        reply = await a._run_acquire(1, 0.0, keep=1)
+    assert int(reply["granted"]) == 0
+    assert int(reply["free"]) == 1
+    # Both held slots free a period after their answers, in a period at the most.
+    assert 0.1 * rate.period < float(reply["wait"]) <= rate.period
