@@ -8,7 +8,11 @@ while interactive calls come, bulk work leaves a few of the window's slots free
 for them (:func:`reserve`: a quarter as many as they took within the last
 period, at least one). A batch that fills the plan takes every slot as it
 frees, and its slots free in clumps, so an interactive call first in line
-would still wait for the next clump, up to most of a period.
+would still wait for the next clump, up to most of a period. A slot that frees
+within :data:`KEEP_WITHIN` of a period counts as one left free: so an
+interactive call waits that long at most, and while the batch's slots free
+evenly it leaves none idle (one idle slot is a plan's share a period,
+about 2% of a batch's time).
 
 So a web handler's call waits neither behind a batch's thousands nor for the
 window, and a batch keeps at least :data:`BULK_MIN_SHARE` of the plan however
@@ -39,6 +43,7 @@ from typing import Generic, TypeVar
 __all__ = [
     "BULK_MIN_SHARE",
     "HEADROOM",
+    "KEEP_WITHIN",
     "Priority",
     "WaitQueue",
     "current_priority",
@@ -65,6 +70,10 @@ BULK_MIN_SHARE = 0.25
 #: Free slots kept for interactive calls, as a share of what they took within the
 #: last period: room for the next ones, and for their rate to grow.
 HEADROOM = 0.25
+
+#: A slot that frees within this share of a period counts as one kept free: the
+#: longest an interactive call first in line waits for it.
+KEEP_WITHIN = 0.05
 
 _current: ContextVar[Priority] = ContextVar("grokimagine_priority", default=Priority.INTERACTIVE)
 

@@ -58,7 +58,7 @@ from ._exceptions import ConfigurationError, RateLimiterUnavailableError
 from ._headers import RateFeedback, readable
 from ._limiter import RateLimitStatus, RecordedOnce, SlotContext
 from ._policy import POLICY
-from ._priority import Priority, WaitQueue, lead_room, may_lead, reserve
+from ._priority import KEEP_WITHIN, Priority, WaitQueue, lead_room, may_lead, reserve
 from ._sliding_window import SlidingWindowLimiter
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class _Waiter:
 class _RedisSlot(RecordedOnce):
     """A slot granted by Redis (``seq``) or, while Redis is away, by the fallback."""
 
-    __slots__ = ("_limiter", "local", "seq", "taken_at")
+    __slots__ = ("_limiter", "granted", "local", "seq", "taken_at")
 
     def __init__(
         self, limiter: RedisLimiter, seq: str | None, taken_at: float, local: Any = None
@@ -92,6 +92,8 @@ class _RedisSlot(RecordedOnce):
         self.seq = seq
         self.taken_at = taken_at
         self.local = local
+        #: When it was granted, on this host's clock.
+        self.granted = time.monotonic()
 
     def _ended(self, feedback: RateFeedback | None, sent: bool) -> None:
         self._limiter._finish(self, feedback, sent)
@@ -494,7 +496,8 @@ class RedisLimiter:
                 self._learning += 1
                 if self._learnt.is_set():
                     self._learnt = anyio.Event()
-            self._spawn(self._report(slot.seq, slot.taken_at, feedback, sent, refused))
+            out = now - slot.granted
+            self._spawn(self._report(slot.seq, slot.taken_at, feedback, sent, refused, out))
         self._nudge()
 
     async def _report(
@@ -504,9 +507,10 @@ class RedisLimiter:
         feedback: RateFeedback | None,
         sent: bool,
         refused: bool = False,
+        out: float = 0.0,
     ) -> None:
         try:
-            await self._report_now(seq, taken_at, feedback, sent)
+            await self._report_now(seq, taken_at, feedback, sent, out)
         finally:
             if refused:
                 self._learning -= 1
@@ -514,7 +518,12 @@ class RedisLimiter:
                     self._learnt.set()
 
     async def _report_now(
-        self, seq: str, taken_at: float, feedback: RateFeedback | None, sent: bool
+        self,
+        seq: str,
+        taken_at: float,
+        feedback: RateFeedback | None,
+        sent: bool,
+        out: float = 0.0,
     ) -> None:
         remaining, reset_after = readable(feedback)
         args: dict[str, Any] = {
@@ -527,7 +536,14 @@ class RedisLimiter:
         if feedback is not None and not feedback.rate_limited and remaining is not None:
             # Its times from now: the script puts them on Redis's clock.
             cap = rules.cap_from(
-                remaining, 0, 0.0, reset_after, feedback.max_wait, rate.requests, rate.period
+                remaining,
+                0,
+                0.0,
+                reset_after,
+                feedback.max_wait,
+                rate.requests,
+                rate.period,
+                out=out,
             )
             args["cap"] = {"remaining": cap.remaining, "until": cap.until, "refills": cap.refills}
         try:
@@ -719,6 +735,7 @@ class RedisLimiter:
             lead=lead,
             lead_room=lead_room(self._rate.requests),
             keep=keep,
+            keep_within=KEEP_WITHIN * self._rate.period,
             lease=self._lease,
             turn=self.TURN,
             slack=POLICY.queue_slack,

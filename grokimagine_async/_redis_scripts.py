@@ -140,7 +140,8 @@ end
 #: grants free, for their share). Arguments: limit, period, ttl, hold, initial (the
 #: learned state before any), pid, want, lease, turn, slack, interactive (the slots are
 #: for interactive calls), lead (they may go ahead of the queue), lead_room (how many
-#: interactive grants a period may lead), keep (free slots to leave). Answers: granted,
+#: interactive grants a period may lead), keep (free slots to leave), keep_within
+#: (seconds: a slot that frees this soon counts as one left free). Answers: granted,
 #: first (its sequence number), now, wait, epoch, free, pace, burst, held, led
 #: (interactive grants within the last period).
 ACQUIRE = (
@@ -201,7 +202,13 @@ if not lead then
     end
   end
 end
-local grant = math.min(want, free - ahead - (A.keep or 0))
+-- Slots left to interactive calls: free now, or freeing within keep_within.
+local keep, within = A.keep or 0, A.keep_within or 0
+if keep > 0 then
+  local freeing = redis.call('ZCOUNT', KEYS[1], '(' .. f(now), f(now + within))
+  keep = math.max(0, keep - freeing)
+end
+local grant = math.min(want, free - ahead - keep)
 if grant > 0 then
   local first = num('seq', 0) + 1
   for i = 0, grant - 1 do
@@ -227,16 +234,19 @@ end
 
 -- Not now: when a grant can next succeed (free slots, but others waited longer:
 -- their turn first). Slots left free for interactive calls are not free to this
--- ask: it waits for a slot to free, or for the interactive grants to age (fewer
--- kept), not a turn, or it would ask again every few milliseconds.
+-- ask: it waits for a slot to free or come within keep_within, or for the
+-- interactive grants to age (fewer kept), not a turn, or it would ask again every
+-- few milliseconds.
 local wait = period
 local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. f(now), '+inf',
                           'WITHSCORES', 'LIMIT', 0, 1)
 if #oldest > 0 then wait = math.min(wait, tonumber(oldest[2]) - now) end
-local keep = A.keep or 0
 if keep > 0 then
   local aging = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
   if #aging > 0 then wait = math.min(wait, tonumber(aging[2]) - now) end
+  local reach = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. f(now + within), '+inf',
+                           'WITHSCORES', 'LIMIT', 0, 1)
+  if #reach > 0 then wait = math.min(wait, tonumber(reach[2]) - within - now) end
 end
 if free - keep > 0 then
   wait = math.min(wait, turn)

@@ -248,16 +248,23 @@ def cap_from(
     max_wait: float,
     limit: int,
     period: float,
+    *,
+    out: float = 0.0,
 ) -> Cap:
     """The cap a ``Remaining`` sets. A ``Reset`` that says everything is back sooner
     than the plan's rate could free what is missing (a slot's slack either way:
     headers round one down, the other up) is a fixed window near its end: nothing
-    comes back before it. A reset further off than the client's cap on advised
-    waits holds nothing back (a call refused for longer fails at once)."""
+    comes back before it. The server read its clock up to ``out`` (how long the
+    request was out) before the answer came, so only a reset short even with that
+    added says so: a sliding window full to its last request says it empties in
+    a period, which a round trip's delay would otherwise shorten into a fixed
+    window's, and shut the budget for a period. A reset further off than the
+    client's cap on advised waits holds nothing back (a call refused for longer
+    fails at once)."""
     if (
         reset_after is not None
         and reset_after <= max_wait
-        and reset_after * limit / period < limit - remaining - 1
+        and (reset_after + out) * limit / period < limit - remaining - 1
     ):
         return Cap(remaining, seq, now, now + reset_after, refills=False)
     return Cap(remaining, seq, now, now + period, refills=True)

@@ -51,7 +51,14 @@ from ._constraints import Cap, evaluate
 from ._headers import RateFeedback, readable
 from ._limiter import RateLimitStatus, RecordedOnce, SlotContext
 from ._policy import POLICY
-from ._priority import Priority, WaitQueue, current_priority, may_lead, reserve
+from ._priority import (
+    KEEP_WITHIN,
+    Priority,
+    WaitQueue,
+    current_priority,
+    may_lead,
+    reserve,
+)
 
 __all__ = ["SlidingWindowLimiter", "WindowBudget"]
 
@@ -150,9 +157,11 @@ class WindowBudget:
         )
 
     def free(self, now: float, keep: int = 0) -> int:
-        """Requests that may go right now, leaving ``keep`` of the window's slots free."""
+        """Requests that may go right now, leaving ``keep`` of the window's slots free
+        or freeing within :data:`KEEP_WITHIN` of a period (see ``_priority.py``)."""
         free, _ = self._evaluate(now)
-        free -= keep
+        if keep > 0:
+            free -= max(0, keep - self._freeing(now))
         self._show_pacing(now)
         if self._ramp is not None:
             free = min(free, self._ramp - self.in_flight)
@@ -161,6 +170,16 @@ class WindowBudget:
             young = sum(1 for sent in self._sent.values() if now - sent < self._stale)
             free = min(free, self._flight_cap - young)
         return max(0, free)
+
+    def _freeing(self, now: float) -> int:
+        """Held slots that free within :data:`KEEP_WITHIN` of a period."""
+        soon = now + KEEP_WITHIN * self.period
+        count = 0
+        for expiry, _ in self._held:
+            if expiry > soon:
+                break
+            count += 1
+        return count
 
     def _server_allows(self, now: float) -> int:
         """What the freshest ``Remaining`` allows now."""
@@ -183,11 +202,18 @@ class WindowBudget:
         self._flight_cap = max(POLICY.flight_least, needed)
         self._stale = max(POLICY.stale_round_trips * median, POLICY.stale_least_share * self.period)
 
-    def next_change(self, now: float) -> float | None:
-        """The earliest time after ``now`` at which :meth:`free` may grow."""
+    def next_change(self, now: float, keep: int = 0) -> float | None:
+        """The earliest time after ``now`` at which :meth:`free` (leaving ``keep``) may
+        grow."""
         _, times = self._evaluate(now)
         if self._held:
             times.append(self._held[0][0])
+        if keep > 0:
+            # The next slot to come within reach of a kept one's wait stands in for it.
+            within = KEEP_WITHIN * self.period
+            reach = next((e for e, _ in self._held if e > now + within), None)
+            if reach is not None:
+                times.append(reach - within)
         if self._sent and self._capping_flight(now):
             # The next request in flight to go stale frees a place; one stale already
             # frees no more (left in, every look would come back "due now").
@@ -340,6 +366,7 @@ class WindowBudget:
                 feedback.max_wait,
                 self.limit,
                 self.period,
+                out=max(0.0, now - sent_at),
             )
 
     def _window_at(self, now: float, ticket: int, sent_at: float) -> rules.Window:
@@ -490,7 +517,10 @@ class SlidingWindowLimiter:
                 delay = math.inf
                 now = self._now()
                 if self._head(now) is waiter:
-                    when = self._budget.next_change(now)
+                    led = self._led(now)
+                    lead = may_lead(led, self._budget.limit)
+                    keep = self._keep(self._waiters.head_priority(lead), led)
+                    when = self._budget.next_change(now, keep)
                     if when is not None:
                         delay = max(0.0, when - now)
                 waiter.event = anyio.Event()

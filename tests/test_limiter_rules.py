@@ -267,3 +267,26 @@ def test_ours_that_left_the_window_while_an_answer_was_on_its_way_are_not_someon
     budget.answered(PERIOD + 0.05, RateFeedback(200, remaining=89), late, sent)
     # Nobody else spends the token: nothing is set aside for them.
     assert budget.reserved(PERIOD + 0.05) == 0
+
+
+def test_a_full_sliding_window_answered_late_is_not_taken_for_a_fixed_one() -> None:
+    limit = 60
+    gap = PERIOD / limit
+    budget = WindowBudget(RateLimit(limit, PERIOD))
+    # The plan spent evenly over a period, each answered at once.
+    for counted in range(1, limit):
+        at = (counted - 1) * gap
+        ticket = budget.take(at)
+        assert ticket is not None
+        budget.answered(at, RateFeedback(200, remaining=limit - counted), ticket, at)
+    sent = (limit - 1) * gap
+    last = budget.take(sent)
+    assert last is not None
+    # The server counted the last one last, so it says its window empties a period
+    # from then; the answer took two slots' time to come back.
+    out = 2 * gap
+    feedback = RateFeedback(200, remaining=0, reset_after=PERIOD - out)
+    budget.answered(sent + out, feedback, last, sent)
+    # A sliding window: the first slots come back a period after they were taken, not
+    # all at once a period after the last (a fixed window near its end).
+    assert budget.free(PERIOD + 0.2) > 0

@@ -4,6 +4,7 @@ which calls are which."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -22,6 +23,7 @@ from grokimagine_async import (
 )
 from grokimagine_async._headers import RateFeedback
 from grokimagine_async._priority import (
+    KEEP_WITHIN,
     WaitQueue,
     current_priority,
     may_lead,
@@ -127,6 +129,30 @@ def test_a_batch_leaves_a_slot_free_while_interactive_calls_come() -> None:
                 slot = await limiter.acquire()
             slot.record(ANSWERED)
             tg.cancel_scope.cancel()
+
+    on_virtual_clock(_as_bulk(main))
+
+
+def test_a_slot_about_to_free_stands_in_for_the_one_kept() -> None:
+    """An idle slot kept free costs a batch a plan's share of a period: once another
+    frees within KEEP_WITHIN of a period the batch may take it, and an interactive
+    call waits no longer than that."""
+
+    async def main() -> None:
+        limiter = SlidingWindowLimiter(RateLimit(4, 1.0), clock=anyio.current_time)
+        with prioritised(Priority.INTERACTIVE):
+            (await limiter.acquire()).record(ANSWERED)
+        for _ in range(2):
+            (await limiter.acquire()).record(ANSWERED)
+        assert limiter.status().remaining == 1
+        # All three free at 1.0; the batch's next request takes the kept slot as soon
+        # as they are within reach, not when they free.
+        await limiter.acquire()
+        taken = anyio.current_time()
+        assert taken == pytest.approx(1.0 - KEEP_WITHIN)
+        with prioritised(Priority.INTERACTIVE):
+            await limiter.acquire()
+        assert anyio.current_time() - taken <= KEEP_WITHIN + 1e-9
 
     on_virtual_clock(_as_bulk(main))
 
@@ -315,8 +341,29 @@ async def test_across_processes_bulk_work_waits_for_a_slot_not_a_turn_beside_kep
             (await a.acquire()).record(ANSWERED)
         with prioritised(Priority.BULK):
             (await a.acquire()).record(ANSWERED)
+        await asyncio.gather(*a._pending)  # both answers reported
         reply = await a._run_acquire(1, 0.0, keep=1)
     assert int(reply["granted"]) == 0
     assert int(reply["free"]) == 1
     # Both held slots free a period after their answers, in a period at the most.
     assert 0.1 * rate.period < float(reply["wait"]) <= rate.period
+
+
+@pytest.mark.anyio
+@pytest.mark.backends("asyncio")
+async def test_across_processes_a_slot_about_to_free_stands_in_for_the_one_kept(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis counts the slots that free within KEEP_WITHIN of a period as kept, as the
+    in-process limiter does (here a whole period, so that the answered ones are in reach
+    however slow the machine)."""
+    monkeypatch.setattr("grokimagine_async._redis_limiter.KEEP_WITHIN", 1.0)
+    rate = RateLimit(3, 1.0)
+    async with limiters(redis_server.url, 1, key="in-reach", rate=rate) as (a,):
+        with prioritised(Priority.INTERACTIVE):
+            (await a.acquire()).record(ANSWERED)
+        with prioritised(Priority.BULK):
+            (await a.acquire()).record(ANSWERED)
+        await asyncio.gather(*a._pending)  # both answers reported
+        reply = await a._run_acquire(1, 0.0, keep=1)
+    assert int(reply["granted"]) == 1
