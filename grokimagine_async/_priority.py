@@ -9,7 +9,8 @@ for them (:func:`reserve`: a quarter as many as they took within the last
 period, at least one). A batch that fills the plan takes every slot as it
 frees, and its slots free in clumps, so an interactive call first in line
 would still wait for the next clump, up to most of a period. A slot that frees
-within :data:`KEEP_WITHIN` of a period counts as one left free: so an
+within :data:`KEEP_WITHIN` of a period counts as one left free, while the
+window's slots are what limits grants (not pacing after a 429, say): so an
 interactive call waits that long at most, and while the batch's slots free
 evenly it leaves none idle (one idle slot is a plan's share a period,
 about 2% of a batch's time).
@@ -71,8 +72,9 @@ BULK_MIN_SHARE = 0.25
 #: last period: room for the next ones, and for their rate to grow.
 HEADROOM = 0.25
 
-#: A slot that frees within this share of a period counts as one kept free: the
-#: longest an interactive call first in line waits for it.
+#: A slot that frees within this share of a period counts as one kept free, while the
+#: window's slots are what limits grants: the longest an interactive call first in
+#: line then waits for it.
 KEEP_WITHIN = 0.05
 
 _current: ContextVar[Priority] = ContextVar("grokimagine_priority", default=Priority.INTERACTIVE)
@@ -152,9 +154,16 @@ class WaitQueue(Generic[W]):
     def interactive_granted(self, now: float, period: float) -> int:
         """Interactive requests granted within the last ``period`` seconds."""
         granted = self._granted
-        while granted and granted[0] <= now - period:
+        # Aged by the sum :meth:`next_aging` gives: rounded alike, it is later than now
+        # for every grant kept, so that a wait until it never comes back due at once.
+        while granted and granted[0] + period <= now:
             granted.popleft()
         return len(granted)
+
+    def next_aging(self, period: float) -> float | None:
+        """When the oldest interactive grant within the last ``period`` seconds leaves
+        it (None if there is none)."""
+        return self._granted[0] + period if self._granted else None
 
     def note_grant(self, priority: Priority, now: float) -> None:
         """A request of ``priority`` was granted without queueing."""

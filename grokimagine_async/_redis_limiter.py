@@ -75,7 +75,8 @@ class _Waiter:
 
     def __init__(self) -> None:
         self.event = anyio.Event()
-        self.grant: tuple[str, float] | None = None
+        # The slot, when Redis granted it (its clock), and when it was asked for (ours).
+        self.grant: tuple[str, float, float] | None = None
         self.error: BaseException | None = None
 
 
@@ -85,15 +86,22 @@ class _RedisSlot(RecordedOnce):
     __slots__ = ("_limiter", "granted", "local", "seq", "taken_at")
 
     def __init__(
-        self, limiter: RedisLimiter, seq: str | None, taken_at: float, local: Any = None
+        self,
+        limiter: RedisLimiter,
+        seq: str | None,
+        taken_at: float,
+        local: Any = None,
+        *,
+        asked: float | None = None,
     ) -> None:
         super().__init__()
         self._limiter = limiter
         self.seq = seq
         self.taken_at = taken_at
         self.local = local
-        #: When it was granted, on this host's clock.
-        self.granted = time.monotonic()
+        #: When it was asked for (at the latest, the request was counted after), on
+        #: this host's clock.
+        self.granted = time.monotonic() if asked is None else asked
 
     def _ended(self, feedback: RateFeedback | None, sent: bool) -> None:
         self._limiter._finish(self, feedback, sent)
@@ -303,10 +311,10 @@ class RedisLimiter:
                     return await self.acquire()
                 return await self._acquire_locally()
             raise waiter.error
-        seq, taken_at = waiter.grant  # type: ignore[misc]
+        seq, taken_at, asked = waiter.grant  # type: ignore[misc]
         self._in_flight += 1
         self._watch()
-        return _RedisSlot(self, seq, taken_at)
+        return _RedisSlot(self, seq, taken_at, asked=asked)
 
     async def _ask(self) -> float:
         """Ask Redis for slots for the queued waiters; seconds until asking again."""
@@ -322,6 +330,7 @@ class RedisLimiter:
             keep = 0 if interactive else reserve(self._led, self._rate.requests)
             try:
                 restarted = await self._maybe_restarted()
+                asked = time.monotonic()
                 call = asyncio.ensure_future(
                     self._run_acquire(
                         want,
@@ -358,9 +367,13 @@ class RedisLimiter:
                     # Cancelled while asking: the slot goes back unused.
                     self._give_back(f"{epoch}:{first + i}")
                     continue
-                waiter.grant = (f"{epoch}:{first + i}", taken_at)
+                waiter.grant = (f"{epoch}:{first + i}", taken_at, asked)
                 waiter.event.set()
             await self._check_epoch(epoch)
+            if not granted and reserve(self._led, self._rate.requests) < keep:
+                # Refused for slots kept on a count of interactive grants that has
+                # since aged: fewer are kept now, so ask again at once.
+                return 0.0
             return 0.0 if granted else wait
         finally:
             self._asking = False

@@ -202,9 +202,10 @@ if not lead then
     end
   end
 end
--- Slots left to interactive calls: free now, or freeing within keep_within.
+-- Slots left to interactive calls: free now, or freeing within keep_within while the
+-- window's slots are what limits the grants (not pacing, a gate or a cap).
 local keep, within = A.keep or 0, A.keep_within or 0
-if keep > 0 then
+if keep > 0 and free >= limit - held - reserved(now) then
   local freeing = redis.call('ZCOUNT', KEYS[1], '(' .. f(now), f(now + within))
   keep = math.max(0, keep - freeing)
 end

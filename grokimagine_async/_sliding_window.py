@@ -161,7 +161,11 @@ class WindowBudget:
         or freeing within :data:`KEEP_WITHIN` of a period (see ``_priority.py``)."""
         free, _ = self._evaluate(now)
         if keep > 0:
-            free -= max(0, keep - self._freeing(now))
+            # A slot about to free stands in for a kept one only while the window's
+            # slots are what limits grants (not pacing, a gate or a cap).
+            unbound = self.limit - self.in_flight - len(self._held) - self.reserved(now)
+            freeing = self._freeing(now) if free >= unbound else 0
+            free -= max(0, keep - freeing)
         self._show_pacing(now)
         if self._ramp is not None:
             free = min(free, self._ramp - self.in_flight)
@@ -521,6 +525,11 @@ class SlidingWindowLimiter:
                     lead = may_lead(led, self._budget.limit)
                     keep = self._keep(self._waiters.head_priority(lead), led)
                     when = self._budget.next_change(now, keep)
+                    if keep:
+                        # Fewer are kept once the oldest interactive grant ages.
+                        aging = self._waiters.next_aging(self._budget.period)
+                        if aging is not None and (when is None or aging < when):
+                            when = aging
                     if when is not None:
                         delay = max(0.0, when - now)
                 waiter.event = anyio.Event()

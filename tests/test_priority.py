@@ -36,7 +36,7 @@ from grokimagine_async.simulator import Simulator
 
 from .helpers import TOKEN, on_virtual_clock, serving
 from .redis_server import RedisServer
-from .test_limiter_redis import limiters, wait_for
+from .test_limiter_redis import limiters, raw_redis, redis_keys, wait_for
 
 ANSWERED = RateFeedback(200)
 
@@ -367,3 +367,65 @@ async def test_across_processes_a_slot_about_to_free_stands_in_for_the_one_kept(
         await asyncio.gather(*a._pending)  # both answers reported
         reply = await a._run_acquire(1, 0.0, keep=1)
     assert int(reply["granted"]) == 1
+
+
+def test_bulk_work_goes_on_when_the_interactive_grants_it_kept_slots_for_age() -> None:
+    """With nothing to free for a while, the batch learns that fewer slots are kept
+    when the interactive grant that made it keep one is a period old, not later."""
+
+    async def main() -> None:
+        limiter = SlidingWindowLimiter(RateLimit(4, 1.0), clock=anyio.current_time)
+        # The server says what is left: the slow start is over. A period later, from 0:
+        (await limiter.acquire()).record(RateFeedback(200, remaining=3))
+        await anyio.sleep(1.0)
+        start = anyio.current_time()
+        with prioritised(Priority.INTERACTIVE):
+            interactive = await limiter.acquire()
+        held = [await limiter.acquire() for _ in range(2)]
+        async with anyio.create_task_group() as tg:
+
+            async def answer() -> None:
+                await anyio.sleep(0.3)
+                for slot in held:
+                    slot.record(ANSWERED)  # back at 1.3
+                await anyio.sleep(0.6)
+                interactive.record(ANSWERED)  # back at 1.9
+
+            tg.start_soon(answer)
+            # One slot free, kept for interactive calls until their grant at 0 ages.
+            await limiter.acquire()
+            assert anyio.current_time() - start == pytest.approx(1.0)
+
+    on_virtual_clock(_as_bulk(main))
+
+
+@pytest.mark.anyio
+@pytest.mark.backends("asyncio")
+async def test_across_processes_bulk_work_goes_on_when_the_interactive_grants_age(
+    redis_server: RedisServer,
+) -> None:
+    """The batch's ask that Redis refuses on a count of interactive grants that has
+    just aged asks again at once, not when a slot next comes within reach."""
+    rate = RateLimit(3, 2.0)
+    async with limiters(redis_server.url, 1, key="aging", rate=rate) as (a,):
+        with prioritised(Priority.INTERACTIVE):
+            interactive = await a.acquire()
+        with prioritised(Priority.BULK):
+            held = await a.acquire()
+            async with anyio.create_task_group() as tg:
+
+                async def answer() -> None:
+                    await anyio.sleep(0.5 * rate.period)
+                    interactive.record(ANSWERED)
+                    held.record(ANSWERED)
+
+                tg.start_soon(answer)
+                # One free, kept for interactive calls until the grant ages.
+                slot = await a.acquire()
+            await asyncio.gather(*a._pending)
+            async with raw_redis(redis_server.url) as r:
+                found = await r.zrange(redis_keys("aging")["slots"], 0, 1, withscores=True)
+                scores = [float(member[1]) for member in found]
+        slot.record(ANSWERED)
+    # Granted while both answered slots were still out of reach.
+    assert slot.taken_at < min(scores) - KEEP_WITHIN * rate.period
