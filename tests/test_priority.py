@@ -8,6 +8,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
@@ -327,6 +328,20 @@ async def test_across_processes_interactive_calls_lead_only_within_their_share(
     assert int(reply["led"]) == int(reply["granted"])
 
 
+async def bulk_ask_beside_a_kept_slot(
+    redis_server: RedisServer, *, key: str, rate: RateLimit
+) -> dict[str, Any]:
+    """Redis's answer to a batch's ask for one slot on a plan of three, one taken by an
+    interactive call and one by the batch, both answered: the one left is kept."""
+    async with limiters(redis_server.url, 1, key=key, rate=rate) as (a,):
+        with prioritised(Priority.INTERACTIVE):
+            (await a.acquire()).record(ANSWERED)
+        with prioritised(Priority.BULK):
+            (await a.acquire()).record(ANSWERED)
+        await asyncio.gather(*a._pending)  # both answers reported
+        return await a._run_acquire(1, 0.0, keep=1)
+
+
 @pytest.mark.anyio
 @pytest.mark.backends("asyncio")
 async def test_across_processes_bulk_work_waits_for_a_slot_not_a_turn_beside_kept_ones(
@@ -336,13 +351,7 @@ async def test_across_processes_bulk_work_waits_for_a_slot_not_a_turn_beside_kep
     to ask again when a slot frees (or an interactive grant ages), not in a few
     milliseconds: a batch beside a web handler asked Redis hundreds of times a second."""
     rate = RateLimit(3, 1.0)
-    async with limiters(redis_server.url, 1, key="kept", rate=rate) as (a,):
-        with prioritised(Priority.INTERACTIVE):
-            (await a.acquire()).record(ANSWERED)
-        with prioritised(Priority.BULK):
-            (await a.acquire()).record(ANSWERED)
-        await asyncio.gather(*a._pending)  # both answers reported
-        reply = await a._run_acquire(1, 0.0, keep=1)
+    reply = await bulk_ask_beside_a_kept_slot(redis_server, key="kept", rate=rate)
     assert int(reply["granted"]) == 0
     assert int(reply["free"]) == 1
     # Both held slots free a period after their answers, in a period at the most.
@@ -359,13 +368,7 @@ async def test_across_processes_a_slot_about_to_free_stands_in_for_the_one_kept(
     however slow the machine)."""
     monkeypatch.setattr("grokimagine_async._redis_limiter.KEEP_WITHIN", 1.0)
     rate = RateLimit(3, 1.0)
-    async with limiters(redis_server.url, 1, key="in-reach", rate=rate) as (a,):
-        with prioritised(Priority.INTERACTIVE):
-            (await a.acquire()).record(ANSWERED)
-        with prioritised(Priority.BULK):
-            (await a.acquire()).record(ANSWERED)
-        await asyncio.gather(*a._pending)  # both answers reported
-        reply = await a._run_acquire(1, 0.0, keep=1)
+    reply = await bulk_ask_beside_a_kept_slot(redis_server, key="in-reach", rate=rate)
     assert int(reply["granted"]) == 1
 
 
