@@ -70,6 +70,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import _workers as workers
 from _metrics import max_in_window, utilisation
 from rate_limit import free_port, simulator
 
@@ -247,7 +248,7 @@ async def run_processes(
 ) -> Case:
     """Run one process per entry of ``videos`` together; the server's view of them."""
     await reset(url, redis)
-    procs = []
+    configs = []
     for i, n in enumerate(videos):
         cfg = {
             "name": f"p{i}",
@@ -258,31 +259,13 @@ async def run_processes(
             "redis": redis.url if redis is not None else None,
             "fallback": fallback,
         }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            __file__,
-            "--worker",
-            json.dumps(cfg),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        procs.append(proc)
-    for proc in procs:
-        assert proc.stdout is not None
-        line = await proc.stdout.readline()
-        if line.strip() != b"ready":
-            raise RuntimeError(f"a worker did not start: {line!r}")
+        configs.append(cfg)
+    procs = await workers.start(__file__, configs)
     await mark(url)
     started = time.monotonic()
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write(b"go\n")
-        await proc.stdin.drain()
+    await workers.go(procs)
     side = asyncio.ensure_future(during()) if during is not None else None
-    results = []
-    for proc in procs:
-        out, _ = await proc.communicate()
-        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    results = await workers.results(procs)
     wall = time.monotonic() - started
     if side is not None:
         await side

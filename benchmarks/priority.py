@@ -47,6 +47,7 @@ import trio.testing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import _workers as workers
 from rate_limit import simulator as simulator_process
 from realclock import _RoundTrip, bound, perfect_schedule
 
@@ -270,33 +271,21 @@ async def across_redis(period: float) -> Result:
                 await http.post("/_sim/reset")
             # The handler runs as long as the batch needs on the plan left to it.
             seconds = bound(VIDEOS, left_for_batch(), period, GEN[1] * period)
-            procs = []
-            for role in ("batch", "handler"):
-                cfg = {"role": role, "url": url, "redis": redis.url, "period": period}
-                cfg["seconds"] = seconds
-                procs.append(
-                    await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        __file__,
-                        "--worker",
-                        json.dumps(cfg),
-                        stdin=asyncio.subprocess.PIPE,
-                        stdout=asyncio.subprocess.PIPE,
-                    )
-                )
-            for proc in procs:
-                assert proc.stdout is not None
-                line = await proc.stdout.readline()
-                if line.strip() != b"ready":
-                    raise RuntimeError(f"a worker did not start: {line!r}")
-            for proc in procs:
-                assert proc.stdin is not None
-                proc.stdin.write(b"go\n")
-                await proc.stdin.drain()
-            results = []
-            for proc in procs:
-                out, _ = await proc.communicate()
-                results.append(json.loads(out.decode().strip().splitlines()[-1]))
+            procs = await workers.start(
+                __file__,
+                [
+                    {
+                        "role": role,
+                        "url": url,
+                        "redis": redis.url,
+                        "period": period,
+                        "seconds": seconds,
+                    }
+                    for role in ("batch", "handler")
+                ],
+            )
+            await workers.go(procs)
+            results = await workers.results(procs)
             async with httpx.AsyncClient(base_url=url, timeout=30) as http:
                 stats = (await http.get("/_sim/stats")).json()
     waits = [max(0.0, w - trip) for w in results[1]["waits"]]
