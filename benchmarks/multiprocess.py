@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,9 +76,10 @@ from rate_limit import free_port, simulator
 
 from grokimagine_async import AsyncClient, OutcomeStatus, RateLimit
 from grokimagine_async._headers import RateFeedback
-from grokimagine_async._limiter import Limiter, RateLimitStatus, Slot, token_hash
+from grokimagine_async._limiter import Limiter, Slot, token_hash
 from grokimagine_async._redis_limiter import RedisLimiter, _connect
 from grokimagine_async._sliding_window import SlidingWindowLimiter
+from tests.helpers import LimiterAround
 
 ROOT = Path(__file__).resolve().parent.parent
 GEN = (2.0, 8.0)
@@ -88,28 +89,15 @@ TOKEN = "bench-multiprocess-token"
 # -- one process's job ---------------------------------------------------------------
 
 
-class TimedLimiter:
+class TimedLimiter(LimiterAround):
     """A limiter that notes how long each request waited for its slot."""
 
     def __init__(self, inner: Limiter) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.waits: list[float] = []
 
-    @property
-    def rate(self) -> RateLimit:
-        return self.inner.rate
-
-    def status(self) -> RateLimitStatus:
-        return self.inner.status()
-
-    def set_rate(self, rate: RateLimit) -> None:
-        self.inner.set_rate(rate)
-
-    def slot(self) -> AbstractAsyncContextManager[Slot]:
-        return self._slot()
-
     @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[Slot]:
+    async def slot(self) -> AsyncIterator[Slot]:
         asked = time.monotonic()
         async with self.inner.slot() as slot:
             self.waits.append(time.monotonic() - asked)

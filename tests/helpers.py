@@ -7,7 +7,12 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    contextmanager,
+)
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,13 +22,35 @@ import anyio.to_thread
 import httpx
 import sniffio
 
-from grokimagine_async import AsyncClient, RateLimit
+from grokimagine_async import AsyncClient, RateLimit, RateLimitStatus, Slot
+from grokimagine_async._limiter import Limiter
 from grokimagine_async.simulator import Simulator
 
 TOKEN = "sk-test-SECRET-7f3a9c"
 SIM_URL = "http://api.test"
 
 Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class LimiterAround:
+    """A limiter that hands everything to ``inner``: a test or a benchmark overrides
+    :meth:`slot` (or :meth:`status`) to note or change what passes through."""
+
+    def __init__(self, inner: Limiter) -> None:
+        self.inner = inner
+
+    @property
+    def rate(self) -> RateLimit:
+        return self.inner.rate
+
+    def status(self) -> RateLimitStatus:
+        return self.inner.status()
+
+    def set_rate(self, rate: RateLimit) -> None:
+        self.inner.set_rate(rate)
+
+    def slot(self) -> AbstractAsyncContextManager[Slot]:
+        return self.inner.slot()
 
 
 class Recorder:

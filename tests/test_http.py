@@ -28,7 +28,7 @@ from grokimagine_async._exceptions import Creation, creation
 from grokimagine_async._limiter import RateLimitStatus, Slot
 from grokimagine_async._sliding_window import SlidingWindowLimiter
 
-from .helpers import Recorder, api_error, make_client, ok, on_virtual_clock
+from .helpers import LimiterAround, Recorder, api_error, make_client, ok, on_virtual_clock
 
 pytestmark = pytest.mark.anyio
 
@@ -106,22 +106,15 @@ async def time_queued_is_not_held_against_patience() -> None:
     refused = api_error(429, "RATE_LIMITED", "slow down")
     api = Recorder(refused, refused, ok({"task_id": "t", "status": "running"}))
 
-    class Crowded:
+    class Crowded(LimiterAround):
         """A limiter with others always ahead: every slot after the first waits 0.3 s."""
 
         def __init__(self) -> None:
-            self.inner = SlidingWindowLimiter(RateLimit(1000, 0.2))
+            super().__init__(SlidingWindowLimiter(RateLimit(1000, 0.2)))
             self.asked = 0
-
-        @property
-        def rate(self) -> RateLimit:
-            return self.inner.rate
 
         def status(self) -> RateLimitStatus:
             return dataclasses.replace(self.inner.status(), waiting=5)
-
-        def set_rate(self, rate: RateLimit) -> None:
-            self.inner.set_rate(rate)
 
         @contextlib.asynccontextmanager
         async def slot(self) -> AsyncIterator[Slot]:

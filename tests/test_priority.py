@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -18,7 +18,6 @@ from grokimagine_async import (
     AsyncClient,
     Priority,
     RateLimit,
-    RateLimitStatus,
     RequestValidationError,
     Slot,
 )
@@ -35,7 +34,7 @@ from grokimagine_async._redis_limiter import RedisLimiter
 from grokimagine_async._sliding_window import SlidingWindowLimiter
 from grokimagine_async.simulator import Simulator
 
-from .helpers import TOKEN, on_virtual_clock, serving
+from .helpers import TOKEN, LimiterAround, on_virtual_clock, serving
 from .redis_server import RedisServer
 from .test_limiter_redis import limiters, raw_redis, redis_keys, wait_for
 
@@ -216,28 +215,15 @@ async def test_across_processes_an_interactive_call_goes_ahead_of_another_proces
     assert (a_got, b_got) == ((rate.requests - 1, 1) if lead else (rate.requests, 0))
 
 
-class PriorityLog:
+class PriorityLog(LimiterAround):
     """A limiter that notes the priority each request waited at."""
 
     def __init__(self, rate: RateLimit) -> None:
-        self.inner = SlidingWindowLimiter(rate)
+        super().__init__(SlidingWindowLimiter(rate))
         self.seen: list[Priority] = []
 
-    @property
-    def rate(self) -> RateLimit:
-        return self.inner.rate
-
-    def status(self) -> RateLimitStatus:
-        return self.inner.status()
-
-    def set_rate(self, rate: RateLimit) -> None:
-        self.inner.set_rate(rate)
-
-    def slot(self) -> AbstractAsyncContextManager[Slot]:
-        return self._slot()
-
     @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[Slot]:
+    async def slot(self) -> AsyncIterator[Slot]:
         self.seen.append(current_priority())
         async with self.inner.slot() as slot:
             yield slot
